@@ -1,0 +1,53 @@
+"""Build facts, SIMD target selection and the thread count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastrnn import _core
+
+
+def build_info() -> dict[str, Any]:
+    """Facts about this build and this machine.
+
+    Keys: ``version``, ``compiler``, ``openmp`` (bool), ``num_threads`` (threads the
+    kernels use now), ``available_cpus`` (CPUs this process may run on),
+    ``targets_compiled`` and ``targets_supported`` (SIMD targets in the build / runnable
+    here), ``target_details`` (lanes and features per target), ``isa`` (target in use),
+    ``isa_best`` and ``isa_reason`` (why ``isa`` was chosen).
+    """
+    return dict(_core.build_info())
+
+
+def get_num_threads() -> int:
+    """Threads the native kernels use."""
+    return int(_core.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads the native kernels use (``n >= 1``).
+
+    The default is ``FASTRNN_NUM_THREADS`` when set, else the CPUs this process may run
+    on. Results are bitwise identical for any thread count.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_isa() -> str:
+    """The SIMD target the kernels use now: ``'generic'``, ``'avx2'`` or ``'avx512'``."""
+    return str(_core.get_isa())
+
+
+def set_isa(name: str) -> None:
+    """Select a SIMD target this CPU supports (mainly for testing and benchmarking).
+
+    ``FASTRNN_ISA=generic|avx2|avx512`` in the environment does the same at import.
+    Raises ``ValueError`` for an unknown target or one this CPU cannot run.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: name must be a str, got {type(name).__name__}")
+    _core.set_isa(name)
