@@ -8,7 +8,8 @@
 namespace fastrnn::bindings {
 
 void register_runtime(pybind11::module_& m);
-void register_ops(pybind11::module_& m);
+void register_gemm(pybind11::module_& m);
+void register_math(pybind11::module_& m);
 void register_seq(pybind11::module_& m);
 
 }  // namespace fastrnn::bindings
