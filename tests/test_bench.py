@@ -108,6 +108,16 @@ def test_toml_config_errors(tmp_path, text, match):
         cases_from_toml(f)
 
 
+def test_example_config_in_the_repository_parses():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / "example.toml"
+    if not example.exists():
+        pytest.skip("not run from a source checkout")
+    cases = cases_from_toml(example)
+    assert len(cases) == 3 and cases[1].label == "speech-like GRU"
+
+
 def test_missing_config_file_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--config", str(tmp_path / "nope.toml")])

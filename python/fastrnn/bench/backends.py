@@ -221,9 +221,11 @@ class TorchBackend(Backend):
 
     name = "torch"
     module_name = "torch.nn"
+    probe_modules: tuple[str, ...] = ("torch",)
 
     def unavailable(self) -> str | None:
-        for module in ("torch", self.module_name):
+        # Probe without importing torch (slow): find_spec("torch.nn") would import it.
+        for module in self.probe_modules:
             try:
                 found = importlib.util.find_spec(module) is not None
             except ImportError:
@@ -364,6 +366,7 @@ class FastrnnTorchBackend(TorchBackend):
 
     name = "fastrnn.torch"
     module_name = "fastrnn.torch"
+    probe_modules = ("torch", "fastrnn.torch")
 
     def version(self) -> str:
         import fastrnn

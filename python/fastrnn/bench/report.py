@@ -244,7 +244,8 @@ def check_plot_available() -> None:
 
 
 def write_plot(results: Results, path: str) -> None:
-    """GFLOP/s per case, one panel per mode, bars per backend, GEMM peak as a line."""
+    """GFLOP/s per case (log scale), one panel per mode, bars per backend, the GEMM peak
+    as a dashed line; rows not timed (skipped, failed) leave a gap."""
     check_plot_available()
     import matplotlib
 
@@ -263,12 +264,13 @@ def write_plot(results: Results, path: str) -> None:
         for j, b in enumerate(backends):
             vals = {r["case"]: r["gflops"] for r in rows if r["mode"] == mode and r["backend"] == b}
             xs = [i + j * width for i in range(len(cases))]
-            ax.bar(xs, [vals.get(c, 0.0) for c in cases], width, label=b)
+            ax.bar(xs, [vals.get(c, float("nan")) for c in cases], width, label=b)
         if peak:
             ax.axhline(peak, color="k", linestyle="--", linewidth=1, label="GEMM peak")
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
         ax.set_xticklabels(cases, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel("GFLOP/s")
+        ax.set_yscale("log")  # latency cases and GEMM-bound cases differ by orders
+        ax.set_ylabel("GFLOP/s (log)")
         h = results.header
         ax.set_title(f"{mode} ({h.get('dtype')}, {h.get('threads')} threads)")
         ax.legend(fontsize=7)
