@@ -181,7 +181,7 @@ def test_deepbench_suite_fits_budget_and_records_scaling():
     assert scaled, "the largest DeepBench shapes must be scaled"
     for c in cases:
         assert c.I == c.H
-        assert c.flops(c.modes[0]) <= DEEPBENCH_GFLOP_BUDGET * 1e9
+        assert c.flops(c.modes[0]) <= 1.1 * DEEPBENCH_GFLOP_BUDGET * 1e9
     for c in scaled:
         assert "scaled" in c.note and c.name.endswith("*")
         assert (c.T, c.N) != (c.meta["T_orig"], c.meta["N_orig"])
@@ -193,7 +193,7 @@ def test_deepbench_suite_fits_budget_and_records_scaling():
 def test_scale_to_budget_prefers_T_then_N():
     c = Case("lstm", 1000, 64, 1024, 1024, modes=("training",))
     s = scale_to_budget(c, "training", 1.0)
-    assert s.T == 8 and s.N < 64 and s.flops("training") <= 1e9
+    assert s.T == 8 and s.N < 64 and s.flops("training") <= 1.1e9
     assert "T 1000->8" in s.note and "N 64->" in s.note
     assert scale_to_budget(c, "training", 1e6) is c
 

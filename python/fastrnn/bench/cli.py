@@ -246,10 +246,11 @@ def main(
         baseline = "torch" if "torch" in names else ("reference" if "reference" in names else None)
     elif baseline not in names:
         parser.error(f"--baseline {baseline!r} is not among the backends run: {names}")
-    return _run(args, cases, suites, backends, status, baseline)
+    command = " ".join(["fastrnn-bench", *(sys.argv[1:] if argv is None else argv)])
+    return _run(args, cases, suites, backends, status, baseline, command)
 
 
-def _run(args, cases, suites, backends, status, baseline) -> int:  # type: ignore[no-untyped-def]
+def _run(args, cases, suites, backends, status, baseline, command) -> int:  # type: ignore[no-untyped-def]
     import fastrnn
     from fastrnn.bench import report
     from fastrnn.bench.measure import ALLOC_METHOD, TOLERANCE, gemm_peak, rss_method
@@ -271,6 +272,7 @@ def _run(args, cases, suites, backends, status, baseline) -> int:  # type: ignor
         notes.append("GEMM peak measured with numpy.matmul (its BLAS threads are not set here)")
     header = report.machine_header()
     header.update(
+        command=command,
         threads=threads,
         dtype=args.dtype,
         suites=suites,

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import platform
-import sys
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -51,7 +50,6 @@ def machine_header() -> dict[str, Any]:
         available = os.cpu_count() or 1
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "command": " ".join(["fastrnn-bench", *sys.argv[1:]]),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "available_cpus": available,
