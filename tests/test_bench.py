@@ -6,6 +6,7 @@ No test here asserts a speed; the runs are tiny and time-boxed.
 from __future__ import annotations
 
 import csv
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -280,6 +281,25 @@ def test_time_callable_batches_short_calls():
     assert 0 < t.min <= t.median <= t.max
 
 
+def test_gemm_peak_falls_back_to_numpy_and_says_so(monkeypatch):
+    import fastrnn.ops
+    from fastrnn.bench.measure import gemm_peak
+
+    def not_built(a, b):
+        raise NotImplementedError("not yet")
+
+    monkeypatch.setattr(fastrnn.ops, "matmul", not_built)
+    peak = gemm_peak(64, repeat=1)
+    assert peak.source == "numpy.matmul" and "NotImplementedError" in peak.note
+    assert peak.gflops > 0
+    monkeypatch.setattr(fastrnn.ops, "matmul", lambda a, b: np.matmul(a, b))
+    peak = gemm_peak(64, repeat=1)
+    assert peak.source == "fastrnn.ops.matmul" and peak.numpy_gflops > 0
+    monkeypatch.setattr(fastrnn.ops, "matmul", lambda a, b: np.matmul(a, b) + 1)
+    peak = gemm_peak(64, repeat=1)
+    assert peak.source == "numpy.matmul" and "wrong" in peak.note
+
+
 def test_compare_flags_shape_nan_and_error():
     want = {"y": np.ones((2, 3)), "h_n": np.ones(3)}
     assert compare({"y": np.ones((2, 3)), "h_n": np.ones(3)}, want, 1e-6).ok
@@ -369,6 +389,34 @@ def test_peer_backends_match_reference(backend_cls, cell):
         fn()
 
 
+def test_fastrnn_torch_backend_absent_or_used(monkeypatch):
+    """Absent while fastrnn.torch does not exist; used (here faked with torch.nn, no
+    cell classes, so step mode runs the sequence module with T = 1) when it does."""
+    from fastrnn.bench.backends import FastrnnTorchBackend
+
+    if importlib.util.find_spec("fastrnn.torch") is None:
+        _, status = cli.choose_backends(["reference", "fastrnn.torch"], all_backends())
+        assert status["fastrnn.torch"].startswith("not available")
+    if not HAVE_TORCH:
+        pytest.skip("no torch")
+    import types
+
+    import torch
+
+    fake = types.ModuleType("fastrnn.torch")
+    fake.__spec__ = importlib.machinery.ModuleSpec("fastrnn.torch", None)
+    fake.LSTM, fake.GRU, fake.RNN = torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN
+    monkeypatch.setitem(sys.modules, "fastrnn.torch", fake)
+    b = FastrnnTorchBackend()
+    assert b.unavailable() is None
+    case = Case("lstm", 3, 2, 3, 4)
+    p = make_params(case, "float32", seed=5)
+    for mode in ("inference", "training", "step"):
+        chk = compare(b.compute(case, mode, p), reference_outputs(case, mode, p), 2e-3)
+        assert chk.ok, (mode, chk.detail)
+        b.prepare(case, mode, p)()
+
+
 def test_tiny_run_end_to_end(tmp_path, capsys):
     backends = "reference,native" if HAVE_NATIVE else "reference"
     specs = ["lstm:T=3,N=2,I=3,H=4", "gru:T=4,N=1,I=2,H=3", "rnn:T=2,N=3,I=5,H=2"]
@@ -388,6 +436,7 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
     for label in labels:
         assert label in table and label in c.read_text()
     h = data["header"]
+    assert h["command"].startswith("fastrnn-bench --case lstm:T=3")
     assert h["threads"] == 1 and h["cpu"] and h["versions"]["numpy"]
     assert h["gemm_peak_gflops"] > 0 and h["gemm_peak_source"]
 
