@@ -352,6 +352,28 @@ def test_wrong_backend_is_flagged_not_timed_and_exit_code_nonzero(tmp_path, caps
     assert "FAILED CHECK" in capsys.readouterr().out
 
 
+class RaisingBackend(FunctionalBackend):
+    def __init__(self, name: str, exc: type[Exception]) -> None:
+        super().__init__("reference")
+        self.name, self.exc = name, exc
+
+    def compute(self, case, mode, p):
+        raise self.exc("boom")
+
+
+@pytest.mark.parametrize(
+    "exc, status, code", [(NotImplementedError, "skipped", 0), (RuntimeError, "error", 1)]
+)
+def test_backend_exceptions(exc, status, code, tmp_path):
+    registry = {**all_backends(), "raiser": RaisingBackend("raiser", exc)}
+    out = tmp_path / "r.json"
+    argv = ["--case", "rnn:T=2,N=1,H=3", "--modes", "inference", "--json", str(out), *FAST]
+    assert cli.main([*argv, "--backends", "reference,raiser"], registry=registry) == code
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["raiser"]["status"] == status and "boom" in rows["raiser"]["reason"]
+    assert rows["reference"]["status"] == OK
+
+
 def test_reference_is_skipped_when_too_slow():
     res = run_benchmarks(
         [Case("lstm", 4, 2, 3, 5)],
