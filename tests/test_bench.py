@@ -445,9 +445,13 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
     j, c = tmp_path / "r.json", tmp_path / "r.csv"
     argv = [x for s in specs for x in ("--case", s)]
     argv += ["--modes", "inference,training,step", "--backends", backends, "--threads", "1"]
+    import fastrnn
+
+    threads_before = fastrnn.get_num_threads()
     code = cli.main([*argv, "--json", str(j), "--csv", str(c), *FAST])
     table = capsys.readouterr().out
     assert code == 0, table
+    assert fastrnn.get_num_threads() == threads_before
     data = json.loads(j.read_text())
     labels = {parse_case_spec(s).label for s in specs}
     assert {r["case"] for r in data["results"]} == labels

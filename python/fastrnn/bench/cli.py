@@ -7,8 +7,9 @@ backend FAILED CHECK or raised an error, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from fastrnn.bench.backends import Backend, all_backends
 from fastrnn.bench.cases import MODES, Case, cases_from_toml, parse_case_spec
@@ -247,7 +248,26 @@ def main(
     elif baseline not in names:
         parser.error(f"--baseline {baseline!r} is not among the backends run: {names}")
     command = " ".join(["fastrnn-bench", *(sys.argv[1:] if argv is None else argv)])
-    return _run(args, cases, suites, backends, status, baseline, command)
+    with _threads_restored():
+        return _run(args, cases, suites, backends, status, baseline, command)
+
+
+@contextlib.contextmanager
+def _threads_restored() -> Iterator[None]:
+    """Put fastrnn's and PyTorch's thread counts back afterwards (main() may be called
+    from a longer-lived process, such as a test session)."""
+    import fastrnn
+
+    before = fastrnn.get_num_threads()
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        fastrnn.set_num_threads(before)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(torch_before or before)
 
 
 def _run(args, cases, suites, backends, status, baseline, command) -> int:  # type: ignore[no-untyped-def]
