@@ -445,13 +445,14 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
     j, c = tmp_path / "r.json", tmp_path / "r.csv"
     argv = [x for s in specs for x in ("--case", s)]
     argv += ["--modes", "inference,training,step", "--backends", backends, "--threads", "1"]
+    argv += ["--isa", "generic"]
     import fastrnn
 
-    threads_before = fastrnn.get_num_threads()
+    threads_before, isa_before = fastrnn.get_num_threads(), fastrnn.get_isa()
     code = cli.main([*argv, "--json", str(j), "--csv", str(c), *FAST])
     table = capsys.readouterr().out
     assert code == 0, table
-    assert fastrnn.get_num_threads() == threads_before
+    assert fastrnn.get_num_threads() == threads_before and fastrnn.get_isa() == isa_before
     data = json.loads(j.read_text())
     labels = {parse_case_spec(s).label for s in specs}
     assert {r["case"] for r in data["results"]} == labels
@@ -463,7 +464,7 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
         assert label in table and label in c.read_text()
     h = data["header"]
     assert h["command"].startswith("fastrnn-bench --case lstm:T=3")
-    assert h["threads"] == 1 and h["cpu"] and h["versions"]["numpy"]
+    assert h["threads"] == 1 and h["isa"] == "generic" and h["cpu"] and h["versions"]["numpy"]
     assert h["gemm_peak_gflops"] > 0 and h["gemm_peak_source"]
 
 

@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     m.add_argument(
+        "--isa",
+        choices=("generic", "avx2", "avx512"),
+        help="SIMD target for fastrnn's kernels (default: the best this CPU has)",
+    )
+    m.add_argument(
         "--repeat",
         type=_positive_int,
         default=5,
@@ -239,6 +244,12 @@ def main(
             raise ValueError("none of the requested backends is available here")
         if args.plot:
             report.check_plot_available()
+        if args.isa:
+            import fastrnn
+
+            supported = fastrnn.build_info()["targets_supported"]
+            if args.isa not in supported:
+                raise ValueError(f"--isa {args.isa}: this CPU/build supports {supported}")
     except (ValueError, ImportError) as exc:
         parser.error(str(exc))
     names = [b.name for b in backends]
@@ -248,23 +259,24 @@ def main(
     elif baseline not in names:
         parser.error(f"--baseline {baseline!r} is not among the backends run: {names}")
     command = " ".join(["fastrnn-bench", *(sys.argv[1:] if argv is None else argv)])
-    with _threads_restored():
+    with _state_restored():
         return _run(args, cases, suites, backends, status, baseline, command)
 
 
 @contextlib.contextmanager
-def _threads_restored() -> Iterator[None]:
-    """Put fastrnn's and PyTorch's thread counts back afterwards (main() may be called
-    from a longer-lived process, such as a test session)."""
+def _state_restored() -> Iterator[None]:
+    """Put fastrnn's SIMD target and thread count, and PyTorch's thread count, back
+    afterwards (main() may be called from a longer-lived process such as a test run)."""
     import fastrnn
 
-    before = fastrnn.get_num_threads()
+    before, isa_before = fastrnn.get_num_threads(), fastrnn.get_isa()
     torch = sys.modules.get("torch")
     torch_before = torch.get_num_threads() if torch is not None else None
     try:
         yield
     finally:
         fastrnn.set_num_threads(before)
+        fastrnn.set_isa(isa_before)
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(torch_before or before)
@@ -276,6 +288,8 @@ def _run(args, cases, suites, backends, status, baseline, command) -> int:  # ty
     from fastrnn.bench.measure import ALLOC_METHOD, TOLERANCE, gemm_peak, rss_method
     from fastrnn.bench.run import Options, run_benchmarks
 
+    if args.isa:
+        fastrnn.set_isa(args.isa)  # ValueError when this CPU cannot run it
     threads = args.threads or fastrnn.get_num_threads()
     notes = []
     fastrnn.set_num_threads(threads)

@@ -216,7 +216,7 @@ def to_json(results: Results) -> str:
 CSV_COLUMNS = (
     "case", "cell", "T", "N", "I", "H", "mode", "backend", "status", "median_ms", "min_ms",
     "max_ms", "spread", "samples", "calls_per_sample", "gflop", "gflops", "peak_fraction",
-    "speedup", "alloc_mib", "rss_mib", "check_err", "note", "reason",
+    "speedup", "alloc_mib", "rss_mib", "check_err", "note", "reason", "T_orig", "N_orig",
 )  # fmt: skip
 
 
@@ -253,7 +253,9 @@ def write_plot(results: Results, path: str) -> None:
     rows = [r for r in results.rows if r["status"] == OK]
     modes = list(dict.fromkeys(r["mode"] for r in results.rows))
     backends = list(dict.fromkeys(r["backend"] for r in results.rows))
-    fig, axes = plt.subplots(len(modes) or 1, 1, figsize=(12, 3.6 * max(1, len(modes))))
+    n_cases = len(dict.fromkeys(r["case"] for r in results.rows))
+    size = (max(12.0, 0.3 * n_cases * max(1, len(backends))), 3.8 * max(1, len(modes)))
+    fig, axes = plt.subplots(len(modes) or 1, 1, figsize=size)
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     peak = results.header.get("gemm_peak_gflops")
     for ax, mode in zip(axes, modes):
