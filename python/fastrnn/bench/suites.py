@@ -100,7 +100,7 @@ def _deepbench() -> tuple[Case, ...]:
             if key in seen:
                 k = seen[key]
                 prev = out[k]
-                extra = f"also stands for N={N},T={T}"
+                extra = f"also stands for db-{tag} H={H},N={N},T={T}"
                 out[k] = replace(prev, note=f"{prev.note}; {extra}" if prev.note else extra)
                 continue
             seen[key] = len(out)
