@@ -281,6 +281,17 @@ def test_time_callable_batches_short_calls():
     assert 0 < t.min <= t.median <= t.max
 
 
+def test_memory_peaks_see_a_numpy_allocation():
+    from fastrnn.bench.measure import memory_peaks
+
+    alloc, rss = memory_peaks(lambda: np.ones(2**20).sum())  # 8 MiB, touched
+    assert 7.9 <= alloc < 20
+    if rss is not None:  # Linux with /proc/self/clear_refs
+        assert rss >= 4
+    alloc, _ = memory_peaks(lambda: None, traced=False)
+    assert alloc is None
+
+
 def test_gemm_peak_falls_back_to_numpy_and_says_so(monkeypatch):
     import fastrnn.ops
     from fastrnn.bench.measure import gemm_peak

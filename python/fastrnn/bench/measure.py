@@ -6,7 +6,7 @@ samples are taken until ``repeat`` of them agree within ``stable_spread`` (relat
 inter-quartile range) or the ``max_time`` budget is spent. Reported per call: median,
 min, max, spread.
 
-Memory, two figures from two extra calls:
+Memory, two figures from one extra call:
 
 - ``alloc``: the ``tracemalloc`` peak: everything NumPy and Python allocate during the
   call (exact, but blind to C++ ``new``/``malloc``, PyTorch and XLA buffers); shown only
@@ -130,7 +130,7 @@ def _trim_heap() -> None:
 
 
 def rss_method() -> str | None:
-    """How :func:`rss_growth` measures here, or None when it cannot."""
+    """How :func:`memory_peaks` measures ``rss`` here, or None when it cannot."""
     if _status_kib("VmHWM") is not None and _reset_hwm():
         return (
             "rss+ = peak resident-set growth during one call, all allocators "
@@ -139,28 +139,28 @@ def rss_method() -> str | None:
     return None
 
 
-def rss_growth(fn: Callable[[], Any]) -> float | None:
-    """Peak resident-set growth (MiB) during one call of ``fn``; None where unsupported."""
+def memory_peaks(fn: Callable[[], Any], traced: bool = True) -> tuple[float | None, float | None]:
+    """One call of ``fn``: ``(alloc, rss)`` in MiB.
+
+    ``alloc`` is the ``tracemalloc`` peak during the call (None unless ``traced``);
+    ``rss`` the growth of the peak resident set (None where it cannot be measured).
+    Both come from the same call, so a large case costs one extra call, not two.
+    """
+    trace = traced and not tracemalloc.is_tracing()
     _trim_heap()
     before = _status_kib("VmRSS")
-    if before is None or not _reset_hwm():
-        return None
-    fn()
-    hwm = _status_kib("VmHWM")
-    return None if hwm is None else max(0, hwm - before) / 1024.0
-
-
-def traced_peak(fn: Callable[[], Any]) -> float | None:
-    """Peak of Python/NumPy allocations (MiB, ``tracemalloc``) during one call of ``fn``."""
-    if tracemalloc.is_tracing():
-        return None
-    tracemalloc.start()
+    rss_ok = before is not None and _reset_hwm()
+    if trace:
+        tracemalloc.start()
     try:
         fn()
-        _, peak = tracemalloc.get_traced_memory()
+        alloc = tracemalloc.get_traced_memory()[1] / 2**20 if trace else None
     finally:
-        tracemalloc.stop()
-    return peak / 2**20
+        if trace:
+            tracemalloc.stop()
+    hwm = _status_kib("VmHWM") if rss_ok else None
+    rss = max(0, hwm - before) / 1024.0 if hwm is not None and before is not None else None
+    return alloc, rss
 
 
 ALLOC_METHOD = "alloc = tracemalloc peak during one call: NumPy/Python allocations only"

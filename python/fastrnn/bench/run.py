@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from fastrnn.bench.backends import Backend, make_params, reference_outputs
 from fastrnn.bench.cases import Case
-from fastrnn.bench.measure import TOLERANCE, compare, rss_growth, time_callable, traced_peak
+from fastrnn.bench.measure import TOLERANCE, compare, memory_peaks, time_callable
 
 OK, FAILED, SKIPPED, ERROR = "ok", "FAILED CHECK", "skipped", "error"
 
@@ -139,8 +139,7 @@ def run_benchmarks(
                 )
                 alloc = rss = None
                 if opts.measure_memory:
-                    alloc = traced_peak(fn) if b.numpy_memory else None
-                    rss = rss_growth(fn)
+                    alloc, rss = memory_peaks(fn, traced=b.numpy_memory)
             except Exception as exc:
                 rows.append(_row(case, mode, b.name, ERROR, f"{type(exc).__name__}: {exc}"))
                 _say(progress, f"{prefix}: ERROR {type(exc).__name__}: {exc}")
