@@ -451,7 +451,10 @@ def test_fastrnn_torch_backend_absent_or_used(monkeypatch):
 
 
 def test_tiny_run_end_to_end(tmp_path, capsys):
-    backends = "reference,native" if HAVE_NATIVE else "reference"
+    names = ["reference"] + (["native"] if HAVE_NATIVE else [])
+    if HAVE_TORCH and importlib.util.find_spec("fastrnn.torch") is not None:
+        names.append("fastrnn.torch")
+    backends = ",".join(names)
     specs = ["lstm:T=3,N=2,I=3,H=4", "gru:T=4,N=1,I=2,H=3", "rnn:T=2,N=3,I=5,H=2"]
     j, c = tmp_path / "r.json", tmp_path / "r.csv"
     argv = [x for s in specs for x in ("--case", s)]
