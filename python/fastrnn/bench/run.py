@@ -34,6 +34,10 @@ def reference_seconds(case: Case, mode: str) -> float:
 
 @dataclass
 class Options:
+    """How to run: dtype, threads, the timing budget (see :func:`time_callable`), when to
+    skip the reference, memory on/off, input seed, the baseline backend, a modes override
+    and the GEMM peak (GFLOP/s) that ``peak_fraction`` divides by."""
+
     dtype: str = "float32"
     threads: int | None = None
     repeat: int = 5
