@@ -119,7 +119,7 @@ def test_batch_first_and_unbatched_are_views_of_time_major(backend, cls, rng):
     np.testing.assert_allclose(dxb, dx.transpose(1, 0, 2), rtol=1e-14, atol=1e-15)
     # unbatched (T, I) == batched with N = 1, states (L*D, H)
     yu, su, tapeu = tm.forward(x[:, 0])
-    y1, s1 = tm(x[:, :1])
+    y1, _ = tm(x[:, :1])
     assert yu.shape == (T, 2 * H)
     np.testing.assert_allclose(yu, y1[:, 0], rtol=1e-14, atol=1e-15)
     hu = su[0] if cls is LSTM else su
@@ -139,7 +139,7 @@ def test_dropout_in_layers(backend, rng):
     y_eval, _, _ = a.forward(x, training=False)
     np.testing.assert_array_equal(ya, y_eval)
     y_train_a, _, tape_a = a.forward(x)
-    y_train_b, _, tape_b = b.forward(x)
+    y_train_b, _, _ = b.forward(x)
     np.testing.assert_array_equal(y_train_a, y_train_b)  # same seed, same masks
     assert not np.allclose(y_train_a, ya)
     masks = tape_a.stack.masks
