@@ -31,6 +31,9 @@ def test_returns_one_norm_per_step_and_keeps_grads(rng):
     # a loss function instead of an explicit gradient
     n2 = gradient_norms(lstm, x, dy_last=lambda y: (float(np.sum(y * g_last)), g_last))
     np.testing.assert_allclose(n2, norms)
+    # with the cell state included the norm can only grow (and equals it at the last step)
+    nc = gradient_norms(lstm, x, dy_last=g_last, cell_state=True)
+    assert np.all(nc >= norms) and nc[-1] == norms[-1] and np.any(nc[:-1] > norms[:-1])
 
 
 def test_vanilla_rnn_with_small_weights_decays_back_in_time(rng):
@@ -61,7 +64,7 @@ def test_matches_autograd_definition(rng, cell):
     wi, wh, bi, bh = p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"]
     h = torch.tensor(h0[0])
     c = torch.tensor(h0[0] * 0.3)
-    hs = []
+    hs, cs = [], []
     for t in range(T):
         xt = torch.tensor(x[t])
         gi, gh = xt @ wi.T + bi, h @ wh.T + bh
@@ -69,8 +72,12 @@ def test_matches_autograd_definition(rng, cell):
             h = torch.tanh(gi + gh)
         elif cell == "lstm":
             i, f, gg, o = (gi + gh).split(H, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+            h = torch.sigmoid(o) * torch.tanh(c_new)
+            # the carried copy of c_t: its gradient is dL/dc_t with h_t held fixed
+            c = c_new.clone()
+            c.retain_grad()
+            cs.append(c)
         else:
             r = torch.sigmoid(gi[:, :H] + gh[:, :H])
             z = torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
@@ -81,6 +88,11 @@ def test_matches_autograd_definition(rng, cell):
     (h * torch.tensor(g)).sum().backward()
     ref = np.array([np.linalg.norm(hh.grad.numpy()) for hh in hs])
     np.testing.assert_allclose(norms, ref, rtol=1e-10)
+    if cell == "lstm":
+        both = gradient_norms(layer, x, state=state, dy_last=g, cell_state=True)
+        dc = [np.zeros((N, H)) if cc.grad is None else cc.grad.numpy() for cc in cs]
+        ref_c = np.sqrt(ref**2 + np.array([np.sum(d**2) for d in dc]))
+        np.testing.assert_allclose(both, ref_c, rtol=1e-10)
 
 
 def test_bad_input(rng):

@@ -11,7 +11,9 @@ result is, for every t,
 where the derivative is the *partial* derivative with the rest of the state at step t
 (the LSTM cell ``c_t``) held fixed, i.e. exactly the ``dh`` that backpropagation through
 time carries into step t. ``norms[T-1]`` is ``||g||`` (on the top layer); with a vanishing
-gradient, ``norms[t]`` shrinks as t goes back in time.
+gradient, ``norms[t]`` shrinks as t goes back in time. With ``cell_state=True`` (LSTM) the
+norm covers both parts of the state, ``sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2)``, each partial
+with the other held fixed (so ``dL/dc_{T-1} = 0``).
 
 Method (exact, using only the layer's public forward/backward): the states ``h_t`` (and
 ``c_t``) are recorded by stepping the layer one step at a time; then, for each t, the layer
@@ -36,17 +38,12 @@ def _h_of(state: Any) -> np.ndarray:
     return state[0] if isinstance(state, (tuple, list)) else state
 
 
-def _zeros_like_state(state: Any) -> Any:
-    if isinstance(state, (tuple, list)):
-        return type(state)(np.zeros_like(s) for s in state)
-    return np.zeros_like(state)
-
-
 def gradient_norms(
     layer: Any,
     x: Any,
     state: Any = None,
     dy_last: np.ndarray | Callable[[np.ndarray], tuple[Any, np.ndarray]] | None = None,
+    cell_state: bool = False,
 ) -> np.ndarray:
     """``||dL/dh_t||`` for every time step t of a recurrent layer (see module docstring).
 
@@ -57,6 +54,8 @@ def gradient_norms(
         state: initial state (None: zeros), as the layer takes it.
         dy_last: upstream gradient ``g`` (N, H) on the last output; or a callable
             ``loss_fn(y_last) -> (loss, g)``; default all ones.
+        cell_state: LSTM only: measure ``||(dL/dh_t, dL/dc_t)||`` (both parts of the
+            state) instead of ``||dL/dh_t||``; the LSTM's long-range memory is ``c``.
 
     Returns float64 array (T,): ``norms[t] = ||dL/dh_t||``.
     """
@@ -103,7 +102,8 @@ def gradient_norms(
             dy = np.zeros_like(yy)
             dy[-1] = g
             _, dstate = layer.backward(tape, dy)
-            norms[t] = float(np.linalg.norm(_h_of(dstate).astype(np.float64)))
+            parts = dstate if cell_state and isinstance(dstate, (tuple, list)) else [_h_of(dstate)]
+            norms[t] = float(np.sqrt(sum(np.sum(np.square(p.astype(np.float64))) for p in parts)))
     finally:
         for k, v in saved.items():
             layer.grads[k][...] = v
