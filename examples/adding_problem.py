@@ -10,7 +10,7 @@ An LSTM and a GRU learn it; a vanilla tanh RNN stalls near 0.167 once T is long,
 the gradient reaching early steps vanishes. The script prints the losses of all three and,
 when matplotlib is installed, plots ``||dL/dh_t||`` for each (``fastrnn.diagnostics``).
 
-    python examples/adding_problem.py --steps 300 --length 50
+    python examples/adding_problem.py --steps 800 --length 40
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class Model:
 
 def train(
     cell: str = "lstm",
-    steps: int = 300,
-    length: int = 50,
+    steps: int = 800,
+    length: int = 40,
     hidden_size: int = 32,
     batch: int = 32,
     lr: float = 1e-2,
@@ -108,8 +108,8 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--length", type=int, default=50, help="sequence length T")
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--length", type=int, default=40, help="sequence length T")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2)
