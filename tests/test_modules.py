@@ -76,13 +76,17 @@ def test_linear_bad_input():
     lin = Linear(3, 2)
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
         lin(np.zeros((4, 2), np.float32))
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(TypeError, match="float32"):
         lin(np.zeros((4, 3), int))
+    with pytest.raises(TypeError, match="dtype float32"):
+        lin(np.zeros((4, 3)))  # float64 into a float32 module: no silent cast
     _, tape = lin.forward(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="dy must have shape"):
-        lin.backward(tape, np.zeros((4, 3)))
+        lin.backward(tape, np.zeros((4, 3), np.float32))
+    with pytest.raises(TypeError, match="dy must have dtype"):
+        lin.backward(tape, np.zeros((4, 2)))
     with pytest.raises(ValueError, match="tape is None"):
-        lin.backward(None, np.zeros((4, 2)))
+        lin.backward(None, np.zeros((4, 2), np.float32))
     with pytest.raises(ValueError, match="in_features"):
         Linear(0, 2)
     with pytest.raises(TypeError, match="dtype"):
@@ -119,7 +123,7 @@ def test_embedding_bad_input():
         emb(np.array([0.0, 1.0]))
     _, tape = emb.forward(np.array([1, 2]))
     with pytest.raises(ValueError, match="dy must have shape"):
-        emb.backward(tape, np.zeros((2, 3)))
+        emb.backward(tape, np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="padding_idx"):
         Embedding(5, 2, padding_idx=5)
 

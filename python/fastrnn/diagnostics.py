@@ -91,6 +91,7 @@ def gradient_norms(
         g = np.asarray(dy_last)
     if g.shape != y_last.shape:
         raise ValueError(f"dy_last must have shape {y_last.shape} (N, H), got {g.shape}")
+    g = g.astype(y_last.dtype, copy=False)
 
     saved = {k: v.copy() for k, v in layer.grads.items()}
     norms = np.empty(T, dtype=np.float64)

@@ -43,6 +43,13 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _check_dy(dy: Any, dtype: np.dtype) -> np.ndarray:
+    dy = np.asarray(dy)
+    if dy.dtype != dtype:
+        raise TypeError(f"dy must have dtype {dtype} (the module's dtype), got {dy.dtype}")
+    return dy
+
+
 class Module:
     """Base class holding ``params``/``grads`` dicts and the shared protocol.
 
@@ -87,9 +94,11 @@ class Linear(Module):
     """Affine map over the last axis: ``y = x W^T + b``.
 
     Applies over any leading dimensions: ``x`` (..., in_features) -> ``y`` (..., out_features),
-    e.g. (T, N, F) or (N, F). Parameters (PyTorch names and init):
-    ``weight`` (out_features, in_features) and ``bias`` (out_features,), both drawn from
-    U(-1/sqrt(in_features), 1/sqrt(in_features)).
+    e.g. (T, N, F) or (N, F). Inputs and gradients must have the module's dtype (a mismatch
+    is a TypeError, never a silent cast, as for the recurrent layers).
+
+    Parameters (PyTorch names and init): ``weight`` (out_features, in_features) and
+    ``bias`` (out_features,), both drawn from U(-1/sqrt(in_features), 1/sqrt(in_features)).
 
     Backward: ``dx = dy W``, ``dW += dy^T x`` and ``db += sum(dy)`` over all leading dims.
     """
@@ -119,9 +128,9 @@ class Linear(Module):
             raise ValueError(
                 f"x must have shape (..., {self.in_features}) (in_features last), got {x.shape}"
             )
-        if not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"x must be a floating array ({self.dtype}), got dtype {x.dtype}")
-        return x.astype(self.dtype, copy=False)
+        if x.dtype != self.dtype:
+            raise TypeError(f"x must have dtype {self.dtype} (the module's dtype), got {x.dtype}")
+        return x
 
     def __call__(self, x: Any) -> np.ndarray:
         """Inference: ``x`` (..., in_features) -> ``y`` (..., out_features)."""
@@ -141,7 +150,7 @@ class Linear(Module):
         if tape is None:
             raise ValueError("tape is None: call forward(x, training=True) before backward")
         x = tape
-        dy = np.asarray(dy, dtype=self.dtype)
+        dy = _check_dy(dy, self.dtype)
         if dy.shape != (*x.shape[:-1], self.out_features):
             raise ValueError(
                 f"dy must have shape {(*x.shape[:-1], self.out_features)}, got {dy.shape}"
@@ -216,7 +225,7 @@ class Embedding(Module):
         if tape is None:
             raise ValueError("tape is None: call forward(idx, training=True) before backward")
         idx = tape
-        dy = np.asarray(dy, dtype=self.dtype)
+        dy = _check_dy(dy, self.dtype)
         if dy.shape != (*idx.shape, self.embedding_dim):
             raise ValueError(
                 f"dy must have shape {(*idx.shape, self.embedding_dim)}, got {dy.shape}"
