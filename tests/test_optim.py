@@ -121,6 +121,17 @@ def test_optimizer_updates_in_place_and_zero_grad():
     assert not lin.grads["weight"].any()
 
 
+def test_shared_parameters_update_once():
+    from fastrnn.modules import Sequential
+
+    lin = Linear(2, 2, seed=0)
+    model = Sequential(lin)
+    lin.grads["weight"][...] = 1
+    before = lin.params["weight"].copy()
+    SGD([model, lin], lr=0.5).step()
+    np.testing.assert_allclose(lin.params["weight"], before - 0.5)
+
+
 def test_optimizer_state_dict_roundtrip():
     m = Params([1.0], [1.0])
     opt = Adam(m, lr=0.1)

@@ -114,9 +114,14 @@ class Optimizer:
         self.state: dict[tuple[int, str], dict[str, Any]] = {}
 
     def _pairs(self) -> Iterator[tuple[tuple[int, str], np.ndarray, np.ndarray]]:
+        # a parameter reachable twice (a module and its parent both passed) updates once
+        seen: set[int] = set()
         for i, m in enumerate(self.modules):
             params, grads = m.params, m.grads
             for name, p in params.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
                 g = grads[name]
                 if g.shape != p.shape:
                     raise ValueError(f"grads[{name!r}] shape {g.shape} != params {p.shape}")
