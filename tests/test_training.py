@@ -51,6 +51,10 @@ def test_detach_state_copies_tuples():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="targets"):
         truncated_bptt(np.zeros((4, 1)), 2, lambda *a: (0.0, None), targets=np.zeros(3))
+    with pytest.raises(ValueError, match="x must be"):
+        truncated_bptt(3.0, 2, lambda *a: (0.0, None))
+    res = truncated_bptt([[1.0], [2.0], [3.0]], 2, lambda x, y, s: (float(np.sum(x)), None))
+    assert res.losses == [3.0, 3.0]
     with pytest.raises(TypeError, match="callable"):
         truncated_bptt(np.zeros((4, 1)), 2, None)
     with pytest.raises(TypeError, match="loss, new_state"):

@@ -82,10 +82,14 @@ def truncated_bptt(
 
     Returns a :class:`TBPTTResult` with the per-chunk losses, bounds and final state.
     """
-    if not hasattr(x, "shape") or len(x.shape) < 1:
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if len(x.shape) < 1:
         raise ValueError("x must be an array of shape (T_total, N, ...), time-major")
     T_total = int(x.shape[0])
-    if targets is not None and (not hasattr(targets, "shape") or targets.shape[0] != T_total):
+    if targets is not None and not hasattr(targets, "shape"):
+        targets = np.asarray(targets)
+    if targets is not None and (len(targets.shape) < 1 or targets.shape[0] != T_total):
         raise ValueError(
             f"targets must have T_total={T_total} steps on axis 0, "
             f"got shape {getattr(targets, 'shape', None)}"
