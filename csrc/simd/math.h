@@ -19,7 +19,8 @@
 // Special values (all exact):
 //   exp(-inf) = 0, exp(+inf) = +inf, exp(NaN) = NaN, overflow -> +inf,
 //   exp(x) = 0 below the smallest denormal (x < -103.98 float, -745.14 double).
-//   tanh(+-0) = +-0, tanh(+-inf) = +-1, tanh(NaN) = NaN, tanh(x) = x for tiny x.
+//   tanh(+-0) = +-0, tanh(+-inf) = +-1, tanh(NaN) = NaN, tanh(x) = x for |x| < 2^-12
+//   (float) / 2^-27 (double), where that is the correctly rounded value.
 //   sigmoid(-inf) = 0, sigmoid(+inf) = 1, sigmoid(NaN) = NaN, sigmoid(0) = 0.5.
 //   No NaN for any finite or infinite input; no floating-point overflow in the
 //   intermediate steps of tanh and sigmoid.
@@ -37,7 +38,8 @@
 //   tanh(x):  a = |x|; t = expm1(-2a) in (-1, 0] from the same reduction
 //             (expm1 = 2^n q + (2^n - 1), q = r + r^2 P(r), exact for n = 0);
 //             tanh(a) = -t / (2 + t); sign restored from x. There is no
-//             cancellation for small a: t ~ -2a and tanh(a) ~ a.
+//             cancellation for small a: t ~ -2a and tanh(a) ~ a; below the
+//             tiny threshold the result is a itself.
 //   sigmoid(x): e = exp(-|x|) in (0, 1]; sigmoid(|x|) = 1 / (1 + e) and
 //             sigmoid(-|x|) = e / (1 + e), so nothing overflows and small
 //             results keep their relative accuracy.
@@ -75,6 +77,8 @@ struct ExpConst<float> {
   static constexpr float lo = -104.0f;
   // expm1(x) rounds to -1 below this.
   static constexpr float expm1_lo = -20.0f;
+  // Below this |x|, tanh(x) rounds to x (x^2/3 < half an ulp).
+  static constexpr float tanh_tiny = 0x1p-12f;
   static constexpr int degree = 8;
 };
 
@@ -88,6 +92,7 @@ struct ExpConst<double> {
   static constexpr double hi = 710.0;
   static constexpr double lo = -746.0;
   static constexpr double expm1_lo = -40.0;
+  static constexpr double tanh_tiny = 0x1p-27;
   static constexpr int degree = 13;
 };
 
@@ -167,7 +172,8 @@ inline Vec<T> tanh(Vec<T> x) {
   const V s = detail::pow2<T>(n);  // 2^n, n in [-58, 0]
   const V one = V::broadcast(T(1));
   const V t = fma(s, q, s - one);  // expm1(y); exactly q when n == 0
-  const V th = -t / (V::broadcast(T(2)) + t);
+  V th = -t / (V::broadcast(T(2)) + t);
+  th = select(a < V::broadcast(C::tanh_tiny), a, th);
   return select(isnan(x), x, copysign(th, x));
 }
 
