@@ -126,6 +126,15 @@ struct Vec {
   friend Vec operator*(Vec a, Vec b) { return {a.v * b.v}; }
   friend Vec operator/(Vec a, Vec b) { return {a.v / b.v}; }
   friend Vec operator-(Vec a) { return {-a.v}; }
+  // With a scalar on either side (broadcast to every lane).
+  friend Vec operator+(Vec a, T b) { return {a.v + b}; }
+  friend Vec operator-(Vec a, T b) { return {a.v - b}; }
+  friend Vec operator*(Vec a, T b) { return {a.v * b}; }
+  friend Vec operator/(Vec a, T b) { return {a.v / b}; }
+  friend Vec operator+(T a, Vec b) { return {a + b.v}; }
+  friend Vec operator-(T a, Vec b) { return {a - b.v}; }
+  friend Vec operator*(T a, Vec b) { return {a * b.v}; }
+  friend Vec operator/(T a, Vec b) { return {a / b.v}; }
   Vec& operator+=(Vec b) { return v += b.v, *this; }
   Vec& operator-=(Vec b) { return v -= b.v, *this; }
   Vec& operator*=(Vec b) { return v *= b.v, *this; }
