@@ -80,6 +80,7 @@ def test_max_error_over_whole_range(isa, name, dtype):
     err = _ulp_errors(y[~overflow], ref[~overflow], dtype)
     worst = float(err.max())
     bound = ops.max_error(name, dtype)
+    assert bound == ops.max_error(name, dtype, isa=isa)
     assert worst <= bound, (
         f"{name} {np.dtype(dtype).name} on {isa}: {worst:.3f} ulp at "
         f"x={x[~overflow][err.argmax()]!r} (bound {bound})"
@@ -214,7 +215,15 @@ def test_bad_arguments():
 
 
 def test_max_error_table():
+    from fastrnn import _core
+
+    isas = list(_core.supported_isas())
     for name in FUNCTIONS:
         for dt in ("float32", "float64"):
-            assert ops.max_error(name, dt) == ops.MAX_ERROR_ULP[name][dt]
-            assert 0.5 <= ops.max_error(name, dt) <= 4
+            per_isa = [ops.max_error(name, dt, isa=i) for i in isas]
+            assert ops.MAX_ERROR_ULP[name][dt] == max(per_isa)
+            assert ops.max_error(name, dt) in per_isa
+            assert all(0.5 <= b <= 3 for b in per_isa)
+    assert ops.max_error("exp", np.float32, isa="generic") == 1.0
+    with pytest.raises(ValueError, match="isa"):
+        ops.max_error("exp", np.float32, isa="sse9")

@@ -79,7 +79,27 @@ void apply(const std::string& name, const py::array& x, py::array out) {
   }
 }
 
-double max_error_ulp(const std::string& name, const std::string& dtype) {
+const MathTable& table_for(const std::string& isa) {
+  if (isa.empty()) return FASTRNN_DISPATCH(math_table);
+  Isa t = Isa::generic;
+  try {
+    t = parse_isa(isa);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(std::string("isa: ") + e.what());
+  }
+  if (!isa_supported(t)) {
+    throw py::value_error("isa: SIMD target '" + isa + "' is not supported by this CPU/build");
+  }
+#if defined(FASTRNN_X86_TARGETS)
+  if (t == Isa::avx512) return avx512::math_table();
+  if (t == Isa::avx2) return avx2::math_table();
+#endif
+  return generic::math_table();
+}
+
+// Documented maximum error in ulp of a function for a dtype on a target
+// ("" = the active target).
+double max_error_ulp(const std::string& name, const std::string& dtype, const std::string& isa) {
   const Fn fn = parse_fn(name);
   int d = 0;
   if (dtype == "float32") {
@@ -89,7 +109,7 @@ double max_error_ulp(const std::string& name, const std::string& dtype) {
   } else {
     throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   }
-  return FASTRNN_DISPATCH(math_table).max_error_ulp[static_cast<int>(fn)][d];
+  return table_for(isa).max_error_ulp[static_cast<int>(fn)][d];
 }
 
 }  // namespace
@@ -99,7 +119,8 @@ void register_math(py::module_& m) {
         "out = f(x) elementwise for f in exp, tanh, sigmoid (C-contiguous float32/float64; "
         "out may be x).");
   m.def("math_max_error_ulp", &max_error_ulp, py::arg("name"), py::arg("dtype"),
-        "Documented maximum error in ulp of the active target's function.");
+        py::arg("isa") = std::string(),
+        "Documented maximum error in ulp of a function on a SIMD target (default: active).");
 }
 
 }  // namespace fastrnn::bindings

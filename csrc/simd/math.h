@@ -6,15 +6,19 @@
 // the scalar functions (which evaluate one lane of the vector code) give
 // bitwise the same results as the vector ones on the same target.
 //
-// Maximum error over the whole range, measured against float64/long double
-// (see docs/math.md and tests/test_math.py; the tests pin these bounds):
+// Maximum error over the whole range, in ulp of the exact result (|computed -
+// exact| / spacing of T at the exact value), measured against long double
+// (docs/math.md; tests/test_math.py pins these bounds):
 //
-//               float32   float64     (ulp of the correctly rounded result)
-//   exp          1 ulp     1 ulp       results below the smallest normal number
-//   tanh         3 ulp     3 ulp       (denormals) are computed, not flushed; their
-//   sigmoid      3 ulp     3 ulp       error is within 1 unit of the denormal spacing
+//                 with FMA (avx2, avx512)   without FMA (generic)
+//                 float32    float64        float32    float64
+//   exp           1          1              1          1
+//   tanh          2          2.5            3          3
+//   sigmoid       2          2              3          3
 //
-// The constants max_error_ulp_{exp,tanh,sigmoid} below hold these numbers.
+// Results below the smallest normal number (denormals) are computed, not
+// flushed; their error is within 1 unit of the denormal spacing.
+// max_error_ulp(fn, dtype) below returns these numbers for this target.
 //
 // Special values (all exact):
 //   exp(-inf) = 0, exp(+inf) = +inf, exp(NaN) = NaN, overflow -> +inf,
@@ -38,12 +42,15 @@
 //             inf and denormal results are rounded once.
 //   tanh(x):  a = |x|; t = expm1(-2a) in (-1, 0] from the same reduction
 //             (expm1 = 2^n q + (2^n - 1), q = r + r^2 P(r), exact for n = 0);
-//             tanh(a) = -t / (2 + t); sign restored from x. There is no
+//             tanh(a) = -t / (2 + t), the denominator kept exact as hi + lo
+//             and the quotient corrected once by its FMA residual (this is
+//             what the FMA targets gain); sign restored from x. There is no
 //             cancellation for small a: t ~ -2a and tanh(a) ~ a; below the
 //             tiny threshold the result is a itself.
 //   sigmoid(x): e = exp(-|x|) in (0, 1]; sigmoid(|x|) = 1 / (1 + e) and
 //             sigmoid(-|x|) = e / (1 + e), so nothing overflows and small
-//             results keep their relative accuracy.
+//             results keep their relative accuracy; 1 + e kept exact as
+//             hi + lo and the quotient corrected as for tanh.
 #pragma once
 
 #include <cstdint>
@@ -54,10 +61,18 @@
 FASTRNN_TARGET_NS_BEGIN
 namespace simd {
 
-// Documented maximum errors in ulp (same for float and double, every target).
-constexpr double max_error_ulp_exp = 1.0;
-constexpr double max_error_ulp_tanh = 3.0;
-constexpr double max_error_ulp_sigmoid = 3.0;
+enum class MathFn : int { exp = 0, tanh = 1, sigmoid = 2 };
+
+// Documented maximum error in ulp of this target's function for float
+// (is_double false) or double; see the table at the top of this file.
+constexpr double max_error_ulp(MathFn fn, bool is_double) {
+#if defined(__FMA__)
+  return fn == MathFn::exp ? 1.0 : fn == MathFn::tanh ? (is_double ? 2.5 : 2.0) : 2.0;
+#else
+  (void)is_double;
+  return fn == MathFn::exp ? 1.0 : 3.0;
+#endif
+}
 
 namespace detail {
 
@@ -157,6 +172,17 @@ inline Vec<T> pow2(typename Vec<T>::uraw k) {
   return Vec<T>::from_bits((k + U(Tr::exponent_bias)) << Tr::mantissa_bits);
 }
 
+// num / (d_hi + d_lo) for |d_lo| <= ulp(d_hi) / 2, d_hi in [1, 2]: one
+// division for 1/d_hi, then one correction step with the residual
+// num - q (d_hi + d_lo), which FMA computes almost exactly.
+template <class T>
+inline Vec<T> div_hi_lo(Vec<T> num, Vec<T> d_hi, Vec<T> d_lo) {
+  const Vec<T> rcp = Vec<T>::broadcast(T(1)) / d_hi;
+  const Vec<T> q = num * rcp;
+  const Vec<T> res = fma(-q, d_hi, num) - q * d_lo;
+  return fma(res, rcp, q);
+}
+
 }  // namespace detail
 
 // e^x per lane; max error 1 ulp (see top of file).
@@ -182,7 +208,8 @@ inline Vec<T> exp(Vec<T> x) {
   return select(isnan(x), x, y);
 }
 
-// tanh(x) per lane; max error 3 ulp, relative (accurate near 0).
+// tanh(x) per lane; max error max_error_ulp(MathFn::tanh, ...), relative
+// (accurate near 0).
 template <class T>
 inline Vec<T> tanh(Vec<T> x) {
   using V = Vec<T>;
@@ -195,20 +222,29 @@ inline Vec<T> tanh(Vec<T> x) {
   const V q = detail::expm1_poly(r);
   const V s = detail::pow2<T>(n);  // 2^n, n in [-58, 0]
   const V one = V::broadcast(T(1));
-  const V t = fma(s, q, s - one);  // expm1(y); exactly q when n == 0
-  V th = -t / (V::broadcast(T(2)) + t);
+  // tanh(a) = N / D with N = -expm1(y) = 1 - s - s q and D = 2 + expm1(y) =
+  // 1 + s + s q. D is kept as D_hi + D_lo exactly (s q is an exact product).
+  const V num = fma(-s, q, one - s);
+  const V a_hi = one + s;
+  const V a_lo = (one - a_hi) + s;
+  const V d_hi = fma(s, q, a_hi);
+  const V d_lo = fma(s, q, a_hi - d_hi) + a_lo;
+  V th = detail::div_hi_lo(num, d_hi, d_lo);
   th = select(a < V::broadcast(C::tanh_tiny), a, th);
   return select(isnan(x), x, copysign(th, x));
 }
 
-// 1 / (1 + e^-x) per lane; max error 3 ulp (relative, also for tiny results).
+// 1 / (1 + e^-x) per lane; max error max_error_ulp(MathFn::sigmoid, ...),
+// relative (also for tiny results).
 template <class T>
 inline Vec<T> sigmoid(Vec<T> x) {
   using V = Vec<T>;
   const V e = exp(-abs(x));
   const V one = V::broadcast(T(1));
   const V num = select(x < V::zero(), e, one);
-  const V y = num / (one + e);
+  const V d_hi = one + e;
+  const V d_lo = (one - d_hi) + e;  // exact: 1 + e = d_hi + d_lo
+  const V y = detail::div_hi_lo(num, d_hi, d_lo);
   return select(isnan(x), x, y);
 }
 

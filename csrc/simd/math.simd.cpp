@@ -26,9 +26,9 @@ const MathTable& math_table() {
   static const MathTable t{
       {&exp_n<float>, &tanh_n<float>, &sigmoid_n<float>},
       {&exp_n<double>, &tanh_n<double>, &sigmoid_n<double>},
-      {{simd::max_error_ulp_exp, simd::max_error_ulp_exp},
-       {simd::max_error_ulp_tanh, simd::max_error_ulp_tanh},
-       {simd::max_error_ulp_sigmoid, simd::max_error_ulp_sigmoid}},
+      {{simd::max_error_ulp(simd::MathFn::exp, false), simd::max_error_ulp(simd::MathFn::exp, true)},
+       {simd::max_error_ulp(simd::MathFn::tanh, false), simd::max_error_ulp(simd::MathFn::tanh, true)},
+       {simd::max_error_ulp(simd::MathFn::sigmoid, false), simd::max_error_ulp(simd::MathFn::sigmoid, true)}},
   };
   return t;
 }

@@ -22,28 +22,40 @@ __all__ = ["MAX_ERROR_ULP", "exp", "max_error", "sigmoid", "tanh"]
 _FUNCTIONS = ("exp", "tanh", "sigmoid")
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: Maximum error in ulp (units in the last place of the exact result), per function
-#: and dtype, for every SIMD target. Results below the smallest normal number have an
-#: error of at most one unit of the denormal spacing.
+#: Maximum error in ulp (units in the last place of the exact result) per function and
+#: dtype: the largest bound over the SIMD targets this machine supports, so it holds
+#: whichever target is active. ``max_error`` gives the bound of one target. Results below
+#: the smallest normal number have an error of at most one unit of the denormal spacing.
 MAX_ERROR_ULP: dict[str, dict[str, float]] = {
-    name: {dt: float(_core.math_max_error_ulp(name, dt)) for dt in ("float32", "float64")}
+    name: {
+        dt: max(float(_core.math_max_error_ulp(name, dt, t)) for t in _core.supported_isas())
+        for dt in ("float32", "float64")
+    }
     for name in _FUNCTIONS
 }
 
 
-def max_error(name: str, dtype: object) -> float:
-    """Documented maximum error of ``fastrnn.ops.<name>`` in ulp for ``dtype``.
+def max_error(name: str, dtype: object, isa: str | None = None) -> float:
+    """Documented maximum error of ``fastrnn.ops.<name>`` in ulp.
 
-    ``name`` is ``'exp'``, ``'tanh'`` or ``'sigmoid'``; ``dtype`` anything
-    ``np.dtype`` accepts that means float32 or float64. An ulp is the spacing of
-    floating-point numbers of ``dtype`` at the exact result.
+    Args:
+        name: ``'exp'``, ``'tanh'`` or ``'sigmoid'``.
+        dtype: anything ``np.dtype`` accepts that means float32 or float64.
+        isa: a SIMD target this CPU supports (``'generic'``, ``'avx2'``, ``'avx512'``);
+            default: the active one (``fastrnn.get_isa()``).
+
+    An ulp is the spacing of floating-point numbers of ``dtype`` at the exact result.
+    The bounds (see ``docs/math.md``) are 1 ulp for exp; 2 ulp for tanh and sigmoid
+    on targets with FMA (2.5 for float64 tanh); 3 ulp without FMA (generic).
     """
     if name not in _FUNCTIONS:
         raise ValueError(f"max_error: name must be one of {_FUNCTIONS}, got {name!r}")
     dt = np.dtype(dtype)  # type: ignore[call-overload]
     if dt not in _DTYPES:
         raise TypeError(f"max_error: dtype must be float32 or float64, got {dt}")
-    return MAX_ERROR_ULP[name][dt.name]
+    if isa is not None and not isinstance(isa, str):
+        raise TypeError(f"max_error: isa must be a str or None, got {type(isa).__name__}")
+    return float(_core.math_max_error_ulp(name, dt.name, isa or ""))
 
 
 def _apply(name: str, x: object, out: np.ndarray | None) -> np.ndarray:
@@ -90,7 +102,7 @@ def exp(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     Returns:
         An array of x's shape and dtype (``out`` when given).
 
-    Max error: ``max_error('exp', dtype)`` ulp (1 ulp). ``exp(x)`` is ``inf`` above
+    Max error: ``max_error('exp', dtype)`` ulp (1 ulp on every target). ``exp(x)`` is ``inf`` above
     ~88.72 (float32) / ~709.78 (float64) and 0 below ~-103.97 / ~-745.13.
     """
     return _apply("exp", x, out)
