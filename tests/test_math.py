@@ -10,6 +10,14 @@ import pytest
 from fastrnn import ops
 
 FUNCTIONS = ("exp", "tanh", "sigmoid")
+# Name for max_error -> how to call it.
+VARIANTS = {
+    "exp": ops.exp,
+    "tanh": ops.tanh,
+    "sigmoid": ops.sigmoid,
+    "tanh_fast": functools.partial(ops.tanh, fast=True),
+    "sigmoid_fast": functools.partial(ops.sigmoid, fast=True),
+}
 DTYPES = (np.float32, np.float64)
 EXTENDED = np.finfo(np.longdouble).nmant >= 63  # x86 80-bit long double
 
@@ -21,7 +29,7 @@ def _ref(name: str, x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore"):
         if name == "exp":
             return np.exp(xl)
-        if name == "tanh":
+        if name.startswith("tanh"):
             return np.tanh(xl)
         return 1 / (1 + np.exp(-xl))
 
@@ -63,16 +71,16 @@ def _samples(dtype) -> np.ndarray:
 @functools.cache
 def _case(name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
     x = _samples(dtype)
-    return x, _ref(name, x)
+    return x, _ref(name.replace("_fast", ""), x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_max_error_over_whole_range(isa, name, dtype):
     if dtype == np.float64 and not EXTENDED:
         pytest.skip("needs an extended long double for a float64 reference")
-    x, ref = _case(name, dtype)
-    y = getattr(ops, name)(x)
+    x, ref = _case(name.replace("_fast", ""), dtype)
+    y = VARIANTS[name](x)
     assert y.dtype == dtype and y.shape == x.shape
     fi = np.finfo(dtype)
     overflow = np.abs(ref) > fi.max
@@ -88,13 +96,14 @@ def test_max_error_over_whole_range(isa, name, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_tanh_relative_accuracy_near_zero(isa, dtype):
+@pytest.mark.parametrize("variant", ["tanh", "tanh_fast"])
+def test_tanh_relative_accuracy_near_zero(isa, variant, dtype):
     fi = np.finfo(dtype)
     x = np.exp2(np.linspace(np.log2(float(fi.smallest_normal)), -1, 20_000)).astype(dtype)
     x = np.concatenate([x, -x])
-    y = ops.tanh(x)
+    y = VARIANTS[variant](x)
     rel = np.abs(y.astype(np.longdouble) - _ref("tanh", x)) / np.abs(_ref("tanh", x))
-    assert float(rel.max()) <= ops.max_error("tanh", dtype) * float(fi.eps)
+    assert float(rel.max()) <= ops.max_error(variant, dtype) * float(fi.eps)
     tiny = np.abs(x) < np.sqrt(float(fi.eps)) / 4
     np.testing.assert_array_equal(y[tiny], x[tiny])  # tanh(x) == x for tiny x
 
@@ -107,12 +116,13 @@ SPECIALS = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("name", FUNCTIONS)
-def test_special_values_exact(isa, name, dtype):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_special_values_exact(isa, variant, dtype):
+    name = variant.replace("_fast", "")
     fi = np.finfo(dtype)
     xs = [x for x, _ in SPECIALS[name]] + [np.nan, -np.nan, float(fi.max), -float(fi.max)]
     x = np.array(xs, dtype=dtype)
-    y = getattr(ops, name)(x)
+    y = VARIANTS[variant](x)
     want = np.array([w for _, w in SPECIALS[name]], dtype=dtype)
     k = len(want)
     np.testing.assert_array_equal(y[:k], want)
@@ -218,12 +228,13 @@ def test_max_error_table():
     from fastrnn import _core
 
     isas = list(_core.supported_isas())
-    for name in FUNCTIONS:
+    for name in VARIANTS:
         for dt in ("float32", "float64"):
             per_isa = [ops.max_error(name, dt, isa=i) for i in isas]
             assert ops.MAX_ERROR_ULP[name][dt] == max(per_isa)
             assert ops.max_error(name, dt) in per_isa
             assert all(0.5 <= b <= 3 for b in per_isa)
     assert ops.max_error("exp", np.float32, isa="generic") == 1.0
+    assert ops.max_error("tanh_fast", np.float64, isa="avx512" if "avx512" in isas else None) == 3
     with pytest.raises(ValueError, match="isa"):
         ops.max_error("exp", np.float32, isa="sse9")

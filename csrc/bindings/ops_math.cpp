@@ -19,13 +19,18 @@ namespace py = pybind11;
 namespace fastrnn::bindings {
 namespace {
 
-enum class Fn : int { exp = 0, tanh = 1, sigmoid = 2 };
+// Same order as MathTable::max_error_ulp.
+enum class Fn : int { exp = 0, tanh = 1, sigmoid = 2, tanh_fast = 3, sigmoid_fast = 4 };
 
 Fn parse_fn(const std::string& name) {
   if (name == "exp") return Fn::exp;
   if (name == "tanh") return Fn::tanh;
   if (name == "sigmoid") return Fn::sigmoid;
-  throw py::value_error("name must be one of 'exp', 'tanh', 'sigmoid', got '" + name + "'");
+  if (name == "tanh_fast") return Fn::tanh_fast;
+  if (name == "sigmoid_fast") return Fn::sigmoid_fast;
+  throw py::value_error(
+      "name must be one of 'exp', 'tanh', 'sigmoid', 'tanh_fast', 'sigmoid_fast', got '" + name +
+      "'");
 }
 
 template <class T>
@@ -37,6 +42,10 @@ void (*pick(const MathFns<T>& fns, Fn fn))(const T*, T*, std::int64_t) {
       return fns.tanh;
     case Fn::sigmoid:
       return fns.sigmoid;
+    case Fn::tanh_fast:
+      return fns.tanh_fast;
+    case Fn::sigmoid_fast:
+      return fns.sigmoid_fast;
   }
   return fns.exp;
 }
@@ -116,8 +125,8 @@ double max_error_ulp(const std::string& name, const std::string& dtype, const st
 
 void register_math(py::module_& m) {
   m.def("math_apply", &apply, py::arg("name"), py::arg("x"), py::arg("out"),
-        "out = f(x) elementwise for f in exp, tanh, sigmoid (C-contiguous float32/float64; "
-        "out may be x).");
+        "out = f(x) elementwise for f in exp, tanh, sigmoid, tanh_fast, sigmoid_fast "
+        "(C-contiguous float32/float64; out may be x).");
   m.def("math_max_error_ulp", &max_error_ulp, py::arg("name"), py::arg("dtype"),
         py::arg("isa") = std::string(),
         "Documented maximum error in ulp of a function on a SIMD target (default: active).");

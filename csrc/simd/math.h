@@ -15,6 +15,8 @@
 //   exp           1          1              1          1
 //   tanh          2          2.5            3          3
 //   sigmoid       2          2              3          3
+//   tanh_fast     3          3              3          3
+//   sigmoid_fast  3          3              3          3
 //
 // Results below the smallest normal number (denormals) are computed, not
 // flushed; their error is within 1 unit of the denormal spacing.
@@ -61,11 +63,13 @@
 FASTRNN_TARGET_NS_BEGIN
 namespace simd {
 
-enum class MathFn : int { exp = 0, tanh = 1, sigmoid = 2 };
+enum class MathFn : int { exp = 0, tanh = 1, sigmoid = 2, tanh_fast = 3, sigmoid_fast = 4 };
+constexpr int num_math_fns = 5;
 
 // Documented maximum error in ulp of this target's function for float
 // (is_double false) or double; see the table at the top of this file.
 constexpr double max_error_ulp(MathFn fn, bool is_double) {
+  if (fn == MathFn::tanh_fast || fn == MathFn::sigmoid_fast) return 3.0;
 #if defined(__FMA__)
   return fn == MathFn::exp ? 1.0 : fn == MathFn::tanh ? (is_double ? 2.5 : 2.0) : 2.0;
 #else
@@ -208,44 +212,81 @@ inline Vec<T> exp(Vec<T> x) {
   return select(isnan(x), x, y);
 }
 
-// tanh(x) per lane; max error max_error_ulp(MathFn::tanh, ...), relative
-// (accurate near 0).
-template <class T>
-inline Vec<T> tanh(Vec<T> x) {
+namespace detail {
+
+// tanh; Accurate selects the corrected division (see div_hi_lo).
+template <bool Accurate, class T>
+inline Vec<T> tanh_impl(Vec<T> x) {
   using V = Vec<T>;
-  using C = detail::ExpConst<T>;
+  using C = ExpConst<T>;
   const V a = abs(x);
   // y = -2a, clamped where expm1(y) is -1 to working precision.
   const V y = max(V::broadcast(T(-2)) * a, V::broadcast(C::expm1_lo));
   typename V::uraw n;
-  const V r = detail::reduce(y, n);
-  const V q = detail::expm1_poly(r);
-  const V s = detail::pow2<T>(n);  // 2^n, n in [-58, 0]
+  const V r = reduce(y, n);
+  const V q = expm1_poly(r);
+  const V s = pow2<T>(n);  // 2^n, n in [-58, 0]
   const V one = V::broadcast(T(1));
   // tanh(a) = N / D with N = -expm1(y) = 1 - s - s q and D = 2 + expm1(y) =
   // 1 + s + s q. D is kept as D_hi + D_lo exactly (s q is an exact product).
   const V num = fma(-s, q, one - s);
   const V a_hi = one + s;
-  const V a_lo = (one - a_hi) + s;
   const V d_hi = fma(s, q, a_hi);
-  const V d_lo = fma(s, q, a_hi - d_hi) + a_lo;
-  V th = detail::div_hi_lo(num, d_hi, d_lo);
+  V th;
+  if (Accurate) {
+    const V a_lo = (one - a_hi) + s;
+    const V d_lo = fma(s, q, a_hi - d_hi) + a_lo;
+    th = div_hi_lo(num, d_hi, d_lo);
+  } else {
+    th = num / d_hi;
+  }
   th = select(a < V::broadcast(C::tanh_tiny), a, th);
   return select(isnan(x), x, copysign(th, x));
+}
+
+template <bool Accurate, class T>
+inline Vec<T> sigmoid_impl(Vec<T> x) {
+  using V = Vec<T>;
+  const V e = exp(-abs(x));
+  const V one = V::broadcast(T(1));
+  const V num = select(x < V::zero(), e, one);
+  const V d_hi = one + e;
+  V y;
+  if (Accurate) {
+    const V d_lo = (one - d_hi) + e;  // exact: 1 + e = d_hi + d_lo
+    y = div_hi_lo(num, d_hi, d_lo);
+  } else {
+    y = num / d_hi;
+  }
+  return select(isnan(x), x, y);
+}
+
+}  // namespace detail
+
+// tanh(x) per lane; max error max_error_ulp(MathFn::tanh, ...), relative
+// (accurate near 0).
+template <class T>
+inline Vec<T> tanh(Vec<T> x) {
+  return detail::tanh_impl<true>(x);
 }
 
 // 1 / (1 + e^-x) per lane; max error max_error_ulp(MathFn::sigmoid, ...),
 // relative (also for tiny results).
 template <class T>
 inline Vec<T> sigmoid(Vec<T> x) {
-  using V = Vec<T>;
-  const V e = exp(-abs(x));
-  const V one = V::broadcast(T(1));
-  const V num = select(x < V::zero(), e, one);
-  const V d_hi = one + e;
-  const V d_lo = (one - d_hi) + e;  // exact: 1 + e = d_hi + d_lo
-  const V y = detail::div_hi_lo(num, d_hi, d_lo);
-  return select(isnan(x), x, y);
+  return detail::sigmoid_impl<true>(x);
+}
+
+// The same without the division correction: about 25% faster, max error
+// max_error_ulp(MathFn::tanh_fast / sigmoid_fast, ...) = 3 ulp on every target.
+// Same special values and tiny-argument behaviour as tanh / sigmoid.
+template <class T>
+inline Vec<T> tanh_fast(Vec<T> x) {
+  return detail::tanh_impl<false>(x);
+}
+template <class T>
+inline Vec<T> sigmoid_fast(Vec<T> x) {
+  return detail::sigmoid_impl<false>(x);
 }
 
 // Scalar versions: one lane of the vector code (bitwise identical results).
@@ -255,6 +296,10 @@ inline float tanh(float x) { return tanh(Vec<float>::broadcast(x)).lane(0); }
 inline double tanh(double x) { return tanh(Vec<double>::broadcast(x)).lane(0); }
 inline float sigmoid(float x) { return sigmoid(Vec<float>::broadcast(x)).lane(0); }
 inline double sigmoid(double x) { return sigmoid(Vec<double>::broadcast(x)).lane(0); }
+inline float tanh_fast(float x) { return tanh_fast(Vec<float>::broadcast(x)).lane(0); }
+inline double tanh_fast(double x) { return tanh_fast(Vec<double>::broadcast(x)).lane(0); }
+inline float sigmoid_fast(float x) { return sigmoid_fast(Vec<float>::broadcast(x)).lane(0); }
+inline double sigmoid_fast(double x) { return sigmoid_fast(Vec<double>::broadcast(x)).lane(0); }
 
 // Applies f (a functor taking and returning Vec<T>) to in[0..n) -> out[0..n).
 // out == in (in place) is allowed; other overlaps are not. Touches exactly n
@@ -282,6 +327,14 @@ inline void tanh_array(const T* in, T* out, std::int64_t n) {
 template <class T>
 inline void sigmoid_array(const T* in, T* out, std::int64_t n) {
   map(in, out, n, [](Vec<T> v) { return sigmoid(v); });
+}
+template <class T>
+inline void tanh_fast_array(const T* in, T* out, std::int64_t n) {
+  map(in, out, n, [](Vec<T> v) { return tanh_fast(v); });
+}
+template <class T>
+inline void sigmoid_fast_array(const T* in, T* out, std::int64_t n) {
+  map(in, out, n, [](Vec<T> v) { return sigmoid_fast(v); });
 }
 // In place over a segment x[0..n), e.g. one gate block of a cell.
 template <class T>
