@@ -139,3 +139,23 @@ def test_guard_elements_untouched_every_target(isa):
             ops.sigmoid(x, out=buf[:n])
             assert np.all(buf[n:] == -777.0), (isa, dtype, n)
             assert not np.any(np.isnan(buf[:n])), (isa, dtype, n)
+
+
+def test_fma_targets_agree_bitwise(rng):
+    """avx2 and avx512 run the same IEEE operations lane by lane: identical results."""
+    fma_targets = [t for t in SUPPORTED if t in ("avx2", "avx512")]
+    if len(fma_targets) < 2:
+        pytest.skip("needs two FMA targets")
+    before = fastrnn.get_isa()
+    try:
+        for dtype in (np.float32, np.float64):
+            x = np.concatenate([rng.uniform(-30, 30, 5000), rng.standard_normal(5000) * 1e-3])
+            x = x.astype(dtype)
+            results = []
+            for t in fma_targets:
+                fastrnn.set_isa(t)
+                results.append([ops.exp(x), ops.tanh(x), ops.sigmoid(x), ops.tanh(x, fast=True)])
+            for a, b in zip(results[0], results[1]):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        fastrnn.set_isa(before)
