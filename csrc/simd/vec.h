@@ -167,7 +167,8 @@ inline Vec<T> min(Vec<T> a, Vec<T> b) {
   return {a.v < b.v ? a.v : b.v};
 }
 
-// Per lane a > b ? a : b (b when either is NaN).
+// Per lane a > b ? a : b (b when either is NaN). So max(zero, x) propagates a
+// NaN x (a NaN-preserving relu) while max(x, zero) turns it into 0.
 template <class T>
 inline Vec<T> max(Vec<T> a, Vec<T> b) {
   return {a.v > b.v ? a.v : b.v};
