@@ -45,8 +45,8 @@
 //   tanh(x):  a = |x|; t = expm1(-2a) in (-1, 0] from the same reduction
 //             (expm1 = 2^n q + (2^n - 1), q = r + r^2 P(r), exact for n = 0);
 //             tanh(a) = -t / (2 + t), the denominator kept exact as hi + lo
-//             and the quotient corrected once by its FMA residual (this is
-//             what the FMA targets gain); sign restored from x. There is no
+//             and the quotient corrected once by its FMA residual (on FMA
+//             targets only; without FMA it does not pay); sign restored from x. There is no
 //             cancellation for small a: t ~ -2a and tanh(a) ~ a; below the
 //             tiny threshold the result is a itself.
 //   sigmoid(x): e = exp(-|x|) in (0, 1]; sigmoid(|x|) = 1 / (1 + e) and
@@ -214,7 +214,9 @@ inline Vec<T> exp(Vec<T> x) {
 
 namespace detail {
 
-// tanh; Accurate selects the corrected division (see div_hi_lo).
+// tanh; Accurate selects the corrected division (see div_hi_lo). Without
+// FMA the residual is not exact and the correction does not pay (measured:
+// no gain for sigmoid, a loss for tanh), so there both variants are the same.
 template <bool Accurate, class T>
 inline Vec<T> tanh_impl(Vec<T> x) {
   using V = Vec<T>;
@@ -233,7 +235,7 @@ inline Vec<T> tanh_impl(Vec<T> x) {
   const V a_hi = one + s;
   const V d_hi = fma(s, q, a_hi);
   V th;
-  if (Accurate) {
+  if (Accurate && has_fma) {
     const V a_lo = (one - a_hi) + s;
     const V d_lo = fma(s, q, a_hi - d_hi) + a_lo;
     th = div_hi_lo(num, d_hi, d_lo);
@@ -252,7 +254,7 @@ inline Vec<T> sigmoid_impl(Vec<T> x) {
   const V num = select(x < V::zero(), e, one);
   const V d_hi = one + e;
   V y;
-  if (Accurate) {
+  if (Accurate && has_fma) {
     const V d_lo = (one - d_hi) + e;  // exact: 1 + e = d_hi + d_lo
     y = div_hi_lo(num, d_hi, d_lo);
   } else {

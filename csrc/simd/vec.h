@@ -50,6 +50,13 @@
 FASTRNN_TARGET_NS_BEGIN
 namespace simd {
 
+// True when fma() is a fused multiply-add (one rounding) on this target.
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+constexpr bool has_fma = true;
+#else
+constexpr bool has_fma = false;
+#endif
+
 // Raw vector types: element type, same-width signed integers (comparison
 // results) and unsigned integers (bit manipulation).
 template <class T>
