@@ -82,6 +82,23 @@ def _gdesc(G: int) -> str:
     return f"{G}*H" if G > 1 else "H"
 
 
+def _float(name: str, a: Any, dtype: np.dtype | None = None, like: str = "") -> np.ndarray:
+    """A float32/float64 array; with ``dtype`` given it must match (that of ``like``)."""
+    arr = _check_float_dtype(name, a)
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(
+            f"{name}: expected dtype {np.dtype(dtype)} (the dtype of {like}), got {arr.dtype}"
+        )
+    return arr
+
+
+def _shaped(
+    name: str, a: Any, shape: tuple[int, ...], dtype: np.dtype, desc: str, like: str
+) -> np.ndarray:
+    """Like :func:`_float`, and of exactly ``shape`` (``desc`` is its symbolic form)."""
+    return _check_float_array(name, _float(name, a, dtype, like), shape, None, desc)
+
+
 def _permute_blocks(a: np.ndarray, perm: Sequence[int]) -> np.ndarray:
     """Reorder the ``len(perm)`` equal row blocks of ``a`` (axis 0); returns a copy."""
     G = len(perm)
@@ -138,18 +155,18 @@ def _native_direction(
     G = _check_kind(kind)
     gd = _gdesc(G)
     n_ih, n_hh, n_bi, n_bh = (n + suffix for n in _PARAM_NAMES)
-    w_ih = _check_float_dtype(n_ih, params[n_ih], dtype)
+    w_ih = _float(n_ih, params[n_ih], dtype, "weight_ih")
     dtype = w_ih.dtype
     if w_ih.ndim != 2 or w_ih.shape[0] % G != 0 or w_ih.shape[0] < G:
         raise ValueError(f"{n_ih}: expected shape ({gd}, I) with H >= 1, got {w_ih.shape}")
     H, I = w_ih.shape[0] // G, int(w_ih.shape[1])
-    w_hh = _check_float_array(n_hh, params[n_hh], (G * H, H), dtype, f"({gd}, H)")
+    w_hh = _shaped(n_hh, params[n_hh], (G * H, H), dtype, f"({gd}, H)", n_ih)
     b_ih = params.get(n_bi)
     b_hh = params.get(n_bh)
     if b_ih is not None:
-        b_ih = _check_float_array(n_bi, b_ih, (G * H,), dtype, f"({gd},)")
+        b_ih = _shaped(n_bi, b_ih, (G * H,), dtype, f"({gd},)", n_ih)
     if b_hh is not None:
-        b_hh = _check_float_array(n_bh, b_hh, (G * H,), dtype, f"({gd},)")
+        b_hh = _shaped(n_bh, b_hh, (G * H,), dtype, f"({gd},)", n_ih)
     return w_ih, w_hh, b_ih, b_hh, I, H
 
 
@@ -207,13 +224,13 @@ def from_keras(
     G = _check_kind(kind)
     reset_after = _check_reset_after(kind, reset_after)
     gd = _gdesc(G)
-    kernel = _check_float_dtype("kernel", kernel)
+    kernel = _float("kernel", kernel)
     dtype = kernel.dtype
     if kernel.ndim != 2 or kernel.shape[1] % G != 0 or kernel.shape[1] < G:
         raise ValueError(f"kernel: expected shape (I, {gd}) with H >= 1, got {kernel.shape}")
     H = kernel.shape[1] // G
-    recurrent_kernel = _check_float_array(
-        "recurrent_kernel", recurrent_kernel, (H, G * H), dtype, f"(H, {gd})"
+    recurrent_kernel = _shaped(
+        "recurrent_kernel", recurrent_kernel, (H, G * H), dtype, f"(H, {gd})", "kernel"
     )
     perm = _KERAS_FROM[kind]
     out: dict[str, Any] = {
@@ -224,11 +241,11 @@ def from_keras(
     }
     if bias is not None:
         if kind == "gru" and reset_after:
-            bias = _check_float_array("bias", bias, (2, 3 * H), dtype, "(2, 3*H)")
+            bias = _shaped("bias", bias, (2, 3 * H), dtype, "(2, 3*H)", "kernel")
             out["bias_ih"] = _permute_blocks(bias[0], perm)
             out["bias_hh"] = _permute_blocks(bias[1], perm)
         else:
-            bias = _check_float_array("bias", bias, (G * H,), dtype, f"({gd},)")
+            bias = _shaped("bias", bias, (G * H,), dtype, f"({gd},)", "kernel")
             out["bias_ih"] = _permute_blocks(bias, perm)
             out["bias_hh"] = np.zeros(G * H, dtype)
     if kind == "gru":
@@ -355,7 +372,7 @@ def from_onnx(
         raise ValueError(f"linear_before_reset: expected 0 or 1, got {linear_before_reset!r}")
     if kind != "gru" and linear_before_reset != 0:
         raise ValueError(f"linear_before_reset: only applies to kind='gru', got 1 for {kind!r}")
-    W = _check_float_dtype("W", W)
+    W = _float("W", W)
     dtype = W.dtype
     if W.ndim != 3 or W.shape[0] != D or W.shape[1] % G != 0 or W.shape[1] < G:
         raise ValueError(
@@ -365,13 +382,13 @@ def from_onnx(
     H = W.shape[1] // G
     if hidden_size is not None and (isinstance(hidden_size, bool) or hidden_size != H):
         raise ValueError(f"hidden_size: {hidden_size!r} does not match W, which has H = {H}")
-    R = _check_float_array("R", R, (D, G * H, H), dtype, f"[num_directions, {gd}, H]")
+    R = _shaped("R", R, (D, G * H, H), dtype, f"[num_directions, {gd}, H]", "W")
     if B is not None:
-        B = _check_float_array("B", B, (D, 2 * G * H), dtype, f"[num_directions, 2*{gd}]")
+        B = _shaped("B", B, (D, 2 * G * H), dtype, f"[num_directions, 2*{gd}]", "W")
     if P is not None:
         if kind != "lstm":
             raise ValueError(f"P: peepholes exist only for kind='lstm', not {kind!r}")
-        P = _check_float_array("P", P, (D, 3 * H), dtype, "[num_directions, 3*H]")
+        P = _shaped("P", P, (D, 3 * H), dtype, "[num_directions, 3*H]", "W")
         if np.any(P != 0):
             raise ValueError("P: non-zero peephole weights are not supported by fastrnn")
     perm = _ONNX_FROM[kind]
@@ -535,7 +552,7 @@ def stack_layers(layers: Sequence[LayerParams]) -> dict[str, np.ndarray]:
                 v = layer.get(n + s)
                 if v is None:
                     continue
-                v = _check_float_dtype(f"layers[{k}]['{n}{s}']", v, dtype)
+                v = _float(f"layers[{k}]['{n}{s}']", v, dtype, "layers[0]['weight_ih']")
                 out[f"{n}_l{k}{s}"] = v
         prev_out = D * H
     if len(flags) > 1:
