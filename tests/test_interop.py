@@ -349,11 +349,32 @@ def test_onnx_layers_to_state_dict(rng):
     )
 
 
-def test_state_dict_names_match_torch(rng):
+def test_onnx_model_loads_into_torch(rng):
+    """Two bidirectional ONNX LSTM nodes -> stack_layers -> torch.nn.LSTM, same outputs."""
     torch = pytest.importorskip("torch")
-    m = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
-    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-    assert interop.stack_layers(interop.unstack_layers(sd)).keys() == sd.keys()
+    nodes = [onnx_weights("lstm", rng, 2), onnx_weights("lstm", rng, 2)]
+    nodes[1]["W"] = rng.uniform(-0.5, 0.5, (2, 4 * H, 2 * H))
+    sd = interop.stack_layers(
+        [interop.from_onnx("lstm", **n, direction="bidirectional") for n in nodes]
+    )
+    m = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    assert interop.stack_layers(interop.unstack_layers(sd)).keys() == m.state_dict().keys()
+    x = rng.uniform(-1, 1, (T, N, I))
+    h0 = rng.uniform(-0.5, 0.5, (4, N, H))
+    c0 = rng.uniform(-0.5, 0.5, (4, N, H))
+    inp = x
+    for k, n in enumerate(nodes):
+        hk, ck = h0[2 * k : 2 * k + 2], c0[2 * k : 2 * k + 2]
+        Y, Y_h, Y_c = onnx_run(
+            "lstm", **n, x=inp, initial_h=hk, initial_c=ck, direction="bidirectional"
+        )
+        inp = np.concatenate([Y[:, 0], Y[:, 1]], axis=-1)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = m(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    np.testing.assert_allclose(y_t.numpy(), inp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_t.numpy()[2:], Y_h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c_t.numpy()[2:], Y_c, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------
