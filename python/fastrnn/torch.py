@@ -277,7 +277,6 @@ class _StackFunction(torch.autograd.Function):
             dx, dstate0, grads = _stack.stack_backward(
                 ctx.tape, None if dy is None else _np(dy), dstate
             )
-        ctx.tape = None
         need = ctx.needs_input_grad
         gx = _tensor(dx, dtype) if need[1] else None
         if ctx.has_c:
