@@ -204,6 +204,21 @@ def test_gradcheck_packed():
     assert torch.autograd.gradcheck(f, (x,))
 
 
+def test_gradcheck_with_dropout():
+    """Masks come from torch's generator: a fixed seed makes the function deterministic."""
+    fast = ft.GRU(2, 3, num_layers=3, dropout=0.4, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(x):
+        torch.manual_seed(11)
+        return fast(x)[0]
+
+    with torch.no_grad():
+        assert not torch.allclose(f(x), fast.eval()(x)[0])
+    fast.train()
+    assert torch.autograd.gradcheck(f, (x,))
+
+
 def test_double_backward_falls_back_to_torch():
     fast, ref = make_pair("gru", input_size=2, hidden_size=3)
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -214,6 +229,8 @@ def test_double_backward_falls_back_to_torch():
     (ggx,) = torch.autograd.grad(gx.sum(), x)
     (ggx_ref,) = torch.autograd.grad(gx_ref.sum(), x)
     torch.testing.assert_close(ggx, ggx_ref, **TOL64)
+    h0 = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, h: fast(x, h)[1], (x, h0))
 
 
 def test_double_backward_with_dropout_raises():
