@@ -457,6 +457,14 @@ def test_fallback_autocast():
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
 
 
+def test_empty_batch_like_torch():
+    fast, ref = make_pair("lstm")
+    x = torch.randn(3, 0, 4, dtype=torch.float64)
+    y, (h, c) = _no_fallback_warning(lambda: fast(x))
+    y_ref, (h_ref, c_ref) = ref(x)
+    assert y.shape == y_ref.shape and h.shape == h_ref.shape and c.shape == c_ref.shape
+
+
 def test_no_warning_on_the_fast_path():
     fast, _ = make_pair("lstm")
     _no_fallback_warning(lambda: fast(torch.randn(3, 2, 4, dtype=torch.float64)))
@@ -465,6 +473,7 @@ def test_no_warning_on_the_fast_path():
 BAD_CALLS = {
     "4-D input": lambda: (torch.randn(2, 3, 2, 4), None),
     "1-D input": lambda: (torch.randn(4), None),
+    "empty sequence": lambda: (torch.randn(0, 2, 4), None),
     "wrong input_size": lambda: (torch.randn(3, 2, 7), None),
     "wrong dtype": lambda: (torch.randn(3, 2, 4, dtype=torch.float32), None),
     "hx wrong batch": lambda: (torch.randn(3, 2, 4), "h:1,5,5"),

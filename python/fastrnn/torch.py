@@ -34,9 +34,10 @@ makes runs repeatable and ``torch.utils.checkpoint`` recomputes the same masks.
 
 Fallbacks (PyTorch's implementation, with one warning per reason): tensors not on the CPU,
 ``proj_size > 0``, dtypes other than float32/float64, autocast, TorchScript tracing and
-``torch.compile``, empty inputs. Double backward (``create_graph=True``) recomputes the
-layer with PyTorch to get differentiable gradients (not possible with active dropout,
-which raises ``RuntimeError`` rather than give a wrong answer).
+``torch.compile``. Empty inputs go to PyTorch silently. Double backward
+(``create_graph=True``) recomputes the layer with PyTorch to get differentiable gradients
+(not possible with active dropout, which raises ``RuntimeError`` rather than give a wrong
+answer).
 
 Internal settings (not public API): ``_BACKEND`` selects fastrnn's backend (``"native"``
 C++ kernels, or ``"reference"``, the NumPy oracle used by the tests).
@@ -77,7 +78,7 @@ class FastRNNFallbackWarning(UserWarning):
     """fastrnn cannot serve a call and runs PyTorch's own implementation instead."""
 
 
-def _warn_fallback(reason: str) -> None:
+def _warn_fallback(reason: str, stacklevel: int = 5) -> None:
     """Warn once per process and reason that a call falls back to PyTorch."""
     if reason in _WARNED:
         return
@@ -85,7 +86,7 @@ def _warn_fallback(reason: str) -> None:
     warnings.warn(
         f"fastrnn.torch: falling back to the PyTorch implementation ({reason})",
         FastRNNFallbackWarning,
-        stacklevel=4,
+        stacklevel=stacklevel,  # the caller of module(...)
     )
 
 
@@ -298,7 +299,7 @@ def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
             "fastrnn.torch: double backward (create_graph=True) is not supported with "
             "dropout active; use torch.nn's module or call .eval()"
         )
-    _warn_fallback("double backward")
+    _warn_fallback("double backward", stacklevel=2)
     inputs = [x, h0] + ([c0] if c0 is not None else []) + list(params)
     wanted = [t for t in inputs if t.requires_grad]
     with torch.enable_grad():
@@ -333,8 +334,6 @@ def _fallback_reason(module: torch.nn.RNNBase, data: torch.Tensor) -> str | None
         return "torch.compile"
     if torch._C._is_any_autocast_enabled():
         return "autocast"
-    if data.numel() == 0:
-        return "empty input"
     return None
 
 
@@ -364,6 +363,8 @@ class _FastRNNMixin:
         weight0 = module._flat_weights[0]
         if weight0 is not None and data.dtype != weight0.dtype:
             return parent.forward(self, input, hx)  # PyTorch raises its own error
+        if data.numel() == 0:  # nothing to speed up; PyTorch returns or rejects it
+            return parent.forward(self, input, hx)
         reason = _fallback_reason(module, data)
         if reason is not None:
             _warn_fallback(reason)
