@@ -520,3 +520,14 @@ def test_threads_follow_torch_and_are_restored():
 def test_import_fastrnn_does_not_import_torch():
     code = "import sys, fastrnn; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_results_never_alias_each_other_or_the_inputs():
+    a = np.arange(6.0)
+    given = np.ones(3)
+    t1, t2, t3, none = ft._tensors([a, a, given[:2], None], torch.float64, [given])
+    assert none is None
+    t1.mul_(2)
+    t3.zero_()
+    assert torch.equal(t2, torch.arange(6.0, dtype=torch.float64))
+    assert np.all(given == 1) and np.all(a == 2 * np.arange(6.0))  # t1 is a's memory

@@ -127,6 +127,24 @@ def _tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def _tensors(arrays: list[Any], dtype: torch.dtype, avoid: list[np.ndarray]) -> list[Any]:
+    """Tensors for results (None stays None), none sharing memory with another or with
+    ``avoid`` (the arrays handed to the engine): an alias is copied, so that in-place
+    updates of one gradient or output (clipping, optimizers) never change another."""
+    seen = [a for a in avoid if a is not None]
+    out: list[Any] = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        arr = np.asarray(a)
+        if any(np.may_share_memory(arr, b) for b in seen):
+            arr = arr.copy()
+        seen.append(arr)
+        out.append(_tensor(arr, dtype))
+    return out
+
+
 class _Config:
     """Everything about one call that is not a tensor."""
 
@@ -174,16 +192,20 @@ def _run_stack(
     c0: torch.Tensor | None,
     params: tuple[torch.Tensor, ...],
     training: bool,
-) -> tuple[Any, Any, Any]:
+) -> tuple[list[torch.Tensor], Any]:
+    """Run the engine; returns ([y, h_n(, c_n)] as tensors, tape or None)."""
     from fastrnn import _stack
 
-    state: Any = _np(h0) if c0 is None else (_np(h0), _np(c0))
+    x_np, h_np = _np(x), _np(h0)
+    c_np = None if c0 is None else _np(c0)
+    p_np = {name: _np(p) for name, p in zip(cfg.names, params)}
+    state: Any = h_np if c0 is None else (h_np, c_np)
     rng = np.random.default_rng(cfg.seed) if cfg.seed is not None else None
     with _thread_scope():
-        return _stack.stack_forward(
+        y, state_n, tape = _stack.stack_forward(
             cfg.mode,
-            _np(x),
-            {name: _np(p) for name, p in zip(cfg.names, params)},
+            x_np,
+            p_np,
             num_layers=cfg.num_layers,
             hidden_size=cfg.hidden_size,
             bidirectional=cfg.bidirectional,
@@ -195,6 +217,9 @@ def _run_stack(
             nonlinearity=cfg.nonlinearity,
             backend=_BACKEND,
         )
+    states = [state_n] if c0 is None else list(state_n)
+    outs = _tensors([y, *states], x.dtype, [x_np, h_np, c_np, *p_np.values()])
+    return outs, tape
 
 
 def _torch_stack(
@@ -243,17 +268,14 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, *params):  # type: ignore[override]
-        y, state, tape = _run_stack(cfg, x, h0, c0, params, training=True)
+        outs, tape = _run_stack(cfg, x, h0, c0, params, training=True)
         ctx.cfg = cfg
         ctx.tape = tape
         ctx.has_c = c0 is not None
         # Saved for PyTorch's in-place modification checks and for double backward.
         ctx.save_for_backward(x, h0, c0, *params)
         ctx.set_materialize_grads(False)
-        dtype = x.dtype
-        if c0 is None:
-            return _tensor(y, dtype), _tensor(state, dtype)
-        return _tensor(y, dtype), _tensor(state[0], dtype), _tensor(state[1], dtype)
+        return tuple(outs)
 
     @staticmethod
     def backward(ctx, dy, dh, dc=None):  # type: ignore[override]
@@ -262,7 +284,6 @@ class _StackFunction(torch.autograd.Function):
         cfg: _Config = ctx.cfg
         if torch.is_grad_enabled():
             return (None, *_double_backward(cfg, x, h0, c0, params, dy, dh, dc))
-        dtype = x.dtype
         if dh is None and dc is None:
             dstate: Any = None
         elif not ctx.has_c:
@@ -272,23 +293,17 @@ class _StackFunction(torch.autograd.Function):
                 _np(dh) if dh is not None else np.zeros(tuple(h0.shape), _np(h0).dtype),
                 _np(dc) if dc is not None else np.zeros(tuple(c0.shape), _np(c0).dtype),
             )
+        dy_np = None if dy is None else _np(dy)
         with _thread_scope():
             from fastrnn import _stack
 
-            dx, dstate0, grads = _stack.stack_backward(
-                ctx.tape, None if dy is None else _np(dy), dstate
-            )
+            dx, dstate0, grads = _stack.stack_backward(ctx.tape, dy_np, dstate)
         need = ctx.needs_input_grad
-        gx = _tensor(dx, dtype) if need[1] else None
-        if ctx.has_c:
-            gh = _tensor(dstate0[0], dtype) if need[2] else None
-            gc = _tensor(dstate0[1], dtype) if need[3] else None
-        else:
-            gh = _tensor(dstate0, dtype) if need[2] else None
-            gc = None
-        gp = tuple(
-            _tensor(grads[name], dtype) if need[4 + k] else None for k, name in enumerate(cfg.names)
-        )
+        dstates = [dstate0[0], dstate0[1]] if ctx.has_c else [dstate0, None]
+        wanted = [dx, *dstates, *(grads[name] for name in cfg.names)]
+        wanted = [a if need[1 + k] else None for k, a in enumerate(wanted)]
+        avoid = [dy_np, *(dstate if isinstance(dstate, tuple) else (dstate,))]
+        gx, gh, gc, *gp = _tensors(wanted, x.dtype, avoid)
         return (None, gx, gh, gc, *gp)
 
 
@@ -457,9 +472,7 @@ def _forward(module: Any, input: Any, hx: Any) -> Any:
     if needs_grad:
         outs = _StackFunction.apply(cfg, x, h0, c0, *params)
     else:
-        y_np, state, _ = _run_stack(cfg, x, h0, c0, params, training=False)
-        states = (state,) if c0 is None else tuple(state)
-        outs = (_tensor(y_np, x.dtype), *(_tensor(s, x.dtype) for s in states))
+        outs, _ = _run_stack(cfg, x, h0, c0, params, training=False)
     y = outs[0]
     hidden: Any = (outs[1], outs[2]) if is_lstm else outs[1]
 
