@@ -144,3 +144,12 @@ def test_state_dict_round_trip_with_torch(backend, case, rng):
     for k, v in theirs2.state_dict().items():
         assert ours32.params[k].dtype == np.float32
         np.testing.assert_array_equal(ours32.params[k], v.numpy().astype(np.float32))
+
+
+def test_load_from_named_parameters_and_seed_types():
+    theirs = torch.nn.GRU(I, H, 2, dtype=torch.float64)
+    ours = GRU(I, H, 2, dtype="float64", seed=np.int64(3), backend="reference")
+    assert ours.config()["seed"] == 3 and type(ours.config()["seed"]) is int
+    ours.load_state_dict(dict(theirs.named_parameters()))  # tensors that require grad
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_array_equal(ours.params[k], v.numpy())

@@ -34,6 +34,7 @@ accumulated gradients is the caller's job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, Union
 
@@ -93,6 +94,13 @@ def param_shapes(
         else:
             shapes[name] = (G * H,)
     return shapes
+
+
+@functools.lru_cache(maxsize=64)
+def _shapes_cached(
+    mode: str, I: int, H: int, L: int, bidirectional: bool, bias: bool
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(param_shapes(mode, I, H, L, bidirectional, bias).items())
 
 
 def _check_mode(mode: Any) -> int:
@@ -206,11 +214,12 @@ def stack_forward(
     lengths = check_lengths(lengths, N, T)
 
     bias = "bias_ih_l0" in params
-    shapes = param_shapes(mode, I, H, L, bidirectional, bias)
-    for name, shape in shapes.items():
-        if name not in params:
+    for name, shape in _shapes_cached(mode, I, H, L, bool(bidirectional), bias):
+        a = params.get(name)
+        if a is None:
             raise ValueError(f"params: missing {name!r} (expected shape {shape})")
-        _check_float(f"params[{name!r}]", params[name], dtype, shape, str(shape))
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+            _check_float(f"params[{name!r}]", a, dtype, shape, str(shape))
 
     h0, c0 = _split_state(mode, state, (L * D, N, H), dtype)
 
@@ -259,12 +268,17 @@ def stack_forward(
         tapes.append(layer_tapes)
         inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
     y = inp
-    h_n = np.stack(hs) if hs else np.zeros((0, N, H), dtype)
-    state_n: State = (h_n, np.stack(cs)) if mode == "lstm" else h_n
+    h_n = _stack_rows(hs)
+    state_n: State = (h_n, _stack_rows(cs)) if mode == "lstm" else h_n
     tape = None
     if training:
         tape = StackTape(mode, L, D, H, T, N, I, dtype, tapes, masks)
     return y, state_n, tape
+
+
+def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """(L*D, N, H) from L*D arrays (N, H); a cheap view for a single row."""
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 
 def _split_state(mode: str, state: Any, shape: tuple[int, int, int], dtype: np.dtype):

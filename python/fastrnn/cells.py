@@ -63,9 +63,7 @@ class _Cell(ParamModule):
         self.nonlinearity = _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "sigmoid"))
         self.reset_after = _check_bool("reset_after", reset_after)
         self.dtype = np.dtype(_check_dtype(dtype))
-        if seed is not None:
-            _check_int("seed", seed, lo=0)
-        self.seed = seed
+        self.seed = None if seed is None else _check_int("seed", seed, lo=0)
         self.init = _check_choice("init", init, SCHEMES)
         self.backend = _check_choice("backend", backend, _BACKENDS)
         G, H, I = GATES[self.mode], self.hidden_size, self.input_size

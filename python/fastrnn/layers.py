@@ -111,11 +111,11 @@ class ParamModule:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Copy values into the parameters (in place: existing references stay valid).
 
-        Values may be NumPy arrays or anything ``np.asarray`` accepts (for example CPU
-        ``torch`` tensors); they are cast to the module's dtype. Raises ``ValueError``
-        for a shape mismatch, or (with ``strict``) for missing or unexpected keys, and
-        ``TypeError`` for values that are not real numbers. Nothing is changed unless
-        every key checks out.
+        Values may be NumPy arrays, anything ``np.asarray`` accepts, or ``torch`` tensors
+        (also ones that require grad, as from ``named_parameters()``); they are cast to
+        the module's dtype. Raises ``ValueError`` for a shape mismatch, or (with
+        ``strict``) for missing or unexpected keys, and ``TypeError`` for values that are
+        not real numbers. Nothing is changed unless every key checks out.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
@@ -132,6 +132,8 @@ class ParamModule:
             if key not in self.params:
                 continue
             target = self.params[key]
+            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+                value = value.detach().cpu().numpy()
             arr = np.asarray(value)
             if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
                 raise TypeError(
@@ -232,9 +234,7 @@ class _RecurrentLayer(ParamModule):
         self.nonlinearity = _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "sigmoid"))
         self.reset_after = _check_bool("reset_after", reset_after)
         self.dtype = np.dtype(_check_dtype(dtype))
-        if seed is not None:
-            _check_int("seed", seed, lo=0)
-        self.seed = seed
+        self.seed = None if seed is None else _check_int("seed", seed, lo=0)
         self.init = _check_choice("init", init, SCHEMES)
         self.backend = _check_choice("backend", backend, _BACKENDS)
         self.num_directions = 2 if self.bidirectional else 1
