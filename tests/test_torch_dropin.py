@@ -465,6 +465,31 @@ def test_empty_batch_like_torch():
     assert y.shape == y_ref.shape and h.shape == h_ref.shape and c.shape == c_ref.shape
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_fallback_torchscript():
+    fast, ref = make_pair("gru", dtype=torch.float32)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), fast)
+    x = torch.randn(3, 2, 4)
+    y = model(x)[0]
+    with pytest.warns(ft.FastRNNFallbackWarning, match="TorchScript"):
+        scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(x)[0], y, **TOL32)
+    assert model[1].weight_ih_l0 is fast.weight_ih_l0
+    with pytest.warns(ft.FastRNNFallbackWarning, match="tracing"):
+        traced = torch.jit.trace(fast, (x,))
+    torch.testing.assert_close(traced(x)[0], ref(x)[0], **TOL32)
+
+
+def test_import_error_names_the_extra():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import fastrnn.torch\nexcept ImportError as e:\n    print(e)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "pip install fastrnn[torch]" in out.stdout
+
+
 def test_no_warning_on_the_fast_path():
     fast, _ = make_pair("lstm")
     _no_fallback_warning(lambda: fast(torch.randn(3, 2, 4, dtype=torch.float64)))

@@ -33,8 +33,8 @@ from a NumPy generator seeded from PyTorch's default generator, so ``torch.manua
 makes runs repeatable and ``torch.utils.checkpoint`` recomputes the same masks.
 
 Fallbacks (PyTorch's implementation, with one warning per reason): tensors not on the CPU,
-``proj_size > 0``, dtypes other than float32/float64, autocast, TorchScript tracing and
-``torch.compile``. Empty inputs go to PyTorch silently. Double backward
+``proj_size > 0``, dtypes other than float32/float64, autocast, TorchScript (tracing and
+scripting) and ``torch.compile``. Empty inputs go to PyTorch silently. Double backward
 (``create_graph=True``) recomputes the layer with PyTorch to get differentiable gradients
 (not possible with active dropout, which raises ``RuntimeError`` rather than give a wrong
 answer).
@@ -364,6 +364,22 @@ def _padded_from_packed(data: torch.Tensor, batch_sizes: torch.Tensor):
 
 class _FastRNNMixin:
     """The forward shared by the drop-ins; everything else is the torch.nn parent's."""
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """``torch.jit.script`` compiles the torch.nn module with the same parameters.
+
+        (torch.jit.script also puts that module in place of this one in a parent module.)
+        """
+        _warn_fallback(
+            "TorchScript scripting; torch.jit.script swaps in the torch.nn module, "
+            "sharing the parameters",
+            stacklevel=3,
+        )
+        twin = object.__new__(_PARENT[type(self)])
+        twin.__dict__ = dict(self.__dict__)
+        for key in ("_parameters", "_buffers", "_modules"):
+            twin.__dict__[key] = dict(self.__dict__[key])
+        return twin
 
     def forward(self, input: torch.Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
         """``output, h_n = module(input, h_0)`` (LSTM: ``output, (h_n, c_n)``), as torch.nn."""
