@@ -445,6 +445,10 @@ def test_fallback_device():
         y, (h, _) = fast(x)
     assert y.device.type == "meta" and y.shape == (3, 2, 5) and h.shape == (1, 2, 5)
     _no_fallback_warning(lambda: fast(x))
+    ft._reset_fallback_warnings()
+    cpu = ft.GRU(4, 5)
+    with pytest.warns(ft.FastRNNFallbackWarning, match="CPU"), pytest.raises(RuntimeError):
+        cpu(torch.randn(3, 2, 4), torch.zeros(1, 2, 5, device="meta"))
 
 
 def test_fallback_autocast():

@@ -334,10 +334,13 @@ def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
     return full
 
 
-def _fallback_reason(module: torch.nn.RNNBase, data: torch.Tensor) -> str | None:
+def _fallback_reason(module: torch.nn.RNNBase, data: torch.Tensor, hx: Any) -> str | None:
     """Why fastrnn cannot serve this call, or None when it can."""
-    weights = [w for w in module._flat_weights if w is not None]
-    if data.device.type != "cpu" or any(w.device.type != "cpu" for w in weights):
+    tensors = [w for w in module._flat_weights if w is not None]
+    tensors += [t for t in (hx if isinstance(hx, (tuple, list)) else (hx,)) if t is not None]
+    if data.device.type != "cpu" or any(
+        isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tensors
+    ):
         return "tensors not on the CPU"
     if module.proj_size > 0:
         return "proj_size > 0"
@@ -396,7 +399,7 @@ class _FastRNNMixin:
             return parent.forward(self, input, hx)  # PyTorch raises its own error
         if data.numel() == 0:  # nothing to speed up; PyTorch returns or rejects it
             return parent.forward(self, input, hx)
-        reason = _fallback_reason(module, data)
+        reason = _fallback_reason(module, data, hx)
         if reason is not None:
             _warn_fallback(reason)
             return parent.forward(self, input, hx)
