@@ -551,6 +551,27 @@ def test_import_fastrnn_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_in_place_changes_to_outputs_do_not_change_gradients(mode):
+    """As with torch.nn, outputs may be modified in place when backward does not need them:
+    the engine's tape must not share memory with the returned tensors."""
+    fast, _ = make_pair(mode, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
+
+    def grads(modify):
+        y, hidden = fast(x)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        loss = y.sum() + sum(s.sum() for s in states)
+        if modify:
+            with torch.no_grad():
+                for t in (y, *states):
+                    t.mul_(3.0)
+        return torch.autograd.grad(loss, [x, *fast.parameters()])
+
+    for a, b in zip(grads(False), grads(True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_results_never_alias_each_other_or_the_inputs():
     a = np.arange(6.0)
     given = np.ones(3)
