@@ -233,6 +233,24 @@ def test_double_backward_falls_back_to_torch():
     assert torch.autograd.gradgradcheck(lambda x, h: fast(x, h)[1], (x, h0))
 
 
+def test_double_backward_packed_lstm():
+    fast, ref = make_pair("lstm", input_size=2, hidden_size=3, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    hx = make_state("lstm", fast, 3, torch.float64)
+    results = []
+    for m in (fast, ref):
+        packed = pack_padded_sequence(x, torch.tensor([2, 4, 3]), enforce_sorted=False)
+        y, (h, c) = m(packed, hx)
+        loss = y.data.pow(2).sum() + h.pow(2).sum() + c.sum()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ft.FastRNNFallbackWarning)
+            g = torch.autograd.grad(loss, [x, *hx], create_graph=True)
+        gg = torch.autograd.grad(sum(t.pow(2).sum() for t in g), [x, *hx, *m.parameters()])
+        results.append([*g, *gg])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
 def test_double_backward_with_dropout_raises():
     fast, _ = make_pair("lstm", input_size=2, hidden_size=3, num_layers=2, dropout=0.5)
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
