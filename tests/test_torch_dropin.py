@@ -128,6 +128,21 @@ def test_parity_float64(mode, cfg):
     assert_parity(fast, ref, x, None, TOL64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parity_under_each_isa_and_thread_count(isa, threads, dtype):
+    """fastrnn.torch runs with torch's thread count: set both for the native kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for mode in ("lstm", "gru"):
+            fast, ref = make_pair(mode, dtype=dtype, num_layers=2, bidirectional=True)
+            x = torch.randn(5, 3, 4, dtype=dtype, requires_grad=True)
+            tol = TOL64 if dtype == torch.float64 else TOL32
+            assert_parity(fast, ref, x, make_state(mode, fast, 3, dtype), tol)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_parity_float32(mode):
     fast, ref = make_pair(mode, dtype=torch.float32, num_layers=2, bidirectional=True)
