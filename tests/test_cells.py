@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from fastrnn.cells import GRUCell, LSTMCell, RNNCell
 from fastrnn.layers import GRU, LSTM, RNN, load_module
 
-BACKENDS = ["reference"]
+# The native backend joins as soon as the package has it (fastrnn._native).
+BACKENDS = ["reference"] + (["native"] if importlib.util.find_spec("fastrnn._native") else [])
 
 T, N, I, H = 5, 3, 4, 3
 TOL = dict(rtol=1e-12, atol=1e-13)

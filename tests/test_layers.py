@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from fastrnn import init as frinit
 from fastrnn.layers import GRU, LSTM, RNN, load_module
 
-BACKENDS = ["reference"]
+# The native backend joins as soon as the package has it (fastrnn._native).
+BACKENDS = ["reference"] + (["native"] if importlib.util.find_spec("fastrnn._native") else [])
 
 T, N, I, H = 4, 3, 5, 3
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,8 @@ from fastrnn import functional
 from fastrnn._stack import param_names, param_shapes, stack_backward, stack_forward
 from fastrnn.init import init_recurrent
 
-BACKENDS = ["reference"]
+# The native backend joins as soon as the package has it (fastrnn._native).
+BACKENDS = ["reference"] + (["native"] if importlib.util.find_spec("fastrnn._native") else [])
 MODES = ["rnn", "lstm", "gru"]
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 

@@ -151,6 +151,8 @@ class ParamModule:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the configuration and parameters to an ``.npz`` file.
 
+        As with ``np.savez``, ``.npz`` is appended to a path that lacks it.
+
         :meth:`from_file` (or :func:`load_module`) rebuilds the module;
         :meth:`load` loads the parameters into an existing one.
         """
