@@ -171,9 +171,10 @@ def test_packed_sequence(mode, enforce_sorted):
     assert_parity(fast, ref, packed, None, TOL64)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("mode", MODES)
-def test_unbatched(mode):
-    fast, ref = make_pair(mode, num_layers=2)
+def test_unbatched(mode, batch_first):
+    fast, ref = make_pair(mode, num_layers=2, batch_first=batch_first)
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     hx = make_state(mode, fast, 1, torch.float64, unbatched=True)
     out = fast(x, hx)
