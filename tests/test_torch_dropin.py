@@ -519,6 +519,24 @@ def test_fallback_torchscript():
     torch.testing.assert_close(traced(x)[0], ref(x)[0], **TOL32)
 
 
+def test_torch_compile(monkeypatch):
+    """Compiled models run the fastrnn modules eagerly (a graph break), with gradients."""
+    calls = []
+    run_stack = ft._run_stack
+    monkeypatch.setattr(ft, "_run_stack", lambda *a, **k: calls.append(1) or run_stack(*a, **k))
+    fast, ref = make_pair("lstm", dtype=torch.float32)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), fast)
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    y = compiled(x)[0]
+    y_ref = ref(model[0](x))[0]
+    torch.testing.assert_close(y, y_ref, **TOL32)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    (g_ref,) = torch.autograd.grad(y_ref.sum(), x)
+    torch.testing.assert_close(g, g_ref, **TOL32)
+    assert calls
+
+
 def test_import_error_names_the_extra():
     code = (
         "import sys; sys.modules['torch'] = None\n"

@@ -34,7 +34,8 @@ makes runs repeatable and ``torch.utils.checkpoint`` recomputes the same masks.
 
 Fallbacks (PyTorch's implementation, with one warning per reason): tensors not on the CPU,
 ``proj_size > 0``, dtypes other than float32/float64, autocast, TorchScript (tracing and
-scripting) and ``torch.compile``. Empty inputs go to PyTorch silently. Double backward
+scripting). Under ``torch.compile`` the modules are kept out of the compiled graph (a graph
+break) and run fastrnn eagerly. Empty inputs go to PyTorch silently. Double backward
 (``create_graph=True``) recomputes the layer with PyTorch to get differentiable gradients
 (not possible with active dropout, which raises ``RuntimeError`` rather than give a wrong
 answer).
@@ -47,6 +48,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -403,7 +406,15 @@ class _FastRNNMixin:
         if reason is not None:
             _warn_fallback(reason)
             return parent.forward(self, input, hx)
+        if "torch._dynamo" in sys.modules:  # torch.compile in use: never trace fastrnn's path
+            return _forward_outside_compile()(module, input, hx)
         return _forward(module, input, hx)
+
+
+@functools.cache
+def _forward_outside_compile() -> Any:
+    """``_forward`` hidden from torch.compile's tracer (a graph break: it runs eagerly)."""
+    return torch.compiler.disable(_forward, recursive=True)
 
 
 def _forward(module: Any, input: Any, hx: Any) -> Any:
