@@ -66,12 +66,13 @@ Operand operand(const py::array& x, const char* name) {
   }
   const auto item = static_cast<std::int64_t>(x.itemsize());
   const std::int64_t rows = x.shape(0), cols = x.shape(1);
+  if (rows == 0 || cols == 0) return Operand{x.data(), rows, cols, cols > 0 ? cols : 1};
   const std::int64_t s0 = x.strides(0), s1 = x.strides(1);
   if (cols > 1 && s1 != item) {
     throw py::value_error(std::string(name) + " must have unit stride along its last axis");
   }
   std::int64_t ld = cols > 0 ? cols : 1;
-  if (rows > 1) {
+  if (rows > 1 && cols > 0) {
     if (s0 <= 0 || s0 % item != 0 || s0 / item < cols) {
       throw py::value_error(std::string(name) +
                             " must have a positive row stride of at least its row length");
@@ -92,13 +93,13 @@ void run_gemm(const py::array& a, const py::array& b, bool ta, bool tb, py::arra
     throw py::value_error("inner dimensions of a and b differ: op(a) has " + std::to_string(k) +
                           " columns, op(b) has " + std::to_string(kb) + " rows");
   }
+  checked_mul(checked_mul(m, n, "gemm"), k, "gemm");
   if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n) {
     throw py::value_error("out must have shape (" + std::to_string(m) + ", " + std::to_string(n) +
                           ")");
   }
   if (!out.writeable()) throw py::value_error("out must be writable");
   const Operand C = operand(out, "out");
-  checked_mul(checked_mul(m, n, "gemm"), k, "gemm");
   const GemmFns<T>& f = fns<T>(FASTRNN_DISPATCH(gemm_table));
   const int nt = get_num_threads();
   T* c = static_cast<T*>(out.mutable_data());
