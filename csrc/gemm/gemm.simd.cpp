@@ -1,12 +1,20 @@
 // Packed, cache-blocked GEMM for one SIMD target (BLIS-style).
 //
-// gemm():        for each NC column block, for each KC block of k: pack B
-//                (threads share the work), then threads take (MC row block,
-//                column chunk) items: pack the A block into their own buffer
-//                and run the macro-kernel. Threads never split k.
-// gemm_packed(): B was packed once for all of k (pack_b); A is packed in
-//                row groups into a stack buffer (<= 128 KiB), so it allocates
-//                nothing and can run inside a caller's parallel region.
+// gemm():        C is cut into one block per thread (rows when op(A) is the
+//                taller operand, else columns); each thread runs the serial
+//                algorithm on its block with private buffers, so threads never
+//                wait on each other mid-call and never split k. Serial loops:
+//                NC column block -> KC block of k -> pack B block (L2) -> MC row
+//                block -> pack A block -> each A sliver (L1) sweeps the B panels.
+// gemm_packed(): B was packed once for all of k (pack_b); A is packed in row
+//                groups into a stack buffer (<= 128 KiB), so it allocates
+//                nothing and can run inside a caller's parallel region. Each
+//                group of B panels is streamed once and finished (epilogue)
+//                before the next. Threads, if any, split the panels.
+//
+// Blocking: KC = 256 for every target and type, so gemm and gemm_packed sum
+// each element in the same order (bitwise equal results); NC is chosen so a
+// packed B block is about 512 KiB (half the L2 of the target CPUs).
 #include <cstdlib>
 #include <new>
 
@@ -27,17 +35,25 @@ using gemm_detail::Block;
 using gemm_detail::Cfg;
 using gemm_detail::Update;
 
+#ifndef FASTRNN_GEMM_MC_SLIVERS
+#define FASTRNN_GEMM_MC_SLIVERS 8
+#endif
+#ifndef FASTRNN_GEMM_NC_BYTES
+#define FASTRNN_GEMM_NC_BYTES (512 * 1024)
+#endif
+
 // Bytes of stack gemm_packed uses for one packed row group of A.
 constexpr std::int64_t kStackABytes = 128 * 1024;
 
 // Row block (A block in L2) and column block (B block in L3) of gemm().
 template <class T>
 constexpr std::int64_t mc_block() {
-  return Cfg<T>::MR * (sizeof(T) == 4 ? 12 : 8);
+  return Cfg<T>::MR * FASTRNN_GEMM_MC_SLIVERS;
 }
 template <class T>
 constexpr std::int64_t nc_block() {
-  return sizeof(T) == 4 ? 2048 : 1024;
+  return static_cast<std::int64_t>(FASTRNN_GEMM_NC_BYTES / (sizeof(T) * Cfg<T>::KC)) / Cfg<T>::NR *
+         Cfg<T>::NR;
 }
 
 // A heap buffer for gemm()'s packed blocks (gemm_packed never allocates).
@@ -90,7 +106,7 @@ void packed_range(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a,
       gemm_detail::pack_a(ta, a, lda, i0, mb, p0, kc, Cfg<T>::MR, abuf);
       Block<T> blk{mb,     kc, jb - ja, bps, c + i0 * ldc + ja, ldc, i0, ja,
                    Update<T>{alpha, beta, p0 == 0}, p0 + kc == k ? ep : nullptr};
-      gemm_detail::macro_kernel(blk, abuf, bfirst + p0 * NR);
+      gemm_detail::macro_kernel(blk, abuf, bfirst + p0 * NR, false);
     }
   }
 }
@@ -130,6 +146,10 @@ void gemm_packed(Trans ta, std::int64_t m, std::int64_t n, std::int64_t k, T alp
   const std::int64_t npan = (j1 - j0 + NR - 1) / NR;
   std::int64_t nt = num_threads < 1 ? 1 : num_threads;
   if (nt > npan) nt = npan;
+  // A parallel region costs microseconds: use threads only for >= ~0.5 MFLOP each.
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(j1 - j0) *
+                       static_cast<double>(k);
+  while (nt > 1 && flops < 0.5e6 * static_cast<double>(nt)) --nt;
 #if defined(_OPENMP)
   if (nt > 1) {
 #pragma omp parallel num_threads(static_cast<int>(nt))
@@ -149,62 +169,40 @@ void gemm_packed(Trans ta, std::int64_t m, std::int64_t n, std::int64_t k, T alp
 
 namespace {
 
-// The body of gemm() for thread t of nt (nt == 1: no parallel region around it).
+// gemm() on one thread, with its own packing buffers: B block (KC x NC) and A
+// block (MC x KC).
 template <class T>
-void gemm_body(int t, int nt, Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k,
-               T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
-               std::int64_t ldc, T* bbuf, T* abuf_all) {
+void gemm_serial(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
+                 const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
+                 std::int64_t ldc, T* bbuf, T* abuf) {
   constexpr std::int64_t NR = Cfg<T>::NR;
   constexpr std::int64_t KC = Cfg<T>::KC;
   constexpr std::int64_t MC = mc_block<T>();
   constexpr std::int64_t NC = nc_block<T>();
-  T* abuf = abuf_all + static_cast<std::int64_t>(t) * MC * KC;
-  const std::int64_t n_ic = (m + MC - 1) / MC;
   for (std::int64_t jc = 0; jc < n; jc += NC) {
     const std::int64_t nc = n - jc < NC ? n - jc : NC;
     const std::int64_t npan = (nc + NR - 1) / NR;
-    // Column chunks per row block: enough items for every thread to have work.
-    std::int64_t chunks = 1;
-    if (n_ic < 2 * nt) {
-      chunks = (2 * nt + n_ic - 1) / n_ic;
-      if (chunks > npan) chunks = npan;
-    }
-    const std::int64_t items = n_ic * chunks;
-    const std::int64_t it0 = items * t / nt, it1 = items * (t + 1) / nt;
     for (std::int64_t p0 = 0; p0 < k; p0 += KC) {
       const std::int64_t kc = k - p0 < KC ? k - p0 : KC;
       const std::int64_t bps = kc * NR;
-      gemm_detail::pack_b_panels(tb, b, ldb, p0, kc, jc, nc, npan * t / nt, npan * (t + 1) / nt,
-                                 bps, bbuf);
-#if defined(_OPENMP)
-      if (nt > 1) {
-#pragma omp barrier
-      }
-#endif
-      std::int64_t packed_ic = -1;
-      for (std::int64_t it = it0; it < it1; ++it) {
-        const std::int64_t ic = it / chunks, ch = it % chunks;
-        const std::int64_t i0 = ic * MC;
+      gemm_detail::pack_b_panels(tb, b, ldb, p0, kc, jc, nc, 0, npan, bps, bbuf);
+      for (std::int64_t i0 = 0; i0 < m; i0 += MC) {
         const std::int64_t mb = m - i0 < MC ? m - i0 : MC;
-        if (ic != packed_ic) {
-          gemm_detail::pack_a(ta, a, lda, i0, mb, p0, kc, Cfg<T>::MR, abuf);
-          packed_ic = ic;
-        }
-        const std::int64_t pa = npan * ch / chunks, pb = npan * (ch + 1) / chunks;
-        const std::int64_t ja = pa * NR;
-        const std::int64_t jb = pb * NR < nc ? pb * NR : nc;
-        if (ja >= jb) continue;
-        Block<T> blk{mb,    kc, jb - ja, bps, c + i0 * ldc + jc + ja, ldc, i0, jc + ja,
+        gemm_detail::pack_a(ta, a, lda, i0, mb, p0, kc, Cfg<T>::MR, abuf);
+        Block<T> blk{mb,     kc, nc, bps, c + i0 * ldc + jc, ldc, i0, jc,
                      Update<T>{alpha, beta, p0 == 0}, nullptr};
-        gemm_detail::macro_kernel(blk, abuf, bbuf + pa * bps);
+        gemm_detail::macro_kernel(blk, abuf, bbuf, true);
       }
-#if defined(_OPENMP)
-      if (nt > 1) {
-#pragma omp barrier
-      }
-#endif
     }
   }
+}
+
+// Split [0, len) into `parts` pieces with inner boundaries at multiples of `align`.
+inline std::int64_t split_at(std::int64_t len, std::int64_t parts, std::int64_t i,
+                             std::int64_t align) {
+  if (i >= parts) return len;
+  const std::int64_t at = len * i / parts / align * align;
+  return at < len ? at : len;
 }
 
 }  // namespace
@@ -214,6 +212,7 @@ void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T 
           std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc,
           int num_threads) {
   constexpr std::int64_t NR = Cfg<T>::NR;
+  constexpr std::int64_t MR = Cfg<T>::MR;
   constexpr std::int64_t KC = Cfg<T>::KC;
   constexpr std::int64_t MC = mc_block<T>();
   constexpr std::int64_t NC = nc_block<T>();
@@ -222,32 +221,48 @@ void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T 
     scale_c(m, 0, n, beta, c, ldc);
     return;
   }
-  // Threads only where there is enough work to share (about 4 MFLOP each).
+  // Threads only where there is enough work to share (about 2 MFLOP each).
   const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) *
                        static_cast<double>(k);
-  int nt = num_threads < 1 ? 1 : num_threads;
-  while (nt > 1 && flops < 4.0e6 * nt) --nt;
+  std::int64_t nt = num_threads < 1 ? 1 : num_threads;
+  while (nt > 1 && flops < 2.0e6 * static_cast<double>(nt)) --nt;
+  // Each thread computes its own block of C over all of k with private packing
+  // buffers, so threads never wait on each other mid-call. Rows are split when
+  // op(A) is the taller operand (each thread then packs all of B, which costs
+  // little next to its share of the product), columns otherwise.
+  std::int64_t row_parts = 1, col_parts = 1;
+  if (nt > 1) {
+    if (m / MR >= n / NR) {
+      row_parts = nt < (m + MR - 1) / MR ? nt : (m + MR - 1) / MR;
+    } else {
+      col_parts = nt < (n + NR - 1) / NR ? nt : (n + NR - 1) / NR;
+    }
+    nt = row_parts * col_parts;
+  }
   const std::int64_t kc_max = k < KC ? k : KC;
-  const std::int64_t mc_max = m < MC ? m : MC;
-  const std::int64_t nc_max = n < NC ? n : NC;
-  const std::int64_t bpan = (nc_max + NR - 1) / NR;
-  Buffer bbuf(static_cast<std::size_t>(bpan * NR * kc_max) * sizeof(T));
-  Buffer abuf(static_cast<std::size_t>(nt) * static_cast<std::size_t>(MC * KC) * sizeof(T));
-  (void)mc_max;
+  const std::int64_t b_elems = (NC < n ? NC : (n + NR - 1) / NR * NR) * kc_max;
+  const std::int64_t a_elems = (MC < m ? MC : m) * kc_max;
+  const std::int64_t per_thread = (b_elems + a_elems + 63) / 64 * 64;
+  Buffer buf(static_cast<std::size_t>(per_thread * nt) * sizeof(T));
+  auto run = [&](std::int64_t t) {
+    const std::int64_t ri = t / col_parts, ci = t % col_parts;
+    const std::int64_t r0 = split_at(m, row_parts, ri, MR), r1 = split_at(m, row_parts, ri + 1, MR);
+    const std::int64_t c0 = split_at(n, col_parts, ci, NR), c1 = split_at(n, col_parts, ci + 1, NR);
+    if (r0 >= r1 || c0 >= c1) return;
+    const T* as = ta == Trans::no ? a + r0 * lda : a + r0;
+    const T* bs = tb == Trans::no ? b + c0 : b + c0 * ldb;
+    T* bbuf = buf.as<T>() + t * per_thread;
+    gemm_serial<T>(ta, tb, r1 - r0, c1 - c0, k, alpha, as, lda, bs, ldb, beta,
+                   c + r0 * ldc + c0, ldc, bbuf, bbuf + b_elems);
+  };
 #if defined(_OPENMP)
   if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-    {
-      const int t = omp_get_thread_num();
-      const int team = omp_get_num_threads();
-      gemm_body<T>(t, team, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bbuf.as<T>(),
-                   abuf.as<T>());
-    }
+#pragma omp parallel for num_threads(static_cast<int>(nt)) schedule(static, 1)
+    for (std::int64_t t = 0; t < nt; ++t) run(t);
     return;
   }
 #endif
-  gemm_body<T>(0, 1, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bbuf.as<T>(),
-               abuf.as<T>());
+  run(0);
 }
 
 #define FASTRNN_GEMM_INSTANTIATE(T)                                                             \

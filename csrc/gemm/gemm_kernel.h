@@ -43,6 +43,10 @@ constexpr int kMaxAcc = 12;
 constexpr int kMR = 6;
 #endif
 
+#ifndef FASTRNN_GEMM_KC
+#define FASTRNN_GEMM_KC 256
+#endif
+
 template <class T>
 struct VecOf;
 template <>
@@ -60,7 +64,7 @@ struct Cfg {
   static constexpr int L = kVecBytes / static_cast<int>(sizeof(T));  // lanes
   static constexpr int NR = 2 * L;                                    // panel width
   static constexpr int MR = kMR;                                      // rows per sliver
-  static constexpr std::int64_t KC = 256;                             // k block
+  static constexpr std::int64_t KC = FASTRNN_GEMM_KC;                 // k block
 };
 
 template <class T>
@@ -190,6 +194,13 @@ void micro_kernel(std::int64_t kc, const T* __restrict a, const T* __restrict b,
   constexpr int NR = Cfg<T>::NR;
   constexpr int NV = 2 * P;
   V acc[R][NV];
+  // Start fetching the C tile now; it is needed only after the k loop.
+  constexpr int kLines = (P * NR * static_cast<int>(sizeof(T)) + 63) / 64;
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int l = 0; l < kLines; ++l) __builtin_prefetch(c + i * ldc + l * (64 / sizeof(T)), 1, 3);
+  }
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 16
@@ -291,10 +302,12 @@ struct Block {
 };
 
 // C block (mb x ncols) (+)= A block (packed slivers) * B panels.
-// Loop order: groups of P panels outside, slivers inside, so each B
-// micro-panel stays in L1 while every sliver of the A block uses it.
+// slivers_outer (gemm): each A sliver stays in L1 while it sweeps every B panel
+// of the block (which lives in L2). Otherwise (gemm_packed, B streamed from
+// memory once): groups of P panels outside, slivers inside, and each column
+// group is finished, so the epilogue runs on it while it is hot.
 template <class T>
-void macro_kernel(const Block<T>& blk, const T* apack, const T* bpanels) {
+void macro_kernel(const Block<T>& blk, const T* apack, const T* bpanels, bool slivers_outer) {
   constexpr std::int64_t NR = Cfg<T>::NR;
   const RowSplit sp = split_rows(blk.mb, Cfg<T>::MR);
   if (sp.count == 0) return;
@@ -303,29 +316,39 @@ void macro_kernel(const Block<T>& blk, const T* apack, const T* bpanels) {
   const int r_big = static_cast<int>(sp.base + (sp.extra > 0 ? 1 : 0));
   const int r_small = static_cast<int>(sp.base);
   fn_big[0] = pick<T>(r_big, P);
-  fn_big[1] = pick<T>(r_small > 0 ? r_small : r_big, P);
+  fn_big[1] = pick<T>(r_small, P);
   fn_one[0] = pick<T>(r_big, 1);
-  fn_one[1] = pick<T>(r_small > 0 ? r_small : r_big, 1);
+  fn_one[1] = pick<T>(r_small, 1);
   const std::int64_t npan = (blk.ncols + NR - 1) / NR;
-  for (std::int64_t g = 0; g < npan; g += P) {
+  // One micro-tile: sliver s, panels [g, g+P).
+  auto tile = [&](std::int64_t s, std::int64_t g) {
     const std::int64_t gp = npan - g < P ? npan - g : P;
     const std::int64_t col = g * NR;
     const std::int64_t gcols = blk.ncols - col < gp * NR ? blk.ncols - col : gp * NR;
     const T* bg = bpanels + g * blk.bps;
-    for (std::int64_t s = 0; s < sp.count; ++s) {
-      const int which = sp.size(s) == r_big ? 0 : 1;
-      const T* as = apack + sp.start(s) * blk.kc;
-      T* cs = blk.c + sp.start(s) * blk.ldc + col;
-      if (gp == P) {
-        fn_big[which](blk.kc, as, bg, blk.bps, cs, blk.ldc, gcols, blk.u);
-      } else {
-        for (std::int64_t q = 0; q < gp; ++q) {
-          const std::int64_t qc = gcols - q * NR < NR ? gcols - q * NR : NR;
-          fn_one[which](blk.kc, as, bg + q * blk.bps, blk.bps, cs + q * NR, blk.ldc, qc, blk.u);
-        }
+    const int which = sp.size(s) == r_big ? 0 : 1;
+    const T* as = apack + sp.start(s) * blk.kc;
+    T* cs = blk.c + sp.start(s) * blk.ldc + col;
+    if (gp == P) {
+      fn_big[which](blk.kc, as, bg, blk.bps, cs, blk.ldc, gcols, blk.u);
+    } else {
+      for (std::int64_t q = 0; q < gp; ++q) {
+        const std::int64_t qc = gcols - q * NR < NR ? gcols - q * NR : NR;
+        fn_one[which](blk.kc, as, bg + q * blk.bps, blk.bps, cs + q * NR, blk.ldc, qc, blk.u);
       }
     }
+  };
+  if (slivers_outer) {
+    for (std::int64_t s = 0; s < sp.count; ++s) {
+      for (std::int64_t g = 0; g < npan; g += P) tile(s, g);
+    }
+    return;
+  }
+  for (std::int64_t g = 0; g < npan; g += P) {
+    for (std::int64_t s = 0; s < sp.count; ++s) tile(s, g);
     if (blk.epilogue != nullptr && blk.epilogue->fn != nullptr) {
+      const std::int64_t col = g * NR;
+      const std::int64_t gcols = blk.ncols - col < P * NR ? blk.ncols - col : P * NR;
       blk.epilogue->fn(blk.epilogue->ctx, blk.row0, blk.mb, blk.col0 + col, gcols, blk.c + col,
                        blk.ldc);
     }
