@@ -1,7 +1,7 @@
 """GEMM throughput: fastrnn's packed GEMM against numpy.matmul, in one run.
 
     python benchmarks/bench_gemm.py [--dtype float32|float64|both] [--repeats N]
-                                    [--threads 1,2] [--json out.json]
+                                    [--threads 1,2] [--isa avx512,...] [--json out.json]
 
 Shapes (M x K) @ (K x N), float32 by default:
   * 2048 x 2048 x 2048 and (6400 x 512) @ (512 x 2048): ``fastrnn.ops.matmul`` (packs
@@ -56,7 +56,9 @@ def _time_pair(f_ours, f_ref, repeats: int) -> tuple[float, float, float, float]
     return t_ours[len(t_ours) // 2], t_ref[len(t_ref) // 2], t_ours[0], t_ref[0]
 
 
-def _run(threads: int, dtypes: list[str], repeats: int, limiter: Any) -> list[dict[str, Any]]:
+def _run(
+    threads: int, dtypes: list[str], repeats: int, limiter: Any, isas: list[str] | None = None
+) -> list[dict[str, Any]]:
     import numpy as np
 
     import fastrnn
@@ -78,7 +80,7 @@ def _run(threads: int, dtypes: list[str], repeats: int, limiter: Any) -> list[di
                 scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
                 flops = 2.0 * m * n * k
                 reps = repeats if m * n * k > 10**8 else repeats * 20
-                for isa in fastrnn._core.supported_isas():
+                for isa in isas or fastrnn._core.supported_isas():
                     fastrnn.set_isa(isa)
                     if packed:
                         pb = PackedB(b)
@@ -147,16 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per large case")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--isa", help="comma-separated SIMD targets (default: all supported)")
     p.add_argument("--json", help="write all rows to this file")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    isas = args.isa.split(",") if args.isa else None
 
     if args.child is not None:
         # Child process: BLAS threads were fixed by the environment before import.
         import contextlib
 
-        rows = _run(args.child, dtypes, args.repeats, lambda n: contextlib.nullcontext())
+        rows = _run(args.child, dtypes, args.repeats, lambda n: contextlib.nullcontext(), isas)
         print("JSON:" + json.dumps(rows))
         return 0
 
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for nt in (int(t) for t in args.threads.split(",")):
         if limiter is not None:
-            rows += _run(nt, dtypes, args.repeats, limiter)
+            rows += _run(nt, dtypes, args.repeats, limiter, isas)
             continue
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             "--child",
             str(nt),
         ]
+        if args.isa:
+            cmd += ["--isa", args.isa]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         for line in res.stdout.splitlines():
             if line.startswith("JSON:"):
