@@ -205,12 +205,18 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     if (cell == Cell::gru) aux = py::array_t<T, py::array::c_style>({Tn, N, H});
   }
   Scratch<T> ws(work);
+  const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
+  const bool has_bih = !bih_o.is_none(), has_bhh = !bhh_o.is_none(), has_len = !len_o.is_none();
   if (poison_out) {
     poison(y);
     poison(hn);
-    if (cn) poison(cn);
-    for (auto* a : {&hprev, &gates, &cprev, &tc, &aux})
-      if (*a) poison(*a);
+    if (lstm) poison(cn);
+    if (training) {
+      poison(hprev);
+      poison(gates);
+      if (lstm) poison(cprev), poison(tc);
+      if (gru) poison(aux);
+    }
     std::fill(ws.data, ws.data + work, std::numeric_limits<T>::quiet_NaN());
   }
 
@@ -218,22 +224,22 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   a.d = d;
   a.x = x.data();
   a.h0 = h0.data();
-  a.c0 = c0 ? c0.data() : nullptr;
+  a.c0 = lstm ? c0.data() : nullptr;
   a.w_ih = wih.data();
   a.w_hh = whh.data();
-  a.b_ih = bih ? bih.data() : nullptr;
-  a.b_hh = bhh ? bhh.data() : nullptr;
-  a.lengths = lens ? lens.data() : nullptr;
+  a.b_ih = has_bih ? bih.data() : nullptr;
+  a.b_hh = has_bhh ? bhh.data() : nullptr;
+  a.lengths = has_len ? lens.data() : nullptr;
   a.y = y.mutable_data();
   a.h_n = hn.mutable_data();
-  a.c_n = cn ? cn.mutable_data() : nullptr;
+  a.c_n = lstm ? cn.mutable_data() : nullptr;
   a.training = training;
   if (training) {
     a.tape.hprev = hprev.mutable_data();
     a.tape.gates = gates.mutable_data();
-    a.tape.cprev = cprev ? cprev.mutable_data() : nullptr;
-    a.tape.tc = tc ? tc.mutable_data() : nullptr;
-    a.tape.aux = aux ? aux.mutable_data() : nullptr;
+    a.tape.cprev = lstm ? cprev.mutable_data() : nullptr;
+    a.tape.tc = lstm ? tc.mutable_data() : nullptr;
+    a.tape.aux = gru ? aux.mutable_data() : nullptr;
   }
   a.work = ws.data;
   a.work_size = work;
@@ -246,17 +252,17 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   if (training) {
     tape["hprev"] = hprev;
     tape["gates"] = gates;
-    if (cprev) tape["cprev"] = cprev;
-    if (tc) tape["tc"] = tc;
-    if (aux) tape["aux"] = aux;
+    if (lstm) tape["cprev"] = cprev;
+    if (lstm) tape["tc"] = tc;
+    if (gru) tape["aux"] = aux;
     tape["x"] = x;
     tape["weight_ih"] = wih;
     tape["weight_hh"] = whh;
-    tape["has_bias_ih"] = bool(bih);
-    tape["has_bias_hh"] = bool(bhh);
+    tape["has_bias_ih"] = has_bih;
+    tape["has_bias_hh"] = has_bhh;
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
   }
-  return py::make_tuple(y, hn, cn ? py::object(cn) : py::object(py::none()),
+  return py::make_tuple(y, hn, lstm ? py::object(cn) : py::object(py::none()),
                         training ? py::object(tape) : py::object(py::none()));
 }
 
@@ -316,9 +322,14 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   if (has_bih) dbih = py::array_t<T, py::array::c_style>({GH});
   if (has_bhh) dbhh = py::array_t<T, py::array::c_style>({GH});
   Scratch<T> ws(work);
+  const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
+  const bool has_len = !len_o.is_none(), has_dy = !dy_o.is_none(), has_dhn = !dhn_o.is_none();
+  const bool has_dcn = lstm && !dcn_o.is_none();
   if (poison_out) {
-    for (auto* a : {&dx, &dh0, &dc0, &dwih, &dwhh, &dbih, &dbhh})
-      if (*a) poison(*a);
+    for (auto* a : {&dx, &dh0, &dwih, &dwhh}) poison(*a);
+    if (lstm) poison(dc0);
+    if (has_bih) poison(dbih);
+    if (has_bhh) poison(dbhh);
     std::fill(ws.data, ws.data + work, std::numeric_limits<T>::quiet_NaN());
   }
   SeqBackward<T> a;
@@ -326,22 +337,22 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.x = x.data();
   a.w_ih = wih.data();
   a.w_hh = whh.data();
-  a.lengths = lens ? lens.data() : nullptr;
+  a.lengths = has_len ? lens.data() : nullptr;
   a.tape.hprev = hprev.data();
   a.tape.gates = gates.data();
-  a.tape.cprev = cprev ? cprev.data() : nullptr;
-  a.tape.tc = tc ? tc.data() : nullptr;
-  a.tape.aux = aux ? aux.data() : nullptr;
-  a.dy = dy ? dy.data() : nullptr;
-  a.dh_n = dhn ? dhn.data() : nullptr;
-  a.dc_n = dcn ? dcn.data() : nullptr;
+  a.tape.cprev = lstm ? cprev.data() : nullptr;
+  a.tape.tc = lstm ? tc.data() : nullptr;
+  a.tape.aux = gru ? aux.data() : nullptr;
+  a.dy = has_dy ? dy.data() : nullptr;
+  a.dh_n = has_dhn ? dhn.data() : nullptr;
+  a.dc_n = has_dcn ? dcn.data() : nullptr;
   a.dx = dx.mutable_data();
   a.dh0 = dh0.mutable_data();
-  a.dc0 = dc0 ? dc0.mutable_data() : nullptr;
+  a.dc0 = lstm ? dc0.mutable_data() : nullptr;
   a.dw_ih = dwih.mutable_data();
   a.dw_hh = dwhh.mutable_data();
-  a.db_ih = dbih ? dbih.mutable_data() : nullptr;
-  a.db_hh = dbhh ? dbhh.mutable_data() : nullptr;
+  a.db_ih = has_bih ? dbih.mutable_data() : nullptr;
+  a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
   a.work = ws.data;
   a.work_size = work;
   a.num_threads = get_num_threads();

@@ -10,23 +10,24 @@
 // gate g of unit u sits at [g*H + u] (the caller offsets the pointers).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "runtime/target.h"
 #include "seq/seq.h"
+#include "simd/math.h"
 
 FASTRNN_TARGET_NS_BEGIN
 namespace cells {
 
 // ---- activations on arrays (the one place to swap in vector math) --------
+// Vector math from simd/math.h (max error 3 ulp, see there).
 template <class T>
 inline void sigmoid_n(T* p, int n) {
-  for (int i = 0; i < n; ++i) p[i] = T(1) / (T(1) + std::exp(-p[i]));
+  simd::sigmoid_inplace(p, n);
 }
 template <class T>
 inline void tanh_n(T* p, int n) {
-  for (int i = 0; i < n; ++i) p[i] = std::tanh(p[i]);
+  simd::tanh_inplace(p, n);
 }
 template <class T>
 inline void relu_n(T* p, int n) {
