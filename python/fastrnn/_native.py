@@ -76,16 +76,36 @@ def _forward(
         if training:  # the tape must not see later in-place edits by the caller
             xs, wih, whh = (np.array(a, order="C", copy=True) for a in (xs, wih, whh))
         y, h_n, c_n, data = _core.seq_forward(
-            kind, xs, inp.h0, inp.c0, wih, whh, inp.bias_ih, inp.bias_hh, inp.lengths,
-            nonlinearity, reset_after, reverse, training, poison,
-        )  # fmt: skip
+            kind,
+            xs,
+            inp.h0,
+            inp.c0,
+            wih,
+            whh,
+            inp.bias_ih,
+            inp.bias_hh,
+            inp.lengths,
+            nonlinearity,
+            reset_after,
+            reverse,
+            training,
+            poison,
+        )
     if training:
         tape = NativeTape(
-            kind=kind, dtype=inp.dtype, T=T, N=N, I=I, H=H, reverse=reverse,
-            nonlinearity=nonlinearity, reset_after=reset_after,
-            has_bias_ih=inp.bias_ih is not None, has_bias_hh=inp.bias_hh is not None,
+            kind=kind,
+            dtype=inp.dtype,
+            T=T,
+            N=N,
+            I=I,
+            H=H,
+            reverse=reverse,
+            nonlinearity=nonlinearity,
+            reset_after=reset_after,
+            has_bias_ih=inp.bias_ih is not None,
+            has_bias_hh=inp.bias_hh is not None,
             data=data,
-        )  # fmt: skip
+        )
     state = (h_n, c_n) if kind == "lstm" else h_n
     return (y, state, tape) if training else (y, state)
 
@@ -115,33 +135,118 @@ def _backward(kind: str, tape: Any, dy: Any, dh_n: Any, dc_n: Any, poison: bool)
         return out
     return dict(
         _core.seq_backward(
-            kind, tape.data, tape.nonlinearity, tape.reset_after, tape.reverse, dy, dh_n,
-            dc_n, poison,
-        )  # fmt: skip
+            kind,
+            tape.data,
+            tape.nonlinearity,
+            tape.reset_after,
+            tape.reverse,
+            dy,
+            dh_n,
+            dc_n,
+            poison,
+        )
     )
 
 
-def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh",
-        reverse=False, lengths=None, training=False, _poison=False):  # fmt: skip
+def rnn(
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    nonlinearity="tanh",
+    reverse=False,
+    lengths=None,
+    training=False,
+    _poison=False,
+):
     """Native :func:`fastrnn.reference.rnn` (same arguments and results)."""
     nonlinearity = _ref._check_nonlinearity(nonlinearity)
-    return _forward("rnn", x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
-                    True, reverse, lengths, training, _poison)  # fmt: skip
+    return _forward(
+        "rnn",
+        x,
+        h0,
+        None,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        nonlinearity,
+        True,
+        reverse,
+        lengths,
+        training,
+        _poison,
+    )
 
 
-def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, reverse=False,
-         lengths=None, training=False, _poison=False):  # fmt: skip
+def lstm(
+    x,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    reverse=False,
+    lengths=None,
+    training=False,
+    _poison=False,
+):
     """Native :func:`fastrnn.reference.lstm` (same arguments and results)."""
-    return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, "tanh", True,
-                    reverse, lengths, training, _poison)  # fmt: skip
+    return _forward(
+        "lstm",
+        x,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        "tanh",
+        True,
+        reverse,
+        lengths,
+        training,
+        _poison,
+    )
 
 
-def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, reset_after=True,
-        reverse=False, lengths=None, training=False, _poison=False):  # fmt: skip
+def gru(
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    reset_after=True,
+    reverse=False,
+    lengths=None,
+    training=False,
+    _poison=False,
+):
     """Native :func:`fastrnn.reference.gru` (same arguments and results)."""
     reset_after = _ref._check_bool("reset_after", reset_after)
-    return _forward("gru", x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, "tanh",
-                    reset_after, reverse, lengths, training, _poison)  # fmt: skip
+    return _forward(
+        "gru",
+        x,
+        h0,
+        None,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        "tanh",
+        reset_after,
+        reverse,
+        lengths,
+        training,
+        _poison,
+    )
 
 
 def rnn_backward(tape, dy=None, dh_n=None, *, _poison=False):
