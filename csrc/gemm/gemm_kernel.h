@@ -1,0 +1,359 @@
+// Register-tiled GEMM micro-kernels and packing routines for one SIMD target.
+//
+// Included only by per-target code; everything here is in namespace
+// fastrnn::<target>::gemm_detail. Kernels use GCC/Clang vector
+// extensions sized to the target's widest register, so one source serves
+// AVX-512 (16 floats), AVX2 (8 floats) and the portable baseline (16 bytes,
+// SSE2 on x86-64, NEON/scalar elsewhere); -ffp-contract=fast turns
+// `acc += b * a` into an FMA where the target has one.
+//
+// Packed layouts (row-major C = op(A) op(B)):
+//   * B (k x n) is stored as panels of NR columns: panel q holds columns
+//     [q*NR, q*NR+NR) as kc rows of NR contiguous elements (zero-padded past n).
+//     Consecutive panels are `bps` elements apart (bps = kc*NR).
+//   * A block (mb x kc) is stored as slivers of R <= MR rows (sliver sizes from
+//     split_rows): a sliver holds kc groups of R contiguous elements (column p
+//     of the sliver's rows), slivers back to back.
+//
+// Every C element is the sum over p = 0..k-1 in increasing order, split into
+// the same fixed KC blocks whatever the thread count or tiling, so results do
+// not depend on how the work is partitioned.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "gemm/gemm.h"
+#include "runtime/target.h"
+
+FASTRNN_TARGET_NS_BEGIN
+namespace gemm_detail {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kMaxAcc = 28;  // of 32 vector registers
+constexpr int kMR = 14;
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+constexpr int kMaxAcc = 12;  // of 16 vector registers
+constexpr int kMR = 6;
+#else
+constexpr int kVecBytes = 16;
+constexpr int kMaxAcc = 12;
+constexpr int kMR = 6;
+#endif
+
+#ifndef FASTRNN_GEMM_KC
+#define FASTRNN_GEMM_KC 256
+#endif
+
+template <class T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(kVecBytes)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(kVecBytes)));
+};
+
+template <class T>
+struct Cfg {
+  using V = typename VecOf<T>::type;
+  static constexpr int L = kVecBytes / static_cast<int>(sizeof(T));  // lanes
+  static constexpr int NR = 2 * L;                                    // panel width
+  static constexpr int MR = kMR;                                      // rows per sliver
+  static constexpr std::int64_t KC = FASTRNN_GEMM_KC;                 // k block
+};
+
+template <class T>
+inline typename VecOf<T>::type vload(const T* p) {
+  typename VecOf<T>::type v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void vstore(T* p, typename VecOf<T>::type v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Panels per micro-tile for a sliver of R rows: as many as the accumulator
+// budget allows (R * P * 2 vectors), at most 4.
+constexpr int panels_for(int r) {
+  return (kMaxAcc / (2 * r)) >= 4 ? 4 : ((kMaxAcc / (2 * r)) >= 1 ? kMaxAcc / (2 * r) : 1);
+}
+
+// Balanced split of mb rows into ceil(mb / MR) slivers: the first `extra`
+// slivers have base + 1 rows, the rest base rows.
+struct RowSplit {
+  std::int64_t count, base, extra;
+  std::int64_t start(std::int64_t s) const { return s * base + (s < extra ? s : extra); }
+  std::int64_t size(std::int64_t s) const { return base + (s < extra ? 1 : 0); }
+  std::int64_t largest() const { return base + (extra > 0 ? 1 : 0); }
+};
+inline RowSplit split_rows(std::int64_t mb, std::int64_t mr) {
+  RowSplit s{};
+  s.count = (mb + mr - 1) / mr;
+  if (s.count == 0) return s;
+  s.base = mb / s.count;
+  s.extra = mb % s.count;
+  return s;
+}
+
+// Pack op(A)[i0:i0+mb, p0:p0+kc] into slivers (see the file comment).
+// ta == no: A stored m x k (A[i,p] = a[i*lda+p]); yes: stored k x m.
+template <class T>
+void pack_a(Trans ta, const T* a, std::int64_t lda, std::int64_t i0, std::int64_t mb,
+            std::int64_t p0, std::int64_t kc, std::int64_t mr, T* dst) {
+  const RowSplit sp = split_rows(mb, mr);
+  for (std::int64_t s = 0; s < sp.count; ++s) {
+    const std::int64_t r0 = i0 + sp.start(s), rs = sp.size(s);
+    T* d = dst + sp.start(s) * kc;
+    if (ta == Trans::no) {
+      for (std::int64_t i = 0; i < rs; ++i) {
+        const T* src = a + (r0 + i) * lda + p0;
+        for (std::int64_t p = 0; p < kc; ++p) d[p * rs + i] = src[p];
+      }
+    } else {
+      for (std::int64_t p = 0; p < kc; ++p) {
+        const T* src = a + (p0 + p) * lda + r0;
+        for (std::int64_t i = 0; i < rs; ++i) d[p * rs + i] = src[i];
+      }
+    }
+  }
+}
+
+// Pack op(B)[p0:p0+kc, j0:j0+nc] into ceil(nc/NR) panels, `bps` elements apart.
+// tb == no: B stored k x n (B[p,j] = b[p*ldb+j]); yes: stored n x k.
+template <class T>
+void pack_b_panels(Trans tb, const T* b, std::int64_t ldb, std::int64_t p0, std::int64_t kc,
+                   std::int64_t j0, std::int64_t nc, std::int64_t panel_begin,
+                   std::int64_t panel_end, std::int64_t bps, T* dst) {
+  constexpr std::int64_t NR = Cfg<T>::NR;
+  for (std::int64_t q = panel_begin; q < panel_end; ++q) {
+    T* d = dst + q * bps;
+    const std::int64_t jq = q * NR;
+    const std::int64_t w = nc - jq < NR ? nc - jq : NR;
+    if (tb == Trans::no) {
+      for (std::int64_t p = 0; p < kc; ++p) {
+        const T* src = b + (p0 + p) * ldb + j0 + jq;
+        T* dp = d + p * NR;
+        std::int64_t j = 0;
+        for (; j < w; ++j) dp[j] = src[j];
+        for (; j < NR; ++j) dp[j] = T(0);
+      }
+    } else {
+      // Transpose in blocks of 64 k-rows so the strided writes stay in L1.
+      for (std::int64_t pb = 0; pb < kc; pb += 64) {
+        const std::int64_t pe = pb + 64 < kc ? pb + 64 : kc;
+        for (std::int64_t j = 0; j < NR; ++j) {
+          if (j < w) {
+            const T* src = b + (j0 + jq + j) * ldb + p0;
+            for (std::int64_t p = pb; p < pe; ++p) d[p * NR + j] = src[p];
+          } else {
+            for (std::int64_t p = pb; p < pe; ++p) d[p * NR + j] = T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// How a finished micro-tile is written to C.
+template <class T>
+struct Update {
+  T alpha;
+  T beta;
+  bool first;  // first k block: C = alpha*acc + beta*C (C unread when beta == 0)
+               // later blocks: C = C + alpha*acc
+};
+
+// One vector of results into C (or into a staging row for a partial tile).
+template <class T>
+inline void write_vec(T* cp, typename VecOf<T>::type acc, const Update<T>& u) {
+  using V = typename VecOf<T>::type;
+  V r = acc * u.alpha;
+  if (!u.first) {
+    r = vload(cp) + r;
+  } else if (u.beta != T(0)) {
+    r = vload(cp) * u.beta + r;
+  }
+  vstore(cp, r);
+}
+
+// C[0:R, 0:ncols] (+)= A_sliver (R x kc, packed) * B (P panels of kc x NR).
+// ncols <= P*NR; columns past ncols are computed (B is zero-padded) but not
+// written. The tail goes through a staging row so it sees exactly the same
+// arithmetic as full vectors.
+template <class T, int R, int P>
+void micro_kernel(std::int64_t kc, const T* __restrict a, const T* __restrict b, std::int64_t bps,
+                  T* __restrict c, std::int64_t ldc, std::int64_t ncols, const Update<T>& u) {
+  using V = typename VecOf<T>::type;
+  constexpr int L = Cfg<T>::L;
+  constexpr int NR = Cfg<T>::NR;
+  constexpr int NV = 2 * P;
+  V acc[R][NV];
+  // Start fetching the C tile now; it is needed only after the k loop.
+  constexpr int kLines = (P * NR * static_cast<int>(sizeof(T)) + 63) / 64;
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int l = 0; l < kLines; ++l) __builtin_prefetch(c + i * ldc + l * (64 / sizeof(T)), 1, 3);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  }
+  for (std::int64_t p = 0; p < kc; ++p) {
+    const T* bp = b + p * NR;
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q) {
+      const V b0 = vload(bp + q * bps);
+      const V b1 = vload(bp + q * bps + L);
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        const T ai = a[p * R + i];
+        acc[i][2 * q] += b0 * ai;
+        acc[i][2 * q + 1] += b1 * ai;
+      }
+    }
+  }
+  if (ncols == P * NR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) write_vec(c + i * ldc + v * L, acc[i][v], u);
+    }
+  } else {
+    for (int i = 0; i < R; ++i) {
+      for (int v = 0; v < NV; ++v) {
+        const std::int64_t j = static_cast<std::int64_t>(v) * L;
+        if (j >= ncols) break;
+        const std::int64_t w = ncols - j < L ? ncols - j : L;
+        T* cp = c + i * ldc + j;
+        alignas(64) T stage[L] = {};
+        if (!(u.first && u.beta == T(0))) std::memcpy(stage, cp, sizeof(T) * w);
+        write_vec(stage, acc[i][v], u);
+        std::memcpy(cp, stage, sizeof(T) * w);
+      }
+    }
+  }
+}
+
+template <class T>
+using MicroFn = void (*)(std::int64_t, const T*, const T*, std::int64_t, T*, std::int64_t,
+                         std::int64_t, const Update<T>&);
+
+// Kernel for a sliver of r rows (1..MR) and p panels (1 or panels_for(largest)).
+template <class T, int R>
+MicroFn<T> pick_r(int p) {
+  constexpr int PMAX = panels_for(R);
+  switch (p) {
+    case 1:
+      return &micro_kernel<T, R, 1>;
+    case 2:
+      return PMAX >= 2 ? &micro_kernel<T, R, (PMAX >= 2 ? 2 : 1)> : nullptr;
+    case 3:
+      return PMAX >= 3 ? &micro_kernel<T, R, (PMAX >= 3 ? 3 : 1)> : nullptr;
+    case 4:
+      return PMAX >= 4 ? &micro_kernel<T, R, (PMAX >= 4 ? 4 : 1)> : nullptr;
+    default:
+      return nullptr;
+  }
+}
+
+template <class T>
+MicroFn<T> pick(int r, int p) {
+  switch (r) {
+    case 1: return pick_r<T, 1>(p);
+    case 2: return pick_r<T, 2>(p);
+    case 3: return pick_r<T, 3>(p);
+    case 4: return pick_r<T, 4>(p);
+    case 5: return pick_r<T, 5>(p);
+    case 6: return pick_r<T, 6>(p);
+#if defined(__AVX512F__)
+    case 7: return pick_r<T, 7>(p);
+    case 8: return pick_r<T, 8>(p);
+    case 9: return pick_r<T, 9>(p);
+    case 10: return pick_r<T, 10>(p);
+    case 11: return pick_r<T, 11>(p);
+    case 12: return pick_r<T, 12>(p);
+    case 13: return pick_r<T, 13>(p);
+    case 14: return pick_r<T, 14>(p);
+#endif
+    default: return nullptr;
+  }
+}
+
+// Everything a macro-kernel call needs besides the packed blocks.
+template <class T>
+struct Block {
+  std::int64_t mb;     // rows in the A block
+  std::int64_t kc;     // k block length
+  std::int64_t ncols;  // columns of C to produce (from the first panel)
+  std::int64_t bps;    // distance between B panels
+  T* c;                // C at (row0, col0)
+  std::int64_t ldc;
+  std::int64_t row0, col0;   // position in C, for the epilogue
+  Update<T> u;
+  const Epilogue<T>* epilogue;  // called per finished tile when non-null
+};
+
+// C block (mb x ncols) (+)= A block (packed slivers) * B panels.
+// slivers_outer (gemm): each A sliver stays in L1 while it sweeps every B panel
+// of the block (which lives in L2). Otherwise (gemm_packed, B streamed from
+// memory once): groups of P panels outside, slivers inside, and each column
+// group is finished, so the epilogue runs on it while it is hot.
+template <class T>
+void macro_kernel(const Block<T>& blk, const T* apack, const T* bpanels, bool slivers_outer) {
+  constexpr std::int64_t NR = Cfg<T>::NR;
+  const RowSplit sp = split_rows(blk.mb, Cfg<T>::MR);
+  if (sp.count == 0) return;
+  const int P = panels_for(static_cast<int>(sp.largest()));
+  MicroFn<T> fn_big[2], fn_one[2];
+  const int r_big = static_cast<int>(sp.base + (sp.extra > 0 ? 1 : 0));
+  const int r_small = static_cast<int>(sp.base);
+  fn_big[0] = pick<T>(r_big, P);
+  fn_big[1] = pick<T>(r_small, P);
+  fn_one[0] = pick<T>(r_big, 1);
+  fn_one[1] = pick<T>(r_small, 1);
+  const std::int64_t npan = (blk.ncols + NR - 1) / NR;
+  // One micro-tile: sliver s, panels [g, g+P).
+  auto tile = [&](std::int64_t s, std::int64_t g) {
+    const std::int64_t gp = npan - g < P ? npan - g : P;
+    const std::int64_t col = g * NR;
+    const std::int64_t gcols = blk.ncols - col < gp * NR ? blk.ncols - col : gp * NR;
+    const T* bg = bpanels + g * blk.bps;
+    const int which = sp.size(s) == r_big ? 0 : 1;
+    const T* as = apack + sp.start(s) * blk.kc;
+    T* cs = blk.c + sp.start(s) * blk.ldc + col;
+    if (gp == P) {
+      fn_big[which](blk.kc, as, bg, blk.bps, cs, blk.ldc, gcols, blk.u);
+    } else {
+      for (std::int64_t q = 0; q < gp; ++q) {
+        const std::int64_t qc = gcols - q * NR < NR ? gcols - q * NR : NR;
+        fn_one[which](blk.kc, as, bg + q * blk.bps, blk.bps, cs + q * NR, blk.ldc, qc, blk.u);
+      }
+    }
+  };
+  if (slivers_outer) {
+    for (std::int64_t s = 0; s < sp.count; ++s) {
+      for (std::int64_t g = 0; g < npan; g += P) tile(s, g);
+    }
+    return;
+  }
+  for (std::int64_t g = 0; g < npan; g += P) {
+    for (std::int64_t s = 0; s < sp.count; ++s) tile(s, g);
+    if (blk.epilogue != nullptr && blk.epilogue->fn != nullptr) {
+      const std::int64_t col = g * NR;
+      const std::int64_t gcols = blk.ncols - col < P * NR ? blk.ncols - col : P * NR;
+      blk.epilogue->fn(blk.epilogue->ctx, blk.row0, blk.mb, blk.col0 + col, gcols, blk.c + col,
+                       blk.ldc);
+    }
+  }
+}
+
+}  // namespace gemm_detail
+FASTRNN_TARGET_NS_END
