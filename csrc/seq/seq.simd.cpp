@@ -14,8 +14,10 @@
 // After the loop, the weight and input gradients are big GEMMs over all T*N
 // rows. No sum is ever split by thread, so any thread count gives the same bits.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -126,8 +128,12 @@ i64 backward_work(const SeqDims& d) {
   return bwd_layout<T>(d, geometry<T>(d)).total;
 }
 
-inline int team_size(int want, i64 blocks) {
-  return static_cast<int>(std::max<i64>(1, std::min<i64>(want, blocks)));
+// Threads for a sequence: at most one per block, and only as many as keep about
+// 32k multiply-adds per thread per step (below that a barrier costs more than it saves).
+inline int team_size(int want, i64 blocks, const SeqDims& d) {
+  const i64 per_step = d.N * d.gates() * d.H * d.H;
+  const i64 useful = std::max<i64>(1, per_step / 32768);
+  return static_cast<int>(std::max<i64>(1, std::min<i64>({i64{want}, blocks, useful})));
 }
 
 inline void thread_id(int& tid, int& nth) {
@@ -140,11 +146,39 @@ inline void thread_id(int& tid, int& nth) {
 #endif
 }
 
-inline void barrier() {
+inline void omp_barrier() {
 #if defined(_OPENMP)
 #pragma omp barrier
 #endif
 }
+
+// The per-step barrier of the time loops. Spins briefly (a step is microseconds),
+// then yields the CPU: on a machine shared with other work a waiting thread must
+// not burn the core its partner needs to finish the step. Lives on the kernel's
+// stack (no global state); `count` is set by thread 0 before the first wait.
+struct StepBarrier {
+  std::atomic<int> arrived{0};
+  std::atomic<int> generation{0};
+  int count = 1;
+  void wait() {
+    if (count <= 1) return;
+    const int gen = generation.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == count - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      generation.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 1000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+};
 
 constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
 constexpr int kMaxU = 64;
@@ -170,7 +204,8 @@ void forward(const SeqForward<T>& a) {
   T* rhb = a.work + lay.rh;
   T* zb = a.work + lay.zb;
   const SeqTape<T>& tp = a.tape;
-  const int nt = team_size(a.num_threads, g.nb);
+  const int nt = team_size(a.num_threads, g.nb, d);
+  StepBarrier bar;
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -178,6 +213,8 @@ void forward(const SeqForward<T>& a) {
   {
     int tid = 0, nth = 1;
     thread_id(tid, nth);
+    if (tid == 0) bar.count = nth;
+    auto barrier = [&bar] { bar.wait(); };
     const i64 b0 = g.nb * tid / nth, b1 = g.nb * (tid + 1) / nth;
     const i64 j0 = std::min(H, b0 * U), j1 = std::min(H, b1 * U);
 
@@ -209,7 +246,7 @@ void forward(const SeqForward<T>& a) {
         if (lstm) (tr ? tp.cprev[(t_first * N + n) * H + j] : a.c_n[n * H + j]) = a.c0[n * H + j];
       }
     }
-    barrier();
+    omp_barrier();
 
     alignas(64) T tl[kMaxTile];
     alignas(64) T cnew[kMaxU];
@@ -380,7 +417,8 @@ void backward(const SeqBackward<T>& a) {
   T* dG = a.work + lay.dg;
   T* dhn = a.work + lay.dhn;
   const SeqTape<const T>& tp = a.tape;
-  const int nt = team_size(a.num_threads, g.nb);
+  const int nt = team_size(a.num_threads, g.nb, d);
+  StepBarrier bar;
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -388,6 +426,8 @@ void backward(const SeqBackward<T>& a) {
   {
     int tid = 0, nth = 1;
     thread_id(tid, nth);
+    if (tid == 0) bar.count = nth;
+    auto barrier = [&bar] { bar.wait(); };
     const i64 b0 = g.nb * tid / nth, b1 = g.nb * (tid + 1) / nth;
     const i64 j0 = std::min(H, b0 * U), j1 = std::min(H, b1 * U);
     // W_hh (G*H x H) packed by unit blocks: [b][k][u] = W_hh[k][b*U + u].
@@ -402,6 +442,7 @@ void backward(const SeqBackward<T>& a) {
         a.dh0[n * H + j] = a.dh_n ? a.dh_n[n * H + j] : T(0);
         if (lstm) a.dc0[n * H + j] = a.dc_n ? a.dc_n[n * H + j] : T(0);
       }
+    omp_barrier();  // publishes bar.count
 
     alignas(64) T tl[kMaxTile];
     alignas(64) T tl2[kMaxTile];
