@@ -340,3 +340,17 @@ def test_torch_parity(kind, dtype, rng):
     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
         want = getattr(mod, f"{name}_l0").grad.numpy()
         assert_allclose_named(f"grad {name}", g[name], want, **tol)
+
+
+def test_functional_dispatches_to_native(rng):
+    from fastrnn import functional as F
+
+    case = random_case("gru", 3, 2, 4, 5, np.float64, rng)
+    y, _, tape = F.gru(**case, training=True)
+    assert tape.backend == "native"
+    y2, _ = NAT.gru(**case)
+    np.testing.assert_array_equal(y, y2)
+    g = F.gru_backward(tape, np.ones_like(y))
+    assert set(g) == {"x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    y3, _ = F.gru(**case, backend="reference")
+    assert_allclose_named("y", y, y3, **TOL64)
