@@ -66,7 +66,7 @@ inline i64 round16(i64 n, const char* what) {
 }
 
 struct FwdLayout {
-  i64 wih = 0, whh = 0, gx = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, total = 0;
+  i64 wih = 0, whh = 0, gx = 0, gh = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, total = 0;
 };
 
 template <class T>
@@ -84,6 +84,7 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
                "packed weight_hh");
   l.gx = take(checked_mul(checked_mul(g.Tc, d.N, "input projection"), g.GHp, "input projection"),
               "input projection");
+  l.gh = take(checked_mul(d.N, g.GHp, "recurrent projection"), "recurrent projection");
   l.bias = take(g.GHp, "bias");
   l.bhn = take(checked_mul(g.nb, g.U, "bias"), "bias");
   const i64 nh = checked_mul(d.N, d.H, "state");
@@ -198,6 +199,7 @@ void forward(const SeqForward<T>& a) {
   T* wih = a.work + lay.wih;
   T* whh = a.work + lay.whh;
   T* gx = a.work + lay.gx;
+  T* ghs = a.work + lay.gh;
   T* bias = a.work + lay.bias;
   T* bhn = a.work + lay.bhn;
   T* hbuf = a.work + lay.hbuf;
@@ -254,6 +256,8 @@ void forward(const SeqForward<T>& a) {
     alignas(64) T hnew[kMaxU];
     alignas(64) T hnv[kMaxU];
     const int cvx = G * g.UB;
+    // K slice whose panel rows (GU wide) fill about 16 KiB of L1.
+    const i64 kc = std::max<i64>(16, 16384 / (GU * static_cast<i64>(sizeof(T))));
     i64 tlo = 0;
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? Tn - 1 - s : s;
@@ -264,15 +268,11 @@ void forward(const SeqForward<T>& a) {
         tlo = d.reverse ? Tn - s1 : s;
         const i64 rows = (s1 - s) * N;
         const T* A = a.x + tlo * N * I;
-        const int mrx = tile::max_rows(cvx);
         for (i64 b = b0; b < b1; ++b) {
-          for (i64 r0 = 0; r0 < rows; r0 += mrx) {
-            const int mr = static_cast<int>(std::min<i64>(mrx, rows - r0));
-            T* C = gx + r0 * GHp + b * GU;
-            tile::run<T>(cvx, mr, I, A + r0 * I, I, wih + b * I * GU, GU, C, GHp);
-            for (int r = 0; r < mr; ++r)
-              for (i64 c = 0; c < GU; ++c) C[r * GHp + c] += bias[b * GU + c];
-          }
+          T* C = gx + b * GU;
+          tile::panel<T>(cvx, rows, I, kc, A, I, wih + b * I * GU, GU, C, GHp);
+          for (i64 r = 0; r < rows; ++r)
+            for (i64 c = 0; c < GU; ++c) C[r * GHp + c] += bias[b * GU + c];
         }
       }
       const T* hin = tr ? tp.hprev + t * N * H : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
@@ -280,17 +280,16 @@ void forward(const SeqForward<T>& a) {
 
       if (!gru_before) {
         const int cv = G * g.UB;
-        const int mrmax = tile::max_rows(cv);
         for (i64 b = b0; b < b1; ++b) {
           const int len = static_cast<int>(std::min<i64>(U, H - b * U));
           const i64 jb = b * U;
-          for (i64 r0 = 0; r0 < N; r0 += mrmax) {
-            const int mr = static_cast<int>(std::min<i64>(mrmax, N - r0));
-            tile::run<T>(cv, mr, H, hin + r0 * H, H, whh + b * H * GU, GU, tl, GU);
-            for (int r = 0; r < mr; ++r) {
-              const i64 n = r0 + r;
+          // The block's whole column panel for all N rows (L1-sized K slices), then the
+          // gate math row by row on it while it is still in L1.
+          tile::panel<T>(cv, N, H, kc, hin, H, whh + b * H * GU, GU, ghs + b * GU, GHp);
+          {
+            for (i64 n = 0; n < N; ++n) {
               const i64 tn = t * N + n;
-              T* p = tl + r * GU;
+              T* p = ghs + n * GHp + b * GU;
               const T* gxr = gx + ((t - tlo) * N + n) * GHp + b * GU;
               const bool active = !a.lengths || t < a.lengths[n];
               const T* hi = hin + n * H + jb;

@@ -55,7 +55,7 @@ inline void store(T* p, typename V<T>::type v) {
 // at the end in a fixed order, so the FMA latency chain is not the limit.
 template <class T, int MR, int CV>
 inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
-                   T* C, std::int64_t ldc) {
+                   T* C, std::int64_t ldc, bool accumulate) {
   using Vt = typename V<T>::type;
   constexpr int L = lanes<T>();
   constexpr int KS = MR * CV >= 4 ? 1 : 4 / (MR * CV);
@@ -89,35 +89,59 @@ inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std
   for (int s = 1; s < KS; ++s)
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < CV; ++c) acc[0][r][c] += acc[s][r][c];
+  if (accumulate) {
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < CV; ++c) acc[0][r][c] = load(C + r * ldc + c * L) + acc[0][r][c];
+  }
   for (int r = 0; r < MR; ++r)
     for (int c = 0; c < CV; ++c) store(C + r * ldc + c * L, acc[0][r][c]);
 }
 
 template <class T, int CV>
 inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
-                 std::int64_t ldb, T* C, std::int64_t ldc) {
+                 std::int64_t ldb, T* C, std::int64_t ldc, bool acc) {
   switch (mr) {
-    case 1: kernel<T, 1, CV>(K, A, lda, B, ldb, C, ldc); break;
-    case 2: kernel<T, 2, CV>(K, A, lda, B, ldb, C, ldc); break;
-    case 3: kernel<T, 3, CV>(K, A, lda, B, ldb, C, ldc); break;
-    case 4: kernel<T, 4, CV>(K, A, lda, B, ldb, C, ldc); break;
-    case 5: kernel<T, 5, CV>(K, A, lda, B, ldb, C, ldc); break;
-    case 6: kernel<T, 6, CV>(K, A, lda, B, ldb, C, ldc); break;
-    case 7: kernel<T, 7, CV>(K, A, lda, B, ldb, C, ldc); break;
-    default: kernel<T, 8, CV>(K, A, lda, B, ldb, C, ldc); break;
+    case 1: kernel<T, 1, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 2: kernel<T, 2, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 3: kernel<T, 3, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 4: kernel<T, 4, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 5: kernel<T, 5, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 6: kernel<T, 6, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 7: kernel<T, 7, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    default: kernel<T, 8, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
   }
 }
 
-// One micro-tile of mr <= max_rows(cv) rows and cv (1..4) vectors.
+// One micro-tile of mr <= max_rows(cv) rows and cv (1..4) vectors; with acc,
+// C += A*B (C + the new sum, in that order) instead of C = A*B.
 template <class T>
 inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
-                std::int64_t ldb, T* C, std::int64_t ldc) {
+                std::int64_t ldb, T* C, std::int64_t ldc, bool acc = false) {
   switch (cv) {
-    case 1: rows<T, 1>(mr, K, A, lda, B, ldb, C, ldc); break;
-    case 2: rows<T, 2>(mr, K, A, lda, B, ldb, C, ldc); break;
-    case 3: rows<T, 3>(mr, K, A, lda, B, ldb, C, ldc); break;
-    default: rows<T, 4>(mr, K, A, lda, B, ldb, C, ldc); break;
+    case 1: rows<T, 1>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
+    case 2: rows<T, 2>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
+    case 3: rows<T, 3>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
+    default: rows<T, 4>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
   }
+}
+
+// C (M x cv*L) = A (M x K) * B (K x cv*L) for any M: K in slices of kc rows (so a
+// slice of the B panel stays in L1 while every row group uses it), rows in groups of
+// max_rows(cv). The summation order depends only on (M, K, kc, cv).
+template <class T>
+inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
+                  std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc) {
+  const int mrmax = max_rows(cv);
+  const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
+  std::int64_t k0 = 0;
+  do {
+    const std::int64_t kn = K - k0 < step ? K - k0 : step;
+    for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
+      const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
+      run<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc, k0 > 0);
+    }
+    k0 += step;
+  } while (k0 < K);
 }
 
 }  // namespace tile
