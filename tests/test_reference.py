@@ -43,11 +43,12 @@ def _forward(kind, case, training=False, **kw):
     return getattr(R, kind)(**case, training=training, **kw)
 
 
-def _draw_case(kind, kw, T, N, I, H, rng, bias=True, lengths=None, reverse=False):
+def _draw_case(kind, kw, T, N, I, H, rng, bias=True, lengths=None, reverse=False,
+               zero_state=False):  # fmt: skip
     """A float64 case; for relu, redrawn until no pre-activation is within 1e-3 of 0
     (the kink), so central differences never straddle it."""
     for _ in range(50):
-        case = random_case(kind, T, N, I, H, np.float64, rng, bias=bias)
+        case = random_case(kind, T, N, I, H, np.float64, rng, bias=bias, zero_state=zero_state)
         if kw.get("nonlinearity") != "relu":
             return case
         _, _, tape = split_output(
@@ -61,15 +62,13 @@ def _draw_case(kind, kw, T, N, I, H, rng, bias=True, lengths=None, reverse=False
 def _fd_check(kind, kw, T, N, I, H, rng, *, bias=True, reverse=False, use_lengths=False,
               zero_state=False):  # fmt: skip
     lengths = random_lengths(T, N, rng) if use_lengths else None
-    case = _draw_case(kind, kw, T, N, I, H, rng, bias=bias, lengths=lengths, reverse=reverse)
+    case = _draw_case(kind, kw, T, N, I, H, rng, bias=bias, lengths=lengths, reverse=reverse,
+                      zero_state=zero_state)  # fmt: skip
     up = random_upstream(kind, T, N, H, np.float64, rng)
     opts = dict(kw, reverse=reverse, lengths=lengths)
 
     call_case = dict(case)
     if zero_state:  # forward gets None; the gradient is taken at zeros
-        call_case["h0"] = None
-        if kind == "lstm":
-            call_case["c0"] = None
         case["h0"] = np.zeros((N, H))
         if kind == "lstm":
             case["c0"] = np.zeros((N, H))
