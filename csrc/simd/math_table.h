@@ -16,6 +16,8 @@ struct MathFns {
   void (*exp)(const T* in, T* out, std::int64_t n);
   void (*tanh)(const T* in, T* out, std::int64_t n);
   void (*sigmoid)(const T* in, T* out, std::int64_t n);
+  void (*tanh_fast)(const T* in, T* out, std::int64_t n);
+  void (*sigmoid_fast)(const T* in, T* out, std::int64_t n);
 };
 
 struct MathTable {
@@ -23,8 +25,9 @@ struct MathTable {
   MathFns<double> f64;
   // Maximum error in ulp this target's functions are documented (and tested)
   // to stay within; index [function][dtype], function 0 exp, 1 tanh,
-  // 2 sigmoid, dtype 0 float32, 1 float64.
-  double max_error_ulp[3][2];
+  // 2 sigmoid, 3 tanh_fast, 4 sigmoid_fast (simd::MathFn), dtype 0 float32,
+  // 1 float64.
+  double max_error_ulp[5][2];
 };
 
 }  // namespace fastrnn

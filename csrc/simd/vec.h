@@ -50,6 +50,13 @@
 FASTRNN_TARGET_NS_BEGIN
 namespace simd {
 
+// True when fma() is a fused multiply-add (one rounding) on this target.
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+constexpr bool has_fma = true;
+#else
+constexpr bool has_fma = false;
+#endif
+
 // Raw vector types: element type, same-width signed integers (comparison
 // results) and unsigned integers (bit manipulation).
 template <class T>
@@ -126,6 +133,15 @@ struct Vec {
   friend Vec operator*(Vec a, Vec b) { return {a.v * b.v}; }
   friend Vec operator/(Vec a, Vec b) { return {a.v / b.v}; }
   friend Vec operator-(Vec a) { return {-a.v}; }
+  // With a scalar on either side (broadcast to every lane).
+  friend Vec operator+(Vec a, T b) { return {a.v + b}; }
+  friend Vec operator-(Vec a, T b) { return {a.v - b}; }
+  friend Vec operator*(Vec a, T b) { return {a.v * b}; }
+  friend Vec operator/(Vec a, T b) { return {a.v / b}; }
+  friend Vec operator+(T a, Vec b) { return {a + b.v}; }
+  friend Vec operator-(T a, Vec b) { return {a - b.v}; }
+  friend Vec operator*(T a, Vec b) { return {a * b.v}; }
+  friend Vec operator/(T a, Vec b) { return {a / b.v}; }
   Vec& operator+=(Vec b) { return v += b.v, *this; }
   Vec& operator-=(Vec b) { return v -= b.v, *this; }
   Vec& operator*=(Vec b) { return v *= b.v, *this; }
@@ -158,7 +174,8 @@ inline Vec<T> min(Vec<T> a, Vec<T> b) {
   return {a.v < b.v ? a.v : b.v};
 }
 
-// Per lane a > b ? a : b (b when either is NaN).
+// Per lane a > b ? a : b (b when either is NaN). So max(zero, x) propagates a
+// NaN x (a NaN-preserving relu) while max(x, zero) turns it into 0.
 template <class T>
 inline Vec<T> max(Vec<T> a, Vec<T> b) {
   return {a.v > b.v ? a.v : b.v};
