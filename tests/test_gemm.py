@@ -156,6 +156,13 @@ def test_packed_column_ranges_and_epilogue(isa, threads, rng, dtype):
             for row0, rows, col0, cols in tiles:
                 assert col0 % p == 0 and rows >= 1 and cols >= 1
                 assert 0 <= row0 and row0 + rows <= m and j0 <= col0 and col0 + cols <= j1
+        # Column ranges computed separately (as threads owning panels do) agree
+        # bitwise with the whole product.
+        full = pb.matmul(a)
+        pieces = np.full((m, n), np.nan, dtype=dtype)
+        for j0, j1 in [(0, p), (p, 3 * p), (3 * p, n)]:
+            pb.matmul(a, pieces, j0=j0, j1=j1)
+        np.testing.assert_array_equal(pieces, full)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
