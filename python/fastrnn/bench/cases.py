@@ -1,0 +1,233 @@
+"""Benchmark cases: one recurrent layer, one direction, one shape.
+
+A case is ``cell`` (``lstm``, ``gru`` or ``rnn``) with sizes ``T`` (time steps), ``N``
+(batch), ``I`` (input features) and ``H`` (hidden units), and the modes to run it in:
+
+- ``inference``: forward over the whole sequence, nothing kept for backward.
+- ``training``: forward that keeps what backward needs, then backpropagation through
+  time producing every gradient (inputs, initial states, weights and biases).
+- ``step``: one time step with the state carried from the previous call (streaming).
+
+Floating-point work counted per call (G gates: LSTM 4, GRU 3, vanilla RNN 1)::
+
+    forward  = 2 * T * N * G * H * (I + H)
+    training = 3 * forward
+    step     = forward with T = 1
+
+Cases come from the built-in suites, from ``--case`` specs such as
+``lstm:T=100,N=32,I=256,H=256`` or from a TOML file of ``[[case]]`` tables.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+CELLS: dict[str, int] = {"lstm": 4, "gru": 3, "rnn": 1}
+MODES: tuple[str, ...] = ("inference", "training", "step")
+DEFAULT_MODES: tuple[str, ...] = ("inference", "training")
+_SIZE_KEYS = ("T", "N", "I", "H")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark shape.
+
+    ``note`` records anything changed from the case's source (for example a DeepBench
+    shape whose T was scaled down to fit the time budget); it is printed in the table.
+    """
+
+    cell: str
+    T: int
+    N: int
+    I: int
+    H: int
+    modes: tuple[str, ...] = DEFAULT_MODES
+    name: str = ""
+    note: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        for key in _SIZE_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"case {key} must be a positive int, got {value!r}")
+        if not self.modes:
+            raise ValueError("case modes must not be empty")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    @property
+    def gates(self) -> int:
+        """Gate count G: 4 for LSTM, 3 for GRU, 1 for the vanilla RNN."""
+        return CELLS[self.cell]
+
+    @property
+    def shape(self) -> str:
+        return f"T={self.T},N={self.N},I={self.I},H={self.H}"
+
+    @property
+    def label(self) -> str:
+        """Short unique text for tables: ``lstm T=100,N=64,I=256,H=256``."""
+        return self.name or f"{self.cell} {self.shape}"
+
+    def flops(self, mode: str) -> float:
+        """Floating-point operations of one timed call in ``mode`` (see module doc)."""
+        steps = 1 if mode == "step" else self.T
+        forward = 2.0 * steps * self.N * self.gates * self.H * (self.I + self.H)
+        return 3.0 * forward if mode == "training" else forward
+
+    def small(self, T: int = 4, N: int = 3) -> Case:
+        """The same cell and feature sizes with tiny T and N, for the correctness check."""
+        return replace(self, T=min(self.T, T), N=min(self.N, N), name="", note="")
+
+    def with_modes(self, modes: tuple[str, ...]) -> Case:
+        return replace(self, modes=tuple(modes))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cell": self.cell,
+            "T": self.T,
+            "N": self.N,
+            "I": self.I,
+            "H": self.H,
+            "label": self.label,
+            "note": self.note,
+        }
+        out.update(self.meta)
+        return out
+
+
+def _parse_int(key: str, text: str, spec: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"case {spec!r}: {key} must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"case {spec!r}: {key} must be a positive integer, got {value}")
+    return value
+
+
+def parse_case_spec(spec: str) -> Case:
+    """Parse ``cell:T=..,N=..,I=..,H=..[,modes=inference+training]``.
+
+    ``I`` defaults to ``H`` when left out. Raises ``ValueError`` naming the problem.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(
+            f"case {spec!r}: expected 'cell:T=..,N=..,I=..,H=..' with cell in {sorted(CELLS)}"
+        )
+    cell, _, rest = spec.partition(":")
+    cell = cell.strip().lower()
+    if cell not in CELLS:
+        raise ValueError(f"case {spec!r}: cell must be one of {sorted(CELLS)}, got {cell!r}")
+    sizes: dict[str, int] = {}
+    modes: tuple[str, ...] = DEFAULT_MODES
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"case {spec!r}: expected key=value, got {item!r}")
+        if key == "modes":
+            modes = tuple(m.strip() for m in value.split("+") if m.strip())
+            bad = [m for m in modes if m not in MODES]
+            if bad or not modes:
+                raise ValueError(f"case {spec!r}: modes must be '+'-joined from {MODES}")
+            continue
+        if key not in _SIZE_KEYS:
+            raise ValueError(f"case {spec!r}: unknown key {key!r}; use T, N, I, H, modes")
+        if key in sizes:
+            raise ValueError(f"case {spec!r}: {key} given twice")
+        sizes[key] = _parse_int(key, value, spec)
+    if "H" in sizes:
+        sizes.setdefault("I", sizes["H"])
+    missing = [k for k in ("T", "N", "H") if k not in sizes]
+    if missing:
+        raise ValueError(f"case {spec!r}: missing {', '.join(missing)}")
+    return Case(cell, sizes["T"], sizes["N"], sizes["I"], sizes["H"], modes=modes)
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - depends on the interpreter
+        try:
+            import tomli as tomllib
+        except ImportError as exc:
+            raise ValueError(
+                "reading TOML on Python < 3.11 needs tomli: pip install 'fastrnn[bench]'"
+            ) from exc
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"config {str(path)!r}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config {str(path)!r}: invalid TOML ({exc})") from None
+
+
+def cases_from_toml(path: str | Path) -> list[Case]:
+    """Read cases from a TOML file.
+
+    Format::
+
+        modes = ["inference", "training"]   # optional default for every case
+
+        [[case]]
+        cell = "lstm"
+        T = 100
+        N = 32
+        I = 256          # optional, defaults to H
+        H = 256
+        modes = ["step"] # optional
+        name = "my lstm" # optional label
+    """
+    path = Path(path)
+    data = _load_toml(path)
+    where = f"config {str(path)!r}"
+    unknown_top = set(data) - {"case", "modes"}
+    if unknown_top:
+        raise ValueError(f"{where}: unknown top-level keys {sorted(unknown_top)}")
+    default_modes = _modes_from(data.get("modes", list(DEFAULT_MODES)), where)
+    tables = data.get("case")
+    if not isinstance(tables, list) or not tables:
+        raise ValueError(f"{where}: expected one or more [[case]] tables")
+    cases = []
+    for k, table in enumerate(tables):
+        at = f"{where} case #{k + 1}"
+        unknown = set(table) - {"cell", "T", "N", "I", "H", "modes", "name", "note"}
+        if unknown:
+            raise ValueError(f"{at}: unknown keys {sorted(unknown)}")
+        for key in ("cell", "T", "N", "H"):
+            if key not in table:
+                raise ValueError(f"{at}: missing {key}")
+        modes = _modes_from(table["modes"], at) if "modes" in table else default_modes
+        try:
+            cases.append(
+                Case(
+                    str(table["cell"]).lower(),
+                    table["T"],
+                    table["N"],
+                    table.get("I", table["H"]),
+                    table["H"],
+                    modes=modes,
+                    name=str(table.get("name", "")),
+                    note=str(table.get("note", "")),
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"{at}: {exc}") from None
+    return cases
+
+
+def _modes_from(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or any(m not in MODES for m in value):
+        raise ValueError(f"{where}: modes must be a non-empty list from {MODES}, got {value!r}")
+    return tuple(value)

@@ -1,0 +1,121 @@
+"""Parameter initialisers for recurrent layers and cells.
+
+Each function draws from a :class:`numpy.random.Generator` and returns a new array of
+the requested shape and dtype. Weights of recurrent layers stack ``G`` gate blocks of
+``H`` rows (``weight_ih`` is ``(G*H, I)``, ``weight_hh`` is ``(G*H, H)``, PyTorch's gate
+order); the gate-aware helpers initialise each ``(H, ·)`` block on its own, which is
+what Keras and Flax do for their kernels.
+
+Schemes for a whole set of recurrent parameters (:func:`init_recurrent`):
+
+* ``"uniform"`` (default, PyTorch's): every weight and bias ~ U(-k, k), ``k = 1/sqrt(H)``.
+* ``"xavier"``: every gate block of ``weight_ih`` and ``weight_hh`` Xavier/Glorot
+  uniform, U(-a, a) with ``a = sqrt(6 / (fan_in + H))``; biases 0.
+* ``"orthogonal"`` (Keras' default for recurrent layers): ``weight_ih`` gate blocks
+  Xavier uniform, each ``(H, H)`` gate block of ``weight_hh`` a random orthogonal
+  matrix; biases 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["SCHEMES", "init_recurrent", "orthogonal", "uniform", "xavier_uniform"]
+
+#: Names accepted by :func:`init_recurrent` (and the ``init=`` argument of layers).
+SCHEMES: tuple[str, ...] = ("uniform", "xavier", "orthogonal")
+
+
+def uniform(
+    rng: np.random.Generator, shape: tuple[int, ...], bound: float, dtype: str = "float64"
+) -> np.ndarray:
+    """Samples of U(-bound, bound) with the given ``shape``."""
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def xavier_uniform(
+    rng: np.random.Generator, shape: tuple[int, int], gain: float = 1.0, dtype: str = "float64"
+) -> np.ndarray:
+    """Xavier/Glorot uniform for a ``(fan_out, fan_in)`` matrix.
+
+    U(-a, a) with ``a = gain * sqrt(6 / (fan_in + fan_out))``: keeps the variance of
+    activations and of gradients roughly equal across a linear map.
+    """
+    fan_out, fan_in = shape
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return uniform(rng, shape, bound, dtype)
+
+
+def orthogonal(
+    rng: np.random.Generator, shape: tuple[int, int], gain: float = 1.0, dtype: str = "float64"
+) -> np.ndarray:
+    """A random ``(rows, cols)`` matrix with orthonormal rows or columns, times ``gain``.
+
+    Q of the QR factorisation of a standard normal matrix, with the signs of R's
+    diagonal folded in so the result is uniformly (Haar) distributed. For square
+    ``shape`` the matrix is orthogonal: ``Q @ Q.T == I``.
+    """
+    rows, cols = shape
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    d = np.sign(np.diag(r))
+    d[d == 0] = 1.0
+    q = q * d
+    if rows < cols:
+        q = q.T
+    return (gain * q).astype(dtype)
+
+
+def _gate_blocks(fn, rng: np.random.Generator, shape: tuple[int, int], gates: int, dtype: str):
+    """Apply a matrix initialiser to each of the ``gates`` row blocks of ``shape``."""
+    rows, cols = shape
+    h = rows // gates
+    return np.concatenate([fn(rng, (h, cols), dtype=dtype) for _ in range(gates)], axis=0)
+
+
+def init_recurrent(
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    gates: int,
+    hidden_size: int,
+    scheme: str = "uniform",
+    rng: np.random.Generator | None = None,
+    dtype: str = "float32",
+) -> dict[str, np.ndarray]:
+    """New parameters for a recurrent layer or cell.
+
+    Args:
+        shapes: parameter name -> shape, in the order to draw them. Names starting with
+            ``weight_ih``, ``weight_hh`` or ``bias`` are recognised (PyTorch's names).
+        gates: G (1 rnn, 3 gru, 4 lstm).
+        hidden_size: H.
+        scheme: one of :data:`SCHEMES` (see the module docstring).
+        rng: the generator to draw from (a fresh unseeded one if None).
+        dtype: ``"float32"`` or ``"float64"``.
+
+    Returns:
+        dict name -> new C-contiguous array, same order as ``shapes``.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"init: expected one of {SCHEMES}, got {scheme!r}")
+    if rng is None:
+        rng = np.random.default_rng()
+    out: dict[str, np.ndarray] = {}
+    k = 1.0 / math.sqrt(hidden_size)
+    for name, shape in shapes.items():
+        shape = tuple(int(s) for s in shape)
+        if scheme == "uniform":
+            arr = uniform(rng, shape, k, dtype)
+        elif name.startswith("bias"):
+            arr = np.zeros(shape, dtype)
+        elif name.startswith("weight_hh") and scheme == "orthogonal":
+            arr = _gate_blocks(orthogonal, rng, shape, gates, dtype)  # type: ignore[arg-type]
+        elif name.startswith(("weight_ih", "weight_hh")):
+            arr = _gate_blocks(xavier_uniform, rng, shape, gates, dtype)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"init: unknown parameter name {name!r}")
+        out[name] = np.ascontiguousarray(arr)
+    return out

@@ -1,0 +1,546 @@
+"""Multi-layer recurrent layers: :class:`RNN`, :class:`LSTM`, :class:`GRU`.
+
+PyTorch's ``torch.nn.RNN/LSTM/GRU`` with NumPy arrays: same arguments, parameter names,
+shapes, gate orders and ``state_dict()`` keys, so weights move both ways unchanged.
+Gradients are explicit: :meth:`forward` returns a tape and :meth:`backward` turns the
+gradient of the outputs into the gradient of the inputs, accumulating parameter
+gradients into ``module.grads``.
+
+Shapes (``L`` layers, ``D`` directions, ``H`` hidden units)::
+
+    x      (T, N, I)  or (N, T, I) with batch_first, or unbatched (T, I)
+    y      (T, N, D*H) or (N, T, D*H) with batch_first, or (T, D*H)
+    state  (L*D, N, H) or unbatched (L*D, H); LSTM: a pair (h, c) of those
+
+Equations per layer and direction (``x_t`` the layer's input, ``h`` the previous state):
+
+* RNN:  ``h' = phi(W_ih x_t + b_ih + W_hh h + b_hh)``, ``phi`` tanh, relu or sigmoid.
+* LSTM: ``i, f, g, o = sigma, sigma, tanh, sigma (W_ih x_t + b_ih + W_hh h + b_hh)``
+  (split in four), ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
+* GRU:  ``r, z = sigma(W_i{r,z} x_t + b_i{r,z} + W_h{r,z} h + b_h{r,z})``,
+  ``n = tanh(W_in x_t + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``
+  (``reset_after=False``: ``n = tanh(W_in x_t + b_in + W_hn (r*h) + b_hn)``).
+
+Every module here shares one small protocol with the rest of fastrnn (``Linear``,
+``Embedding``, optimizers): ``params`` and ``grads`` (``dict[str, np.ndarray]``, same
+keys), ``zero_grad()``, ``state_dict()``, ``load_state_dict()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fastrnn import _stack
+from fastrnn.init import SCHEMES, init_recurrent
+
+__all__ = ["GRU", "LSTM", "RNN", "load_module"]
+
+_BACKENDS = ("native", "reference")
+_DTYPES = ("float32", "float64")
+_REGISTRY: dict[str, type[ParamModule]] = {}
+
+
+def _check_int(name: str, v: Any, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {lo}, got {type(v).__name__}")
+    if v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v}")
+    return int(v)
+
+
+def _check_bool(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def _check_choice(name: str, v: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {v!r}")
+    return v
+
+
+def _check_dtype(v: Any) -> str:
+    try:
+        name = np.dtype(v).name
+    except TypeError:
+        name = None
+    if name not in _DTYPES:
+        raise ValueError(f"dtype: expected one of {_DTYPES}, got {v!r}")
+    return name  # type: ignore[return-value]
+
+
+class ParamModule:
+    """Base of fastrnn's modules: parameters, gradients, state dicts and ``.npz`` files.
+
+    Subclasses fill ``self.params`` (name -> array) in ``__init__`` and list their
+    constructor arguments in :meth:`config`.
+    """
+
+    params: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    dtype: np.dtype
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
+    def _init_params(self, params: dict[str, np.ndarray]) -> None:
+        self.params = params
+        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this module (JSON-serialisable)."""
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        """Set every accumulated gradient to zero (in place)."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters, keyed like ``torch.nn``'s ``state_dict()``."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy values into the parameters (in place: existing references stay valid).
+
+        Values may be NumPy arrays, anything ``np.asarray`` accepts, or ``torch`` tensors
+        (also ones that require grad, as from ``named_parameters()``); they are cast to
+        the module's dtype. Raises ``ValueError`` for a shape mismatch, or (with
+        ``strict``) for missing or unexpected keys, and ``TypeError`` for values that are
+        not real numbers. Nothing is changed unless every key checks out.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        if strict:
+            missing = [k for k in self.params if k not in state_dict]
+            unexpected = [k for k in state_dict if k not in self.params]
+            if missing or unexpected:
+                raise ValueError(
+                    f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                    f"(expected {list(self.params)})"
+                )
+        staged = {}
+        for key, value in state_dict.items():
+            if key not in self.params:
+                continue
+            target = self.params[key]
+            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value)
+            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise TypeError(
+                    f"load_state_dict: {key!r} must hold real numbers (cast to {target.dtype}), "
+                    f"got dtype {arr.dtype}"
+                )
+            if arr.shape != target.shape:
+                raise ValueError(
+                    f"load_state_dict: {key!r} expected shape {target.shape}, got {arr.shape}"
+                )
+            staged[key] = arr
+        for key, arr in staged.items():
+            self.params[key][...] = arr
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the configuration and parameters to an ``.npz`` file.
+
+        As with ``np.savez``, ``.npz`` is appended to a path that lacks it.
+
+        :meth:`from_file` (or :func:`load_module`) rebuilds the module;
+        :meth:`load` loads the parameters into an existing one.
+        """
+        meta = {"class": type(self).__name__, "config": self.config()}
+        np.savez(path, __fastrnn__=np.array(json.dumps(meta)), **self.params)  # type: ignore[arg-type]
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Load the parameters saved by :meth:`save` into this module (strictly)."""
+        with np.load(path, allow_pickle=False) as f:
+            self.load_state_dict({k: f[k] for k in f.files if k != "__fastrnn__"})
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ParamModule:
+        """A new module built from a file written by :meth:`save` (config and weights)."""
+        with np.load(path, allow_pickle=False) as f:
+            if "__fastrnn__" not in f.files:
+                raise ValueError(f"{path}: not a fastrnn module file (no '__fastrnn__' entry)")
+            meta = json.loads(str(f["__fastrnn__"]))
+            name = meta["class"]
+            if name not in _REGISTRY:
+                raise ValueError(f"{path}: unknown module class {name!r}")
+            klass = _REGISTRY[name]
+            if cls is not ParamModule and not issubclass(klass, cls):
+                raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
+            module = klass(**meta["config"])
+            module.load_state_dict({k: f[k] for k in f.files if k != "__fastrnn__"})
+        return module
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def load_module(path: str | os.PathLike[str]) -> ParamModule:
+    """Build any fastrnn module (layer or cell) from a file written by ``save``."""
+    return ParamModule.from_file(path)
+
+
+class _LayerTape:
+    """A layer's tape: the stack tape plus how to map shapes back for backward."""
+
+    __slots__ = ("batch_first", "stack", "unbatched")
+
+    def __init__(self, stack: _stack.StackTape, batch_first: bool, unbatched: bool) -> None:
+        self.stack = stack
+        self.batch_first = batch_first
+        self.unbatched = unbatched
+
+
+class _RecurrentLayer(ParamModule):
+    mode: ClassVar[str]
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        nonlinearity: str = "tanh",
+        reset_after: bool = True,
+        dtype: Any = "float32",
+        seed: int | None = None,
+        init: str = "uniform",
+        backend: str = "native",
+    ) -> None:
+        self.input_size = _check_int("input_size", input_size)
+        self.hidden_size = _check_int("hidden_size", hidden_size)
+        self.num_layers = _check_int("num_layers", num_layers)
+        self.bias = _check_bool("bias", bias)
+        self.batch_first = _check_bool("batch_first", batch_first)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):
+            raise TypeError(f"dropout: expected a float in [0, 1], got {type(dropout).__name__}")
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"dropout: expected a float in [0, 1], got {dropout}")
+        self.dropout = float(dropout)
+        self.bidirectional = _check_bool("bidirectional", bidirectional)
+        self.nonlinearity = _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "sigmoid"))
+        self.reset_after = _check_bool("reset_after", reset_after)
+        self.dtype = np.dtype(_check_dtype(dtype))
+        self.seed = None if seed is None else _check_int("seed", seed, lo=0)
+        self.init = _check_choice("init", init, SCHEMES)
+        self.backend = _check_choice("backend", backend, _BACKENDS)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.rng = np.random.default_rng(seed)
+        shapes = _stack.param_shapes(
+            self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+            self.bias,
+        )  # fmt: skip
+        self._init_params(
+            init_recurrent(
+                shapes,
+                gates=_stack.GATES[self.mode],
+                hidden_size=self.hidden_size,
+                scheme=self.init,
+                rng=self.rng,
+                dtype=self.dtype.name,
+            )
+        )
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = dict(
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+        )
+        if self.mode == "rnn":
+            cfg["nonlinearity"] = self.nonlinearity
+        if self.mode == "gru":
+            cfg["reset_after"] = self.reset_after
+        cfg.update(dtype=self.dtype.name, seed=self.seed, init=self.init, backend=self.backend)
+        return cfg
+
+    # ---------------------------------------------------------------- shapes in/out
+    def _prepare(self, x: Any, state: Any, lengths: Any):
+        """Time-major 3-D x, batched state and checked lengths; plus the unbatched flag."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
+        I = self.input_size
+        if x.ndim == 2:
+            unbatched = True
+            if x.shape[1] != I:
+                raise ValueError(
+                    f"x: expected shape (T, I) = (T, {I}) when unbatched, got {x.shape}"
+                )
+            if lengths is not None:
+                raise ValueError("lengths: only allowed with batched (3-D) input")
+            x = x[:, None, :]
+        elif x.ndim == 3:
+            unbatched = False
+            if x.shape[2] != I:
+                want = "(N, T, I)" if self.batch_first else "(T, N, I)"
+                raise ValueError(f"x: expected shape {want} with I = {I}, got {x.shape}")
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)
+        else:
+            want = "(N, T, I)" if self.batch_first else "(T, N, I)"
+            raise ValueError(f"x: expected a 3-D array {want} or unbatched (T, I), got {x.shape}")
+        T, N = int(x.shape[0]), int(x.shape[1])
+        lengths = _stack.check_lengths(lengths, N, T)
+        state = self._batch_state(state, N, unbatched)
+        return x, state, lengths, unbatched
+
+    def _batch_state(self, state: Any, N: int, unbatched: bool, name: str = "state") -> Any:
+        """Check a state (or state gradient) and add the batch axis for unbatched input."""
+        if state is None:
+            return None
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        want = (LD, H) if unbatched else (LD, N, H)
+        desc = "(L*D, H)" if unbatched else "(L*D, N, H)"
+
+        def one(label: str, s: Any) -> np.ndarray | None:
+            if s is None:
+                return None
+            s = np.asarray(s)
+            if s.dtype != self.dtype:
+                raise TypeError(f"{label}: expected dtype {self.dtype}, got {s.dtype}")
+            if s.shape != want:
+                raise ValueError(f"{label}: expected shape {desc} = {want}, got {s.shape}")
+            return s[:, None, :] if unbatched else s
+
+        if self.mode == "lstm":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(
+                    f"{name}: expected a pair (h, c) of arrays of shape {desc} = {want}, "
+                    f"got {type(state).__name__}"
+                )
+            return (one(f"{name}[0] (h)", state[0]), one(f"{name}[1] (c)", state[1]))
+        if isinstance(state, (tuple, list)):
+            raise TypeError(f"{name}: expected an array of shape {desc} = {want}, got a tuple")
+        return one(name, state)
+
+    def _unbatch_state(self, state: Any, unbatched: bool) -> Any:
+        if not unbatched:
+            return state
+        if isinstance(state, tuple):
+            return tuple(s[:, 0, :] for s in state)
+        return state[:, 0, :]
+
+    def _out(self, y: np.ndarray, unbatched: bool) -> np.ndarray:
+        if unbatched:
+            return y[:, 0, :]
+        return y.transpose(1, 0, 2) if self.batch_first else y
+
+    # ---------------------------------------------------------------- running
+    def _run(self, x: Any, state: Any, lengths: Any, training: bool, record: bool):
+        x, state, lengths, unbatched = self._prepare(x, state, lengths)
+        y, state_n, tape = _stack.stack_forward(
+            self.mode,
+            x,
+            self.params,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            bidirectional=self.bidirectional,
+            state=state,
+            lengths=lengths,
+            dropout=self.dropout if training else 0.0,
+            rng=self.rng,
+            training=record,
+            nonlinearity=self.nonlinearity,
+            reset_after=self.reset_after,
+            backend=self.backend,
+        )
+        out = (self._out(y, unbatched), self._unbatch_state(state_n, unbatched))
+        return out, (None if tape is None else _LayerTape(tape, self.batch_first, unbatched))
+
+    def __call__(self, x: Any, state: Any = None, lengths: Any = None) -> tuple[np.ndarray, Any]:
+        """Inference (no dropout, nothing recorded): returns ``(y, state_n)``.
+
+        Args:
+            x: (T, N, I), (N, T, I) if ``batch_first``, or unbatched (T, I); the layer's dtype.
+            state: None (zeros), (L*D, N, H) (unbatched: (L*D, H)); LSTM: ``(h0, c0)``.
+            lengths: None or (N,) ints in [1, T]: sample ``n`` has ``lengths[n]`` valid
+                steps; later steps give y = 0 and leave the state unchanged (packed
+                sequence semantics).
+
+        Returns:
+            y (T, N, D*H) (batch_first: (N, T, D*H)); state_n like ``state``.
+        """
+        out, _ = self._run(x, state, lengths, training=False, record=False)
+        return out
+
+    def forward(
+        self, x: Any, state: Any = None, lengths: Any = None, training: bool = True
+    ) -> tuple[np.ndarray, Any, _LayerTape]:
+        """Like calling the layer, but also returns a tape for :meth:`backward`.
+
+        ``training=True`` applies dropout (if any) to the inputs of layers 1..L-1;
+        ``training=False`` does not, but still records the tape.
+        """
+        out, tape = self._run(x, state, lengths, training=bool(training), record=True)
+        return out[0], out[1], tape  # type: ignore[return-value]
+
+    def backward(
+        self, tape: _LayerTape, dy: Any = None, dstate: Any = None
+    ) -> tuple[np.ndarray, Any]:
+        """Gradients w.r.t. the inputs; parameter gradients are added to ``self.grads``.
+
+        Args:
+            tape: from :meth:`forward`.
+            dy: gradient w.r.t. y (y's shape), or None (zeros).
+            dstate: gradient w.r.t. ``state_n`` (its shape; LSTM: a pair, either may be
+                None), or None.
+
+        Returns:
+            ``(dx, dstate0)``: dx in x's shape; dstate0 the gradient w.r.t. the initial
+            state, in the state's shape (also when the forward's state was None).
+        """
+        if not isinstance(tape, _LayerTape):
+            raise TypeError(f"tape: expected a tape from forward(), got {type(tape).__name__}")
+        st = tape.stack
+        T, N, DH = st.T, st.N, st.num_directions * st.hidden_size
+        if dy is not None:
+            dy = np.asarray(dy)
+            if dy.dtype != self.dtype:
+                raise TypeError(f"dy: expected dtype {self.dtype}, got {dy.dtype}")
+            if tape.unbatched:
+                want = (T, DH)
+            else:
+                want = (N, T, DH) if tape.batch_first else (T, N, DH)
+            if dy.shape != want:
+                raise ValueError(f"dy: expected y's shape {want}, got {dy.shape}")
+            if tape.unbatched:
+                dy = dy[:, None, :]
+            elif tape.batch_first:
+                dy = dy.transpose(1, 0, 2)
+            dy = np.ascontiguousarray(dy)
+        dstate = self._batch_state(dstate, N, tape.unbatched, name="dstate")
+        dx, dstate0, grads = _stack.stack_backward(st, dy, dstate)
+        for k, g in grads.items():
+            self.grads[k] += g
+        if tape.unbatched:
+            dx = dx[:, 0, :]
+        elif tape.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return dx, self._unbatch_state(dstate0, tape.unbatched)
+
+
+class RNN(_RecurrentLayer):
+    """Elman RNN layers: ``h' = phi(W_ih x + b_ih + W_hh h + b_hh)``, like ``torch.nn.RNN``.
+
+    Args:
+        input_size: I. hidden_size: H. num_layers: L.
+        bias: with ``bias_ih_l*``/``bias_hh_l*``.
+        batch_first: x and y are (N, T, ·) instead of (T, N, ·).
+        dropout: p, on the inputs of layers 1..L-1 in training (inverted scaling).
+        bidirectional: D = 2 directions; y (T, N, 2H), forward half first.
+        nonlinearity: phi, ``"tanh"``, ``"relu"`` or ``"sigmoid"``.
+        dtype: ``"float32"`` or ``"float64"``.
+        seed: seeds the generator for the initial weights and the dropout masks.
+        init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H))), ``"xavier"`` or
+            ``"orthogonal"`` (see :mod:`fastrnn.init`).
+        backend: ``"native"`` (C++ kernels) or ``"reference"`` (NumPy).
+    """
+
+    mode = "rnn"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = "float32",
+        seed: int | None = None,
+        init: str = "uniform",
+        backend: str = "native",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            nonlinearity=nonlinearity, dtype=dtype, seed=seed, init=init, backend=backend,
+        )  # fmt: skip
+
+
+class LSTM(_RecurrentLayer):
+    """LSTM layers (gates i, f, g, o), like ``torch.nn.LSTM`` (no ``proj_size``).
+
+    ``i, f, g, o = sigma, sigma, tanh, sigma (W_ih x + b_ih + W_hh h + b_hh)``,
+    ``c' = f*c + i*g``, ``h' = o*tanh(c')``. The state is a pair ``(h, c)``.
+    Arguments as :class:`RNN` (without ``nonlinearity``).
+    """
+
+    mode = "lstm"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = "float32",
+        seed: int | None = None,
+        init: str = "uniform",
+        backend: str = "native",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            dtype=dtype, seed=seed, init=init, backend=backend,
+        )  # fmt: skip
+
+
+class GRU(_RecurrentLayer):
+    """GRU layers (gates r, z, n), like ``torch.nn.GRU``.
+
+    ``r, z = sigma(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``,
+    ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``.
+    ``reset_after=False`` gives Keras' other variant,
+    ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``.
+    Other arguments as :class:`RNN` (without ``nonlinearity``).
+    """
+
+    mode = "gru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        reset_after: bool = True,
+        dtype: Any = "float32",
+        seed: int | None = None,
+        init: str = "uniform",
+        backend: str = "native",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            reset_after=reset_after, dtype=dtype, seed=seed, init=init, backend=backend,
+        )  # fmt: skip

@@ -1,0 +1,256 @@
+"""Optimizers (SGD, Adam) and gradient clipping, with PyTorch's update rules.
+
+Optimizers take one module or a sequence of modules (anything with ``params`` and
+``grads`` dicts of the same keys) and update the parameter arrays **in place**, so layers
+and composite models see the new values without reassignment.
+
+Clipping functions take modules, grad dicts, or a list mixing both, and scale the
+gradient arrays in place. Clipping is a separate step between ``backward`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm", "clip_grad_value"]
+
+
+def _as_module_list(modules: Any) -> list[Any]:
+    items = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+    if not items:
+        raise ValueError("modules must be a module or a non-empty sequence of modules")
+    for m in items:
+        if not (hasattr(m, "params") and hasattr(m, "grads")):
+            raise TypeError(f"modules must have .params and .grads dicts, got {type(m).__name__}")
+    return items
+
+
+def _grad_arrays(modules_or_grad_dicts: Any) -> list[np.ndarray]:
+    items = (
+        list(modules_or_grad_dicts)
+        if isinstance(modules_or_grad_dicts, (list, tuple))
+        else [modules_or_grad_dicts]
+    )
+    out: list[np.ndarray] = []
+    for it in items:
+        if isinstance(it, dict):
+            grads = it
+        elif hasattr(it, "grads"):
+            grads = it.grads
+        else:
+            raise TypeError(
+                f"expected modules (with .grads) or gradient dicts, got {type(it).__name__}"
+            )
+        for k, g in grads.items():
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"gradient {k!r} must be a numpy array, got {type(g).__name__}")
+            out.append(g)
+    return out
+
+
+def clip_grad_norm(
+    modules_or_grad_dicts: Any,
+    max_norm: float,
+    norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False,
+) -> float:
+    """Scale all gradients together so their global norm is at most ``max_norm``.
+
+    ``total = (sum_g ||g||_p^p)^(1/p)`` over every gradient array (``p = inf``: the
+    largest ``|g|``). If ``total > max_norm``, every gradient is multiplied in place by
+    ``max_norm / (total + 1e-6)`` (PyTorch's ``clip_grad_norm_``). Returns ``total``, the
+    norm *before* clipping. Non-finite ``total`` raises RuntimeError if
+    ``error_if_nonfinite``, otherwise the gradients are scaled (to NaN) as PyTorch does.
+    """
+    if isinstance(norm_type, str):
+        if norm_type != "inf":
+            raise ValueError(f"norm_type must be a positive number or 'inf', got {norm_type!r}")
+        p = math.inf
+    else:
+        p = float(norm_type)
+    if not p > 0:
+        raise ValueError(f"norm_type must be positive, got {norm_type!r}")
+    max_norm = float(max_norm)
+    if not max_norm >= 0:
+        raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
+    grads = _grad_arrays(modules_or_grad_dicts)
+    if not grads:
+        return 0.0
+    if p == math.inf:
+        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
+    else:
+        acc = 0.0
+        for g in grads:
+            a = np.abs(g.astype(np.float64, copy=False))
+            acc += float(np.sum(a * a) if p == 2.0 else np.sum(a**p))
+        total = acc ** (1.0 / p)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of order {p} of the gradients is non-finite ({total})")
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0 or math.isnan(coef):
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total
+
+
+def clip_grad_value(modules_or_grad_dicts: Any, clip_value: float) -> None:
+    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place."""
+    clip_value = float(clip_value)
+    if not clip_value >= 0:
+        raise ValueError(f"clip_value must be >= 0, got {clip_value!r}")
+    for g in _grad_arrays(modules_or_grad_dicts):
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+class Optimizer:
+    """Base: holds the modules and per-parameter state keyed by (module index, name)."""
+
+    def __init__(self, modules: Any) -> None:
+        self.modules = _as_module_list(modules)
+        self.state: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def _pairs(self) -> Iterator[tuple[tuple[int, str], np.ndarray, np.ndarray]]:
+        # a parameter reachable twice (a module and its parent both passed) updates once
+        seen: set[int] = set()
+        for i, m in enumerate(self.modules):
+            params, grads = m.params, m.grads
+            for name, p in params.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                g = grads[name]
+                if g.shape != p.shape:
+                    raise ValueError(f"grads[{name!r}] shape {g.shape} != params {p.shape}")
+                yield (i, name), p, g
+
+    def zero_grad(self) -> None:
+        """Zero every module's gradients."""
+        for m in self.modules:
+            m.zero_grad()
+
+    def step(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of the optimizer state (``{"state": {(i, name): {...}}}``)."""
+        return {
+            "state": {
+                k: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in s.items()}
+                for k, s in self.state.items()
+            }
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore state saved by :meth:`state_dict`."""
+        self.state = {
+            tuple(k): {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in s.items()}
+            for k, s in d["state"].items()
+        }
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
+
+    PyTorch's rule, per parameter ``p`` with gradient ``g``::
+
+        g = g + weight_decay * p
+        if momentum:  b = g (first step) else b = momentum * b + (1 - dampening) * g
+                      g = g + momentum * b if nesterov else b
+        p -= lr * g
+    """
+
+    def __init__(
+        self,
+        modules: Any,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        dampening: float = 0.0,
+    ) -> None:
+        super().__init__(modules)
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr!r}")
+        if not momentum >= 0:
+            raise ValueError(f"momentum must be >= 0, got {momentum!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.nesterov, self.dampening = bool(nesterov), float(dampening)
+
+    def step(self) -> None:
+        """Apply one update to every parameter, in place."""
+        for key, p, g in self._pairs():
+            d = g
+            if self.weight_decay:
+                d = d + p.dtype.type(self.weight_decay) * p
+            if self.momentum:
+                st = self.state.setdefault(key, {})
+                buf = st.get("momentum_buffer")
+                if buf is None:
+                    buf = st["momentum_buffer"] = np.array(d, dtype=p.dtype, copy=True)
+                else:
+                    buf *= p.dtype.type(self.momentum)
+                    buf += p.dtype.type(1.0 - self.dampening) * d
+                d = d + p.dtype.type(self.momentum) * buf if self.nesterov else buf
+            p -= p.dtype.type(self.lr) * d
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with PyTorch's update rule and L2 ``weight_decay``::
+
+    g = g + weight_decay * p
+    m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2     (m, v start at 0)
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    def __init__(
+        self,
+        modules: Any,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(modules)
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def step(self) -> None:
+        """Apply one update to every parameter, in place."""
+        b1, b2 = self.betas
+        for key, p, g in self._pairs():
+            T = p.dtype.type
+            st = self.state.get(key)
+            if st is None:
+                st = self.state[key] = {
+                    "step": 0,
+                    "exp_avg": np.zeros_like(p),
+                    "exp_avg_sq": np.zeros_like(p),
+                }
+            st["step"] += 1
+            t = st["step"]
+            d = g if not self.weight_decay else g + T(self.weight_decay) * p
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m *= T(b1)
+            m += T(1.0 - b1) * d
+            v *= T(b2)
+            v += T(1.0 - b2) * d * d
+            bc1 = 1.0 - b1**t
+            bc2 = 1.0 - b2**t
+            denom = np.sqrt(v) / T(math.sqrt(bc2)) + T(self.eps)
+            p -= T(self.lr / bc1) * (m / denom)

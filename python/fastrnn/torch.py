@@ -1,0 +1,581 @@
+"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` on the CPU.
+
+``fastrnn.torch.RNN``, ``LSTM`` and ``GRU`` subclass their ``torch.nn`` counterparts: the
+constructor arguments, parameter names, shapes and registration order, ``state_dict`` keys,
+default initialisation, ``repr`` and call signatures are PyTorch's own. Only ``forward``
+differs: on CPU float32/float64 tensors it runs fastrnn's kernels through a
+``torch.autograd.Function`` (gradients for the input, the initial states and every
+parameter), and everything else goes to the PyTorch implementation with a
+:class:`FastRNNFallbackWarning` (one per reason per process).
+
+Shapes (T steps, N batch, I input features, H hidden units, L layers, D = 2 if
+bidirectional else 1)::
+
+    input  (T, N, I) | (N, T, I) if batch_first | (T, I) unbatched | PackedSequence
+    h_0    (L*D, N, H) | (L*D, H) unbatched      (LSTM: a tuple (h_0, c_0))
+    output (T, N, D*H) | (N, T, D*H) if batch_first | (T, D*H) unbatched | PackedSequence
+    h_n    (L*D, N, H)                            (LSTM: a tuple (h_n, c_n))
+
+Equations (PyTorch's, gate orders included):
+
+- RNN:  h' = φ(W_ih x + b_ih + W_hh h + b_hh), φ = tanh or relu.
+- LSTM: i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh);
+  c' = f⊙c + i⊙g; h' = o⊙tanh(c').
+- GRU:  r, z = σ(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z});
+  n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)); h' = (1−z)⊙n + z⊙h.
+
+Threads: each call runs fastrnn's kernels with ``torch.get_num_threads()`` threads (so
+``torch.set_num_threads`` governs both libraries); set ``fastrnn.torch._FOLLOW_TORCH_THREADS
+= False`` to use ``fastrnn.set_num_threads`` instead.
+
+Dropout between layers (training mode, ``dropout > 0``, ``num_layers > 1``) draws its masks
+from a NumPy generator seeded from PyTorch's default generator, so ``torch.manual_seed``
+makes runs repeatable and ``torch.utils.checkpoint`` recomputes the same masks.
+
+Fallbacks (PyTorch's implementation, with one warning per reason): tensors not on the CPU,
+``proj_size > 0``, dtypes other than float32/float64, autocast, TorchScript (tracing and
+scripting). Under ``torch.compile`` the modules are kept out of the compiled graph (a graph
+break) and run fastrnn eagerly. Empty inputs go to PyTorch silently. Double backward
+(``create_graph=True``) recomputes the layer with PyTorch to get differentiable gradients
+(not possible with active dropout, which raises ``RuntimeError`` rather than give a wrong
+answer).
+
+Internal settings (not public API): ``_BACKEND`` selects fastrnn's backend (``"native"``
+C++ kernels, or ``"reference"``, the NumPy oracle used by the tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    import torch
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "fastrnn.torch needs PyTorch; install it with: pip install fastrnn[torch]"
+    ) from exc
+
+import numpy as np
+
+import fastrnn
+
+__all__ = ["GRU", "LSTM", "RNN", "FastRNNFallbackWarning", "convert", "revert"]
+
+#: Backend used by fastrnn.torch (internal): "native" or "reference".
+_BACKEND: str = "native"
+#: Run each call with torch.get_num_threads() fastrnn threads (internal).
+_FOLLOW_TORCH_THREADS: bool = True
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_WARNED: set[str] = set()
+
+
+class FastRNNFallbackWarning(UserWarning):
+    """fastrnn cannot serve a call and runs PyTorch's own implementation instead."""
+
+
+def _warn_fallback(reason: str, stacklevel: int = 5) -> None:
+    """Warn once per process and reason that a call falls back to PyTorch."""
+    if reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    warnings.warn(
+        f"fastrnn.torch: falling back to the PyTorch implementation ({reason})",
+        FastRNNFallbackWarning,
+        stacklevel=stacklevel,  # the caller of module(...)
+    )
+
+
+def _reset_fallback_warnings() -> None:
+    """Forget which fallback reasons have warned (internal, for tests)."""
+    _WARNED.clear()
+
+
+@contextlib.contextmanager
+def _thread_scope() -> Iterator[None]:
+    """Run fastrnn with torch.get_num_threads() threads for the duration of a call."""
+    if not _FOLLOW_TORCH_THREADS:
+        yield
+        return
+    want = max(1, int(torch.get_num_threads()))
+    before = fastrnn.get_num_threads()
+    if want == before:
+        yield
+        return
+    fastrnn.set_num_threads(want)
+    try:
+        yield
+    finally:
+        fastrnn.set_num_threads(before)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def _tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor sharing memory with a NumPy result (copied if read-only or mistyped)."""
+    arr = np.asarray(a)
+    want = np.float32 if dtype == torch.float32 else np.float64
+    if arr.dtype != want or not arr.flags.writeable:
+        arr = arr.astype(want, copy=True)
+    return torch.from_numpy(arr)
+
+
+def _tensors(arrays: list[Any], dtype: torch.dtype, avoid: list[np.ndarray]) -> list[Any]:
+    """Tensors for results (None stays None), none sharing memory with another or with
+    ``avoid`` (the arrays handed to the engine): an alias is copied, so that in-place
+    updates of one gradient or output (clipping, optimizers) never change another."""
+    seen = [a for a in avoid if a is not None]
+    out: list[Any] = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        arr = np.asarray(a)
+        if any(np.may_share_memory(arr, b) for b in seen):
+            arr = arr.copy()
+        seen.append(arr)
+        out.append(_tensor(arr, dtype))
+    return out
+
+
+class _Config:
+    """Everything about one call that is not a tensor."""
+
+    __slots__ = (
+        "bias",
+        "bidirectional",
+        "dropout",
+        "dropout_active",
+        "hidden_size",
+        "lengths",
+        "mode",
+        "names",
+        "nonlinearity",
+        "num_layers",
+        "seed",
+        "vf_mode",
+    )
+
+    def __init__(self, module: torch.nn.RNNBase, lengths: np.ndarray | None) -> None:
+        vf_mode = module.mode
+        self.vf_mode = vf_mode
+        self.mode = {"LSTM": "lstm", "GRU": "gru"}.get(vf_mode, "rnn")
+        self.nonlinearity = "relu" if vf_mode == "RNN_RELU" else "tanh"
+        self.num_layers = int(module.num_layers)
+        self.hidden_size = int(module.hidden_size)
+        self.bidirectional = bool(module.bidirectional)
+        self.bias = bool(module.bias)
+        self.names = list(module._flat_weights_names)
+        self.lengths = lengths
+        self.dropout = float(module.dropout) if module.training else 0.0
+        self.dropout_active = self.dropout > 0.0 and self.num_layers > 1
+        # Masks come from torch's generator so that torch.manual_seed and checkpointing
+        # (which restores torch's RNG state) see the same masks.
+        self.seed = (
+            int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+            if self.dropout_active
+            else None
+        )
+
+
+def _run_stack(
+    cfg: _Config,
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    params: tuple[torch.Tensor, ...],
+    training: bool,
+) -> tuple[list[torch.Tensor], Any]:
+    """Run the engine; returns ([y, h_n(, c_n)] as tensors, tape or None)."""
+    from fastrnn import _stack
+
+    x_np, h_np = _np(x), _np(h0)
+    c_np = None if c0 is None else _np(c0)
+    p_np = {name: _np(p) for name, p in zip(cfg.names, params)}
+    state: Any = h_np if c0 is None else (h_np, c_np)
+    rng = np.random.default_rng(cfg.seed) if cfg.seed is not None else None
+    with _thread_scope():
+        y, state_n, tape = _stack.stack_forward(
+            cfg.mode,
+            x_np,
+            p_np,
+            num_layers=cfg.num_layers,
+            hidden_size=cfg.hidden_size,
+            bidirectional=cfg.bidirectional,
+            state=state,
+            lengths=cfg.lengths,
+            dropout=cfg.dropout,
+            rng=rng,
+            training=training or cfg.dropout_active,
+            nonlinearity=cfg.nonlinearity,
+            backend=_BACKEND,
+        )
+    states = [state_n] if c0 is None else list(state_n)
+    outs = _tensors([y, *states], x.dtype, [x_np, h_np, c_np, *p_np.values()])
+    return outs, tape
+
+
+def _torch_stack(
+    cfg: _Config,
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    params: tuple[torch.Tensor, ...] | list[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """The same computation as ``_run_stack`` with PyTorch's kernels (no dropout).
+
+    x (T, N, I) time-major; used to recompute a layer for double backward.
+    """
+    fn = {
+        "LSTM": torch._VF.lstm,
+        "GRU": torch._VF.gru,
+        "RNN_TANH": torch._VF.rnn_tanh,
+        "RNN_RELU": torch._VF.rnn_relu,
+    }[cfg.vf_mode]
+    hx: Any = h0 if c0 is None else (h0, c0)
+    common = (list(params), cfg.bias, cfg.num_layers, 0.0, False, cfg.bidirectional)
+    if cfg.lengths is None:
+        out = fn(x, hx, *common, False)
+        return tuple(out)
+    packed = pack_padded_sequence(
+        x, torch.from_numpy(np.asarray(cfg.lengths, dtype=np.int64)), enforce_sorted=False
+    )
+    data, batch_sizes, sorted_idx, unsorted_idx = packed
+    if c0 is None:
+        hx = h0.index_select(1, sorted_idx)
+    else:
+        hx = (h0.index_select(1, sorted_idx), c0.index_select(1, sorted_idx))
+    out = fn(data, batch_sizes, hx, *common)
+    y, _ = pad_packed_sequence(
+        PackedSequence(out[0], batch_sizes, sorted_idx, unsorted_idx), total_length=x.shape[0]
+    )
+    return (y, *(s.index_select(1, unsorted_idx) for s in out[1:]))
+
+
+class _StackFunction(torch.autograd.Function):
+    """Forward and BPTT of a whole RNN stack through fastrnn.
+
+    Inputs: cfg, x (T, N, I) time-major, h0 (L*D, N, H), c0 (L*D, N, H) or None, then the
+    parameters in ``cfg.names`` order. Outputs: y (T, N, D*H), h_n, and c_n for LSTM.
+    """
+
+    @staticmethod
+    def forward(ctx, cfg, x, h0, c0, *params):  # type: ignore[override]
+        outs, tape = _run_stack(cfg, x, h0, c0, params, training=True)
+        ctx.cfg = cfg
+        ctx.tape = tape
+        ctx.has_c = c0 is not None
+        # Saved for PyTorch's in-place modification checks and for double backward.
+        ctx.save_for_backward(x, h0, c0, *params)
+        ctx.set_materialize_grads(False)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, dy, dh, dc=None):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        x, h0, c0, params = saved[0], saved[1], saved[2], saved[3:]
+        cfg: _Config = ctx.cfg
+        if torch.is_grad_enabled():
+            return (None, *_double_backward(cfg, x, h0, c0, params, dy, dh, dc))
+        if dh is None and dc is None:
+            dstate: Any = None
+        elif not ctx.has_c:
+            dstate = _np(dh)
+        else:
+            dstate = (
+                _np(dh) if dh is not None else np.zeros(tuple(h0.shape), _np(h0).dtype),
+                _np(dc) if dc is not None else np.zeros(tuple(c0.shape), _np(c0).dtype),
+            )
+        dy_np = None if dy is None else _np(dy)
+        with _thread_scope():
+            from fastrnn import _stack
+
+            dx, dstate0, grads = _stack.stack_backward(ctx.tape, dy_np, dstate)
+        need = ctx.needs_input_grad
+        dstates = [dstate0[0], dstate0[1]] if ctx.has_c else [dstate0, None]
+        wanted = [dx, *dstates, *(grads[name] for name in cfg.names)]
+        wanted = [a if need[1 + k] else None for k, a in enumerate(wanted)]
+        avoid = [dy_np, *(dstate if isinstance(dstate, tuple) else (dstate,))]
+        gx, gh, gc, *gp = _tensors(wanted, x.dtype, avoid)
+        return (None, gx, gh, gc, *gp)
+
+
+def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
+    """Differentiable gradients (create_graph=True): recompute the stack with PyTorch."""
+    if cfg.dropout_active:
+        raise RuntimeError(
+            "fastrnn.torch: double backward (create_graph=True) is not supported with "
+            "dropout active; use torch.nn's module or call .eval()"
+        )
+    _warn_fallback("double backward", stacklevel=2)
+    inputs = [x, h0] + ([c0] if c0 is not None else []) + list(params)
+    wanted = [t for t in inputs if t.requires_grad]
+    with torch.enable_grad():
+        outs = _torch_stack(cfg, x, h0, c0, params)
+        pairs = [(o, g) for o, g in zip(outs, (dy, dh, dc)) if g is not None]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs],
+            wanted,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+    it = iter(grads)
+    full = [next(it) if t.requires_grad else None for t in inputs]
+    if c0 is None:
+        full.insert(2, None)
+    return full
+
+
+def _fallback_reason(module: torch.nn.RNNBase, data: torch.Tensor, hx: Any) -> str | None:
+    """Why fastrnn cannot serve this call, or None when it can."""
+    tensors = [w for w in module._flat_weights if w is not None]
+    tensors += [t for t in (hx if isinstance(hx, (tuple, list)) else (hx,)) if t is not None]
+    if data.device.type != "cpu" or any(
+        isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tensors
+    ):
+        return "tensors not on the CPU"
+    if module.proj_size > 0:
+        return "proj_size > 0"
+    if data.dtype not in _SUPPORTED_DTYPES:
+        return f"dtype {data.dtype}"
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return "TorchScript tracing"
+    if torch.compiler.is_compiling():
+        return "torch.compile"
+    if torch._C._is_any_autocast_enabled():
+        return "autocast"
+    return None
+
+
+def _padded_from_packed(data: torch.Tensor, batch_sizes: torch.Tensor):
+    """(sum of lengths, I) packed data -> (T, N, I) zero-padded, the mask, the lengths."""
+    t_max = int(batch_sizes.numel())
+    n = int(batch_sizes[0])
+    mask = torch.arange(n).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, N)
+    padded = data.new_zeros((t_max, n, data.shape[-1])).masked_scatter(mask.unsqueeze(-1), data)
+    lengths = mask.sum(0).numpy().astype(np.int64)
+    return padded, mask, lengths
+
+
+class _FastRNNMixin:
+    """The forward shared by the drop-ins; everything else is the torch.nn parent's."""
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """``torch.jit.script`` compiles the torch.nn module with the same parameters.
+
+        (torch.jit.script also puts that module in place of this one in a parent module.)
+        """
+        _warn_fallback(
+            "TorchScript scripting; torch.jit.script swaps in the torch.nn module, "
+            "sharing the parameters",
+            stacklevel=3,
+        )
+        twin = object.__new__(_PARENT[type(self)])
+        twin.__dict__ = dict(self.__dict__)
+        for key in ("_parameters", "_buffers", "_modules"):
+            twin.__dict__[key] = dict(self.__dict__[key])
+        return twin
+
+    def forward(self, input: torch.Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
+        """``output, h_n = module(input, h_0)`` (LSTM: ``output, (h_n, c_n)``), as torch.nn."""
+        module: Any = self
+        parent = _PARENT[type(self)]
+        if isinstance(input, PackedSequence):
+            data = input.data
+        elif isinstance(input, torch.Tensor):
+            data = input
+        else:
+            return parent.forward(self, input, hx)
+        weight0 = module._flat_weights[0]
+        if weight0 is not None and data.dtype != weight0.dtype:
+            return parent.forward(self, input, hx)  # PyTorch raises its own error
+        if data.numel() == 0:  # nothing to speed up; PyTorch returns or rejects it
+            return parent.forward(self, input, hx)
+        reason = _fallback_reason(module, data, hx)
+        if reason is not None:
+            _warn_fallback(reason)
+            return parent.forward(self, input, hx)
+        if "torch._dynamo" in sys.modules:  # torch.compile in use: never trace fastrnn's path
+            return _forward_outside_compile()(module, input, hx)
+        return _forward(module, input, hx)
+
+
+@functools.cache
+def _forward_outside_compile() -> Any:
+    """``_forward`` hidden from torch.compile's tracer (a graph break: it runs eagerly)."""
+    return torch.compiler.disable(_forward, recursive=True)
+
+
+def _forward(module: Any, input: Any, hx: Any) -> Any:
+    """Mirror of torch.nn's argument handling with fastrnn doing the sequence work."""
+    module._update_flat_weights()
+    is_lstm = module.mode == "LSTM"
+    num_directions = 2 if module.bidirectional else 1
+    orig_input = input
+    batch_sizes = None
+    sorted_indices = None
+    unsorted_indices = None
+    is_batched = True
+    batch_dim = 0 if module.batch_first else 1
+
+    def zeros(n: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(
+            module.num_layers * num_directions,
+            n,
+            module.hidden_size,
+            dtype=like.dtype,
+            device=like.device,
+        )
+
+    if isinstance(orig_input, PackedSequence):
+        input, batch_sizes, sorted_indices, unsorted_indices = input
+        n = int(batch_sizes[0])
+        if hx is None:
+            hx = (zeros(n, input), zeros(n, input)) if is_lstm else zeros(n, input)
+        else:
+            hx = module.permute_hidden(hx, sorted_indices)
+        module.check_forward_args(input, hx, batch_sizes)
+    else:
+        name = {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "RNN")
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead"
+            )
+        is_batched = input.dim() == 3
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        n = input.size(0) if module.batch_first else input.size(1)
+        if hx is None:
+            hx = (zeros(n, input), zeros(n, input)) if is_lstm else zeros(n, input)
+        elif is_lstm:
+            want = 3 if is_batched else 2
+            if hx[0].dim() != want or hx[1].dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                )
+            if not is_batched:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        else:
+            if is_batched and hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+            if not is_batched:
+                if hx.dim() != 2:
+                    raise RuntimeError(
+                        f"For unbatched 2-D input, hx should also be 2-D but got "
+                        f"{hx.dim()}-D tensor"
+                    )
+                hx = hx.unsqueeze(1)
+        module.check_forward_args(input, hx, batch_sizes)
+
+    h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
+    if h0.dtype != input.dtype or (c0 is not None and c0.dtype != input.dtype):
+        raise RuntimeError(f"hx dtype ({h0.dtype}) must match the input dtype ({input.dtype})")
+
+    mask = None
+    lengths = None
+    if batch_sizes is not None:
+        x, mask, lengths = _padded_from_packed(input, batch_sizes)
+    elif module.batch_first:
+        x = input.transpose(0, 1)
+    else:
+        x = input
+    cfg = _Config(module, lengths)
+    params = tuple(module._flat_weights)
+
+    inputs = (x, h0, c0, *params)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if needs_grad:
+        outs = _StackFunction.apply(cfg, x, h0, c0, *params)
+    else:
+        outs, _ = _run_stack(cfg, x, h0, c0, params, training=False)
+    y = outs[0]
+    hidden: Any = (outs[1], outs[2]) if is_lstm else outs[1]
+
+    if mask is not None:
+        return (
+            PackedSequence(y[mask], batch_sizes, sorted_indices, unsorted_indices),
+            module.permute_hidden(hidden, unsorted_indices),
+        )
+    if module.batch_first:
+        y = y.transpose(0, 1)
+    if not is_batched:
+        y = y.squeeze(batch_dim)
+        hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
+    return y, hidden
+
+
+class RNN(_FastRNNMixin, torch.nn.RNN):
+    """Drop-in ``torch.nn.RNN`` (Elman RNN, tanh or relu) running fastrnn on the CPU.
+
+    Same constructor, parameters, state_dict and call signature as ``torch.nn.RNN``:
+    ``output, h_n = rnn(input, h_0=None)``. See the module docstring for shapes.
+    """
+
+
+class LSTM(_FastRNNMixin, torch.nn.LSTM):
+    """Drop-in ``torch.nn.LSTM`` running fastrnn on the CPU (``proj_size > 0`` falls back).
+
+    Same constructor, parameters, state_dict and call signature as ``torch.nn.LSTM``:
+    ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``. See the module docstring for shapes.
+    """
+
+
+class GRU(_FastRNNMixin, torch.nn.GRU):
+    """Drop-in ``torch.nn.GRU`` (PyTorch's reset-after GRU) running fastrnn on the CPU.
+
+    Same constructor, parameters, state_dict and call signature as ``torch.nn.GRU``:
+    ``output, h_n = gru(input, h_0=None)``. See the module docstring for shapes.
+    """
+
+
+_PARENT: dict[type, type] = {RNN: torch.nn.RNN, LSTM: torch.nn.LSTM, GRU: torch.nn.GRU}
+_TO_FAST: dict[type, type] = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+_TO_TORCH: dict[type, type] = {v: k for k, v in _TO_FAST.items()}
+
+
+def _swap_classes(model: torch.nn.Module, table: dict[type, type]) -> torch.nn.Module:
+    for module in model.modules():
+        new_class = table.get(type(module))
+        if new_class is not None:
+            module.__class__ = new_class
+    return model
+
+
+def convert(model: torch.nn.Module, inplace: bool = True) -> torch.nn.Module:
+    """Make every ``torch.nn.RNN``/``LSTM``/``GRU`` in ``model`` (recursively) a fastrnn one.
+
+    The modules keep their parameters (the very same ``Parameter`` objects, so an existing
+    optimizer keeps working), buffers, hooks and training mode: only the class changes.
+    Subclasses of the torch.nn modules are left alone (they may override ``forward``).
+    With ``inplace=False`` a deep copy is converted and ``model`` is untouched.
+    Returns the converted model (``model`` itself when ``inplace``).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    return _swap_classes(model, _TO_FAST)
+
+
+def revert(model: torch.nn.Module, inplace: bool = True) -> torch.nn.Module:
+    """The inverse of :func:`convert`: fastrnn.torch modules become torch.nn ones again."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"revert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    return _swap_classes(model, _TO_TORCH)

@@ -1,0 +1,496 @@
+"""The benchmark runner: parsing, suites, reports, the correctness gate, a tiny run.
+
+No test here asserts a speed; the runs are tiny and time-boxed.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.machinery
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastrnn.bench import cli
+from fastrnn.bench.backends import (
+    FunctionalBackend,
+    JaxBackend,
+    TorchBackend,
+    all_backends,
+    make_params,
+    reference_outputs,
+)
+from fastrnn.bench.cases import Case, cases_from_toml, parse_case_spec
+from fastrnn.bench.measure import compare, time_callable
+from fastrnn.bench.report import format_table, to_csv, to_json
+from fastrnn.bench.run import FAILED, OK, SKIPPED, Options, Results, run_benchmarks
+from fastrnn.bench.suites import DEEPBENCH_GFLOP_BUDGET, SUITES, get_suite, scale_to_budget
+
+HAVE_NATIVE = importlib.util.find_spec("fastrnn._native") is not None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_JAX = importlib.util.find_spec("jax") is not None
+FAST = ["--max-time", "0.05", "--min-time", "0.001", "--repeat", "2", "--gemm-size", "64", "-q"]
+
+# --------------------------------------------------------------------------------------
+# Case specs and TOML
+# --------------------------------------------------------------------------------------
+
+
+def test_case_spec_parses_all_fields():
+    c = parse_case_spec("lstm:T=100,N=32,I=256,H=128")
+    assert (c.cell, c.T, c.N, c.I, c.H) == ("lstm", 100, 32, 256, 128)
+    assert c.modes == ("inference", "training")
+    c = parse_case_spec("GRU: T=5, N=1, H=7, modes=step+training")
+    assert (c.cell, c.I, c.H, c.modes) == ("gru", 7, 7, ("step", "training"))
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("lstm", "expected 'cell:"),
+        ("cnn:T=1,N=1,H=1", "cell must be one of"),
+        ("lstm:T=0,N=1,H=1", "T must be a positive integer"),
+        ("lstm:T=x,N=1,H=1", "T must be a positive integer"),
+        ("lstm:T=1,N=1", "missing H"),
+        ("lstm:T=1,N=1,H=1,Q=3", "unknown key 'Q'"),
+        ("lstm:T=1,N=1,H=1,H=2", "H given twice"),
+        ("lstm:T=1,N=1,H=1,modes=fly", "modes must be"),
+        ("lstm:T=1,N=1 H=1", "must be a positive integer"),
+    ],
+)
+def test_case_spec_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_case_spec(spec)
+
+
+def test_bad_case_on_command_line_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--case", "lstm:T=1,N=1"])
+    assert exc.value.code == 2
+    assert "missing H" in capsys.readouterr().err
+
+
+def test_toml_config(tmp_path):
+    f = tmp_path / "cases.toml"
+    f.write_text(
+        'modes = ["inference"]\n'
+        '[[case]]\ncell = "lstm"\nT = 10\nN = 2\nI = 3\nH = 4\nname = "mine"\n'
+        '[[case]]\ncell = "rnn"\nT = 5\nN = 1\nH = 6\nmodes = ["step", "training"]\n'
+    )
+    a, b = cases_from_toml(f)
+    assert (a.cell, a.T, a.N, a.I, a.H, a.modes, a.label) == (
+        "lstm", 10, 2, 3, 4, ("inference",), "mine")  # fmt: skip
+    assert (b.cell, b.I, b.H, b.modes) == ("rnn", 6, 6, ("step", "training"))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[[case]]\ncell = "lstm"\nT = 1\nN = 1\n', "missing H"),
+        ('[[case]]\ncell = "lstm"\nT = 1\nN = 1\nH = 2\nspeed = 3\n', "unknown keys"),
+        ('[[case]]\ncell = "lstm"\nT = -1\nN = 1\nH = 2\n', "T must be a positive int"),
+        ('[[case]]\ncell = "lstm"\nT = 1\nN = 1\nH = 2\nmodes = ["x"]\n', "modes must be"),
+        ('[[case]]\ncell = "tcn"\nT = 1\nN = 1\nH = 2\n', "cell must be one of"),
+        ("cell = 'lstm'\n", "unknown top-level keys"),
+        ("modes = []\n", "modes must be"),
+        ("[[case]\n", "invalid TOML"),
+        ("", "expected one or more"),
+    ],
+)
+def test_toml_config_errors(tmp_path, text, match):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        cases_from_toml(f)
+
+
+def test_example_config_in_the_repository_parses():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / "example.toml"
+    if not example.exists():
+        pytest.skip("not run from a source checkout")
+    cases = cases_from_toml(example)
+    assert len(cases) == 3 and cases[1].label == "speech-like GRU"
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(tmp_path / "nope.toml")])
+    assert exc.value.code == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# Arguments and suites
+# --------------------------------------------------------------------------------------
+
+
+def test_argument_parsing():
+    args = cli.build_parser().parse_args(
+        ["--suite", "standard", "--modes", "training,step", "--threads", "1",
+         "--backends", "native,torch", "--dtype", "float64", "--repeat", "3"]
+    )  # fmt: skip
+    assert args.suite == ["standard"]
+    assert args.modes == ("training", "step")
+    assert args.threads == 1 and args.repeat == 3 and args.dtype == "float64"
+    assert args.backends == ["native", "torch"]
+    cases, suites = cli.collect_cases(cli.build_parser().parse_args([]))
+    assert suites == ["quick"] and cases == list(SUITES["quick"].cases)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--threads", "0"],
+        ["--modes", "fast"],
+        ["--suite", "huge"],
+        ["--dtype", "float16"],
+        ["--min-time", "-1"],
+        ["--backends", "nonesuch"],
+        ["--backends", "reference", "--baseline", "torch"],
+        ["--filter", "no-such-case"],
+    ],
+)
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err
+
+
+def test_standard_suite_has_the_listed_shapes():
+    got = {(c.cell, c.T, c.N, c.I, c.H) for c in get_suite("standard").cases}
+    for shape in [(100, 64, 256, 256), (100, 1, 256, 256), (1000, 8, 64, 64)]:
+        for cell in ("lstm", "gru", "rnn"):
+            assert (cell, *shape) in got
+    for shape in [(100, 64, 512, 512), (50, 16, 1024, 1024), (25, 16, 512, 512)]:
+        assert ("lstm", *shape) in got
+    assert ("lstm", 200, 32, 128, 128) in got and ("gru", 200, 32, 128, 128) in got
+
+
+def test_deepbench_suite_fits_budget_and_records_scaling():
+    cases = get_suite("deepbench").cases
+    assert {c.cell for c in cases} == {"lstm", "gru", "rnn"}
+    assert {c.meta["deepbench"] for c in cases} == {"train", "server", "device"}
+    scaled = [c for c in cases if "T_orig" in c.meta]
+    assert scaled, "the largest DeepBench shapes must be scaled"
+    for c in cases:
+        assert c.I == c.H
+        assert c.flops(c.modes[0]) <= 1.1 * DEEPBENCH_GFLOP_BUDGET * 1e9
+    for c in scaled:
+        assert "scaled" in c.note and c.name.endswith("*")
+        assert (c.T, c.N) != (c.meta["T_orig"], c.meta["N_orig"])
+    # An unscaled DeepBench shape stays as published.
+    assert any(c.cell == "lstm" and (c.H, c.N, c.T) == (512, 16, 25) for c in cases)
+    assert len({c.label for c in cases}) == len(cases)
+
+
+def test_scale_to_budget_prefers_T_then_N():
+    c = Case("lstm", 1000, 64, 1024, 1024, modes=("training",))
+    s = scale_to_budget(c, "training", 1.0)
+    assert s.T == 8 and s.N < 64 and s.flops("training") <= 1.1e9
+    assert "T 1000->8" in s.note and "N 64->" in s.note
+    assert scale_to_budget(c, "training", 1e6) is c
+
+
+def test_latency_and_quick_suites():
+    for c in get_suite("latency").cases:
+        assert c.N == 1 and "step" in c.modes and "inference" in c.modes
+    assert any("step" in c.modes for c in get_suite("quick").cases)
+
+
+def test_flops_formula():
+    c = Case("gru", 10, 2, 3, 4)
+    fwd = 2 * 10 * 2 * 3 * 4 * (3 + 4)
+    assert c.flops("inference") == fwd
+    assert c.flops("training") == 3 * fwd
+    assert c.flops("step") == fwd / 10
+
+
+# --------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------
+
+
+def _fake_results() -> Results:
+    header = {"cpu": "Test CPU 9000", "threads": 2, "dtype": "float32", "baseline": "reference",
+              "isa": "avx512", "targets_compiled": ["generic"], "targets_supported": ["generic"],
+              "versions": {"numpy": "2.0"}, "gemm_peak_gflops": 100.0,
+              "gemm_peak_source": "numpy.matmul", "gemm_peak_size": 64}  # fmt: skip
+    res = Results(header)
+    for k, case in enumerate([Case("lstm", 5, 2, 3, 4), Case("gru", 6, 1, 2, 2, note="scaled")]):
+        for backend, status in (("reference", OK), ("bad", FAILED), ("slow", SKIPPED)):
+            row = {"case": case.label, **case.to_dict(), "mode": "inference", "backend": backend,
+                   "status": status, "reason": "" if status == OK else f"why {backend}",
+                   "median_ms": 1.5 + k if status == OK else None, "min_ms": 1.0,
+                   "gflops": 2.0, "peak_fraction": 0.02, "speedup": 1.0, "spread": 0.01,
+                   "alloc_mib": 0.5, "rss_mib": None}  # fmt: skip
+            res.rows.append(row)
+    return res
+
+
+def test_table_json_csv_contain_every_case_and_the_header():
+    res = _fake_results()
+    table = format_table(res)
+    assert "Test CPU 9000" in table and "GEMM peak" in table and "avx512" in table
+    for r in res.rows:
+        assert r["case"] in table
+    assert "FAILED CHECK [" in table and "why bad" in table and "* gru T=6" in table
+    data = json.loads(to_json(res))
+    assert data["header"]["cpu"] == "Test CPU 9000"
+    assert [r["case"] for r in data["results"]] == [r["case"] for r in res.rows]
+    text = to_csv(res)
+    assert "# cpu: Test CPU 9000" in text
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+    assert {r["case"] for r in rows} == {r["case"] for r in res.rows}
+    assert rows[1]["status"] == FAILED and rows[1]["median_ms"] == ""
+
+
+def test_plot_needs_matplotlib(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--case", "rnn:T=2,N=1,H=2", "--plot", "x.png", *FAST])
+    assert exc.value.code == 2
+    assert "fastrnn[plot]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="no matplotlib")
+def test_plot_is_written(tmp_path):
+    from fastrnn.bench.report import write_plot
+
+    out = tmp_path / "p.png"
+    write_plot(_fake_results(), str(out))
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------
+# Measurement and the correctness gate
+# --------------------------------------------------------------------------------------
+
+
+def test_time_callable_batches_short_calls():
+    t = time_callable(lambda: None, repeat=3, min_time=0.002, max_time=0.05)
+    assert t.samples >= 1 and t.calls_per_sample > 1
+    assert 0 < t.min <= t.median <= t.max
+
+
+def test_memory_peaks_see_a_numpy_allocation():
+    from fastrnn.bench.measure import memory_peaks
+
+    alloc, rss = memory_peaks(lambda: np.ones(2**20).sum())  # 8 MiB, touched
+    assert 7.9 <= alloc < 20
+    if rss is not None:  # Linux with /proc/self/clear_refs
+        assert rss >= 4
+    alloc, _ = memory_peaks(lambda: None, traced=False)
+    assert alloc is None
+
+
+def test_gemm_peak_falls_back_to_numpy_and_says_so(monkeypatch):
+    import fastrnn.ops
+    from fastrnn.bench.measure import gemm_peak
+
+    def not_built(a, b):
+        raise NotImplementedError("not yet")
+
+    monkeypatch.setattr(fastrnn.ops, "matmul", not_built)
+    peak = gemm_peak(64, repeat=1)
+    assert peak.source == "numpy.matmul" and "NotImplementedError" in peak.note
+    assert peak.gflops > 0
+    monkeypatch.setattr(fastrnn.ops, "matmul", lambda a, b: np.matmul(a, b))
+    peak = gemm_peak(64, repeat=1)
+    assert peak.source == "fastrnn.ops.matmul" and peak.numpy_gflops > 0
+    monkeypatch.setattr(fastrnn.ops, "matmul", lambda a, b: np.matmul(a, b) + 1)
+    peak = gemm_peak(64, repeat=1)
+    assert peak.source == "numpy.matmul" and "wrong" in peak.note
+
+
+def test_compare_flags_shape_nan_and_error():
+    want = {"y": np.ones((2, 3)), "h_n": np.ones(3)}
+    assert compare({"y": np.ones((2, 3)), "h_n": np.ones(3)}, want, 1e-6).ok
+    assert "missing" in compare({"y": np.ones((2, 3))}, want, 1e-6).detail
+    assert "shape" in compare({"y": np.ones((3, 2)), "h_n": np.ones(3)}, want, 1e-6).detail
+    bad = {"y": np.full((2, 3), np.nan), "h_n": np.ones(3)}
+    assert "NaN" in compare(bad, want, 1e-6).detail
+    off = compare({"y": np.ones((2, 3)) + 1e-3, "h_n": np.ones(3)}, want, 1e-6)
+    assert not off.ok and off.max_err == pytest.approx(1e-3)
+
+
+class WrongBackend(FunctionalBackend):
+    """The reference with a deliberate error: outputs (inference/step) or one gradient."""
+
+    def __init__(self, name: str, where: str) -> None:
+        super().__init__("reference")
+        self.name, self.where, self.prepared = name, where, 0
+
+    def compute(self, case, mode, p):
+        out = super().compute(case, mode, p)
+        if self.where == "y":
+            out["y"] = out["y"] * 1.1
+        elif mode == "training":
+            out["d_weight_hh"] = out["d_weight_hh"] * 1.1
+        return out
+
+    def prepare(self, case, mode, p):
+        self.prepared += 1
+        return super().prepare(case, mode, p)
+
+
+def test_wrong_backend_is_flagged_not_timed_and_exit_code_nonzero(tmp_path, capsys):
+    wrong_out, wrong_grad = WrongBackend("wrong-y", "y"), WrongBackend("wrong-grad", "grad")
+    registry = {**all_backends(), "wrong-y": wrong_out, "wrong-grad": wrong_grad}
+    out = tmp_path / "r.json"
+    code = cli.main(
+        ["--case", "lstm:T=3,N=2,I=3,H=4", "--modes", "inference,training",
+         "--backends", "reference,wrong-y,wrong-grad", "--json", str(out), *FAST],
+        registry=registry,
+    )  # fmt: skip
+    assert code == 1
+    assert wrong_out.prepared == 0
+    rows = {(r["backend"], r["mode"]): r for r in json.loads(out.read_text())["results"]}
+    assert rows["wrong-y", "inference"]["status"] == FAILED
+    assert rows["wrong-y", "inference"]["median_ms"] is None
+    assert "d_weight_hh" in rows["wrong-grad", "training"]["reason"]
+    assert rows["wrong-grad", "inference"]["status"] == OK  # its outputs are right
+    assert wrong_grad.prepared == 1  # timed only where it passed
+    assert rows["reference", "training"]["status"] == OK
+    assert "FAILED CHECK" in capsys.readouterr().out
+
+
+class RaisingBackend(FunctionalBackend):
+    def __init__(self, name: str, exc: type[Exception]) -> None:
+        super().__init__("reference")
+        self.name, self.exc = name, exc
+
+    def compute(self, case, mode, p):
+        raise self.exc("boom")
+
+
+@pytest.mark.parametrize(
+    "exc, status, code", [(NotImplementedError, "skipped", 0), (RuntimeError, "error", 1)]
+)
+def test_backend_exceptions(exc, status, code, tmp_path):
+    registry = {**all_backends(), "raiser": RaisingBackend("raiser", exc)}
+    out = tmp_path / "r.json"
+    argv = ["--case", "rnn:T=2,N=1,H=3", "--modes", "inference", "--json", str(out), *FAST]
+    assert cli.main([*argv, "--backends", "reference,raiser"], registry=registry) == code
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["raiser"]["status"] == status and "boom" in rows["raiser"]["reason"]
+    assert rows["reference"]["status"] == OK
+
+
+def test_reference_is_skipped_when_too_slow():
+    res = run_benchmarks(
+        [Case("lstm", 4, 2, 3, 5)],
+        [FunctionalBackend("reference")],
+        Options(reference_max_seconds=1e-9, max_time=0.01),
+        {},
+        progress=None,
+    )
+    assert [r["status"] for r in res.rows] == [SKIPPED, SKIPPED]
+    assert "reference too slow" in res.rows[0]["reason"] and not res.failed
+
+
+# --------------------------------------------------------------------------------------
+# Backend adapters agree with the reference; a tiny run end to end
+# --------------------------------------------------------------------------------------
+
+ADAPTERS = [
+    pytest.param(TorchBackend, marks=pytest.mark.skipif(not HAVE_TORCH, reason="no torch")),
+    pytest.param(JaxBackend, marks=pytest.mark.skipif(not HAVE_JAX, reason="no jax")),
+]
+
+
+@pytest.mark.parametrize("backend_cls", ADAPTERS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_peer_backends_match_reference(backend_cls, cell):
+    b = backend_cls()
+    for mode in ("inference", "training", "step"):
+        case = Case(cell, 3, 2, 3, 4)
+        p = make_params(case, "float32", seed=3)
+        got = b.compute(case, mode, p)
+        chk = compare(got, reference_outputs(case, mode, p), 2e-3)
+        assert chk.ok, (mode, chk.detail)
+        fn = b.prepare(case, mode, p)
+        fn()
+        fn()
+
+
+def test_fastrnn_torch_backend_absent_or_used(monkeypatch):
+    """Absent while fastrnn.torch does not exist; used (here faked with torch.nn, no
+    cell classes, so step mode runs the sequence module with T = 1) when it does."""
+    from fastrnn.bench.backends import FastrnnTorchBackend
+
+    if importlib.util.find_spec("fastrnn.torch") is None:
+        _, status = cli.choose_backends(["reference", "fastrnn.torch"], all_backends())
+        assert status["fastrnn.torch"].startswith("not available")
+    if not HAVE_TORCH:
+        pytest.skip("no torch")
+    import types
+
+    import torch
+
+    fake = types.ModuleType("fastrnn.torch")
+    fake.__spec__ = importlib.machinery.ModuleSpec("fastrnn.torch", None)
+    fake.LSTM, fake.GRU, fake.RNN = torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN
+    monkeypatch.setitem(sys.modules, "fastrnn.torch", fake)
+    b = FastrnnTorchBackend()
+    assert b.unavailable() is None
+    case = Case("lstm", 3, 2, 3, 4)
+    p = make_params(case, "float32", seed=5)
+    for mode in ("inference", "training", "step"):
+        chk = compare(b.compute(case, mode, p), reference_outputs(case, mode, p), 2e-3)
+        assert chk.ok, (mode, chk.detail)
+        b.prepare(case, mode, p)()
+
+
+def test_tiny_run_end_to_end(tmp_path, capsys):
+    names = ["reference"] + (["native"] if HAVE_NATIVE else [])
+    if HAVE_TORCH and importlib.util.find_spec("fastrnn.torch") is not None:
+        names.append("fastrnn.torch")
+    backends = ",".join(names)
+    specs = ["lstm:T=3,N=2,I=3,H=4", "gru:T=4,N=1,I=2,H=3", "rnn:T=2,N=3,I=5,H=2"]
+    j, c = tmp_path / "r.json", tmp_path / "r.csv"
+    argv = [x for s in specs for x in ("--case", s)]
+    argv += ["--modes", "inference,training,step", "--backends", backends, "--threads", "1"]
+    argv += ["--isa", "generic"]
+    import fastrnn
+
+    threads_before, isa_before = fastrnn.get_num_threads(), fastrnn.get_isa()
+    code = cli.main([*argv, "--json", str(j), "--csv", str(c), *FAST])
+    table = capsys.readouterr().out
+    assert code == 0, table
+    assert fastrnn.get_num_threads() == threads_before and fastrnn.get_isa() == isa_before
+    data = json.loads(j.read_text())
+    labels = {parse_case_spec(s).label for s in specs}
+    assert {r["case"] for r in data["results"]} == labels
+    n_backends = len(backends.split(","))
+    assert len(data["results"]) == 3 * 3 * n_backends
+    for r in data["results"]:
+        assert r["status"] == OK and r["median_ms"] > 0 and r["gflops"] > 0
+    for label in labels:
+        assert label in table and label in c.read_text()
+    h = data["header"]
+    assert h["command"].startswith("fastrnn-bench --case lstm:T=3")
+    assert h["threads"] == 1 and h["isa"] == "generic" and h["cpu"] and h["versions"]["numpy"]
+    assert h["gemm_peak_gflops"] > 0 and h["gemm_peak_source"]
+
+
+def test_module_help_and_list():
+    for args in (["--help"], ["--list"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastrnn.bench", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert ("usage: fastrnn-bench" in proc.stdout) == (args == ["--help"])
+    assert "deepbench" in proc.stdout and "db-train" in proc.stdout

@@ -1,0 +1,206 @@
+"""Optimizers against hand-computed steps and torch.optim; gradient clipping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fastrnn.modules import Linear
+from fastrnn.optim import SGD, Adam, clip_grad_norm, clip_grad_value
+
+
+class Params:
+    """Smallest module: one parameter array and its gradient."""
+
+    def __init__(self, p, g):
+        self.params = {"w": np.array(p, dtype=np.float64)}
+        self.grads = {"w": np.array(g, dtype=np.float64)}
+
+    def zero_grad(self):
+        self.grads["w"][...] = 0
+
+
+def test_sgd_plain_and_weight_decay_by_hand():
+    m = Params([1.0, -2.0], [0.5, 1.0])
+    SGD(m, lr=0.1, weight_decay=0.2).step()
+    # g' = g + 0.2 p = [0.7, 0.6]
+    np.testing.assert_allclose(m.params["w"], [1.0 - 0.07, -2.0 - 0.06])
+
+
+def test_sgd_momentum_and_nesterov_by_hand():
+    m = Params([1.0], [1.0])
+    opt = SGD(m, lr=0.1, momentum=0.9)
+    opt.step()  # b = 1 -> p = 0.9
+    opt.step()  # b = 0.9 + 1 = 1.9 -> p = 0.9 - 0.19
+    np.testing.assert_allclose(m.params["w"], [0.71])
+    n = Params([1.0], [1.0])
+    opt = SGD(n, lr=0.1, momentum=0.9, nesterov=True)
+    opt.step()  # b = 1, d = 1 + 0.9 = 1.9 -> 0.81
+    opt.step()  # b = 1.9, d = 1 + 1.71 = 2.71 -> 0.81 - 0.271
+    np.testing.assert_allclose(n.params["w"], [0.539])
+
+
+def test_adam_by_hand():
+    m = Params([1.0], [2.0])
+    opt = Adam(m, lr=0.1, betas=(0.9, 0.99), eps=1e-8)
+    opt.step()
+    # t=1: m=0.2, v=0.04, mhat=2, vhat=4 -> p -= 0.1*2/(2+1e-8)
+    np.testing.assert_allclose(m.params["w"], [1.0 - 0.1 * 2 / (2 + 1e-8)], rtol=1e-14)
+    m.grads["w"][...] = -1.0
+    opt.step()
+    mm = 0.9 * 0.2 + 0.1 * -1.0
+    vv = 0.99 * 0.04 + 0.01 * 1.0
+    p1 = 1.0 - 0.1 * 2 / (2 + 1e-8)
+    expect = p1 - 0.1 / (1 - 0.81) * mm / (math.sqrt(vv) / math.sqrt(1 - 0.99**2) + 1e-8)
+    np.testing.assert_allclose(m.params["w"], [expect], rtol=1e-13)
+    assert opt.state[(0, "w")]["step"] == 2
+
+
+def _torch_compare(make_ours, make_torch, dtype, rtol):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    lin = Linear(5, 3, dtype=dtype, seed=0)
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in lin.params.items()}
+    ours = make_ours(lin)
+    theirs = make_torch(list(tparams.values()))
+    for _ in range(6):
+        grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in lin.params.items()}
+        for k, g in grads.items():
+            lin.grads[k][...] = g
+            tparams[k].grad = torch.tensor(g.copy())
+        ours.step()
+        theirs.step()
+    for k in lin.params:
+        np.testing.assert_allclose(lin.params[k], tparams[k].detach().numpy(), rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+        {"momentum": 0.5, "dampening": 0.3},
+    ],
+)
+def test_sgd_matches_torch(kw, dtype, rtol):
+    torch = pytest.importorskip("torch")
+    _torch_compare(
+        lambda m: SGD(m, lr=0.05, **kw),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, **kw),
+        dtype,
+        rtol,
+    )
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("kw", [{}, {"betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.1}])
+def test_adam_matches_torch(kw, dtype, rtol):
+    torch = pytest.importorskip("torch")
+    _torch_compare(
+        lambda m: Adam(m, lr=0.01, **kw),
+        lambda ps: torch.optim.Adam(ps, lr=0.01, **kw),
+        dtype,
+        rtol,
+    )
+
+
+def test_optimizer_updates_in_place_and_zero_grad():
+    lin = Linear(2, 2, seed=0)
+    w = lin.params["weight"]
+    lin.grads["weight"][...] = 1
+    opt = SGD([lin], lr=0.5)
+    before = w.copy()
+    opt.step()
+    assert lin.params["weight"] is w
+    np.testing.assert_allclose(w, before - 0.5)
+    opt.zero_grad()
+    assert not lin.grads["weight"].any()
+
+
+def test_shared_parameters_update_once():
+    from fastrnn.modules import Sequential
+
+    lin = Linear(2, 2, seed=0)
+    model = Sequential(lin)
+    lin.grads["weight"][...] = 1
+    before = lin.params["weight"].copy()
+    SGD([model, lin], lr=0.5).step()
+    np.testing.assert_allclose(lin.params["weight"], before - 0.5)
+
+
+def test_optimizer_state_dict_roundtrip():
+    m = Params([1.0], [1.0])
+    opt = Adam(m, lr=0.1)
+    opt.step()
+    sd = opt.state_dict()
+    m2 = Params(m.params["w"], [1.0])
+    opt2 = Adam(m2, lr=0.1)
+    opt2.load_state_dict(sd)
+    opt.step()
+    opt2.step()
+    np.testing.assert_array_equal(m.params["w"], m2.params["w"])
+
+
+def test_clip_grad_norm_matches_definition():
+    a = Params([0.0, 0.0], [3.0, 0.0])
+    b = {"x": np.array([[4.0]])}
+    total = clip_grad_norm([a, b], max_norm=1.0)
+    assert total == pytest.approx(5.0)
+    np.testing.assert_allclose(a.grads["w"], [3.0 / (5 + 1e-6), 0.0])
+    np.testing.assert_allclose(b["x"], [[4.0 / (5 + 1e-6)]])
+    # below the threshold: untouched, still returns the norm
+    g = {"x": np.array([0.3, 0.4])}
+    assert clip_grad_norm(g, 1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(g["x"], [0.3, 0.4])
+    # inf norm
+    g = {"x": np.array([-3.0, 1.0])}
+    assert clip_grad_norm(g, 1.5, norm_type="inf") == 3.0
+    np.testing.assert_allclose(g["x"], [-1.5 * 3 / (3 + 1e-6), 0.5 * 3 / (3 + 1e-6)])
+
+
+def test_clip_grad_norm_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    gs = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    ts = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in gs]
+    for t, g in zip(ts, gs):
+        t.grad = torch.tensor(g.copy())
+    ours = {str(i): g for i, g in enumerate(gs)}
+    n1 = clip_grad_norm(ours, 0.7)
+    n2 = torch.nn.utils.clip_grad_norm_(ts, 0.7)
+    assert n1 == pytest.approx(n2.item(), rel=1e-12)
+    for g, t in zip(gs, ts):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-12)
+
+
+def test_clip_grad_value():
+    m = Params([0, 0, 0], [-5.0, 0.2, 3.0])
+    clip_grad_value(m, 1.0)
+    np.testing.assert_array_equal(m.grads["w"], [-1.0, 0.2, 1.0])
+
+
+def test_bad_arguments():
+    m = Params([0.0], [0.0])
+    with pytest.raises(ValueError, match="lr"):
+        SGD(m, lr=-1)
+    with pytest.raises(ValueError, match="nesterov"):
+        SGD(m, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        Adam(m, betas=(0.9, 1.0))
+    with pytest.raises(TypeError, match="params"):
+        Adam([object()])
+    with pytest.raises(ValueError, match="non-empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(m, -1.0)
+    with pytest.raises(ValueError, match="norm_type"):
+        clip_grad_norm(m, 1.0, norm_type="l1")
+    with pytest.raises(TypeError, match="modules"):
+        clip_grad_norm([3], 1.0)
+    with pytest.raises(ValueError, match="clip_value"):
+        clip_grad_value(m, -1)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        clip_grad_norm({"x": np.array([np.inf])}, 1.0, error_if_nonfinite=True)
