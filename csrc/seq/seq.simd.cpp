@@ -96,7 +96,7 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
 }
 
 struct BwdLayout {
-  i64 wbk = 0, dg = 0, dhn = 0, total = 0;
+  i64 wbk = 0, dg = 0, dhn = 0, dts = 0, total = 0;
 };
 
 template <class T>
@@ -115,6 +115,8 @@ BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
   l.dg = take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
   l.dhn = take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0,
                "gate gradients");
+  l.dts = take(checked_mul(d.N, checked_mul(g.nb, g.U, "units"), "recurrent gradient"),
+                "recurrent gradient");
   l.total = off;
   return l;
 }
@@ -415,6 +417,9 @@ void backward(const SeqBackward<T>& a) {
   T* wbk = a.work + lay.wbk;
   T* dG = a.work + lay.dg;
   T* dhn = a.work + lay.dhn;
+  T* dts = a.work + lay.dts;  // (N, nb*U): dG_t W_hh for the owned blocks
+  const i64 Hp = g.nb * U;
+  const i64 kc = std::max<i64>(16, 16384 / (U * static_cast<i64>(sizeof(T))));
   const SeqTape<const T>& tp = a.tape;
   const int nt = team_size(a.num_threads, g.nb, d);
   StepBarrier bar;
@@ -444,7 +449,6 @@ void backward(const SeqBackward<T>& a) {
     omp_barrier();  // publishes bar.count
 
     alignas(64) T tl[kMaxTile];
-    alignas(64) T tl2[kMaxTile];
     alignas(64) T gb[kMaxU];
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? s : Tn - 1 - s;
@@ -507,29 +511,22 @@ void backward(const SeqBackward<T>& a) {
         }
       }
       barrier();
-      // dh_{t-1} += dG_t W_hh on the owned units.
+      // dh_{t-1} += dG_t W_hh on the owned units (K in L1-sized slices over all N rows).
       const i64 K1 = gru ? 2 * H : GH;
       const int cv = g.UB;
-      const int mrmax = tile::max_rows(cv);
       for (i64 b = b0; b < b1; ++b) {
         const int len = static_cast<int>(std::min<i64>(U, H - b * U));
         const i64 jb = b * U;
-        for (i64 r0 = 0; r0 < N; r0 += mrmax) {
-          const int mr = static_cast<int>(std::min<i64>(mrmax, N - r0));
-          tile::run<T>(cv, mr, K1, dG + (t * N + r0) * GH, GH, wbk + b * GH * U, U, tl, U);
-          if (gru) {
-            const T* A2 = d.reset_after ? dhn + (t * N + r0) * H : dG + (t * N + r0) * GH + 2 * H;
-            const i64 lda2 = d.reset_after ? H : GH;
-            if (d.reset_after) {
-              tile::run<T>(cv, mr, H, A2, lda2, wbk + (b * GH + 2 * H) * U, U, tl2, U);
-              for (int r = 0; r < mr; ++r)
-                for (int u = 0; u < len; ++u) tl[r * U + u] += tl2[r * U + u];
-            }
-          }
-          for (int r = 0; r < mr; ++r) {
-            T* dh = a.dh0 + (r0 + r) * H + jb;
-            for (int u = 0; u < len; ++u) dh[u] += tl[r * U + u];
-          }
+        T* C = dts + jb;
+        tile::panel<T>(cv, N, K1, kc, dG + t * N * GH, GH, wbk + b * GH * U, U, C, Hp);
+        if (gru && d.reset_after) {
+          tile::panel<T>(cv, N, H, kc, dhn + t * N * H, H, wbk + (b * GH + 2 * H) * U, U, C, Hp,
+                         true);
+        }
+        for (i64 n = 0; n < N; ++n) {
+          T* dh = a.dh0 + n * H + jb;
+          const T* src = C + n * Hp;
+          for (int u = 0; u < len; ++u) dh[u] += src[u];
         }
       }
     }

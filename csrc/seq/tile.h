@@ -129,8 +129,10 @@ inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, co
 // slice of the B panel stays in L1 while every row group uses it), rows in groups of
 // max_rows(cv). The summation order depends only on (M, K, kc, cv).
 template <class T>
+// With acc, the first slice also adds to C (C + sum, in that order).
 inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
-                  std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc) {
+                  std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc,
+                  bool acc = false) {
   const int mrmax = max_rows(cv);
   const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
   std::int64_t k0 = 0;
@@ -138,7 +140,8 @@ inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const
     const std::int64_t kn = K - k0 < step ? K - k0 : step;
     for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
       const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
-      run<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc, k0 > 0);
+      run<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
+             acc || k0 > 0);
     }
     k0 += step;
   } while (k0 < K);
