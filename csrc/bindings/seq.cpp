@@ -5,6 +5,8 @@
 // arrays. Kernels run with the GIL released: they only touch the buffers
 // passed to them and keep no global mutable state, so concurrent calls from
 // several Python threads are safe.
+#include "seq/seq.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -22,7 +24,6 @@
 #include "runtime/checked.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
-#include "seq/seq.h"
 
 namespace py = pybind11;
 
@@ -121,7 +122,8 @@ py::array_t<std::int64_t> check_lengths(const py::object& lengths, i64 N, i64 T)
     throw py::type_error("lengths must be None or an integer numpy.ndarray of shape (N,)");
   }
   if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u') {
-    throw py::type_error("lengths must have an integer dtype, got " + std::string(py::str(arr.dtype())));
+    throw py::type_error("lengths must have an integer dtype, got " +
+                         std::string(py::str(arr.dtype())));
   }
   if (shape_of(arr) != std::vector<i64>{N}) {
     throw py::value_error("lengths must have shape (N,) = (" + std::to_string(N) + ",), got " +
@@ -316,8 +318,8 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   const bool has_bih = tape["has_bias_ih"].cast<bool>();
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
 
-  py::array_t<T, py::array::c_style> dx({Tn, N, I}), dh0({N, H}), dc0, dwih({GH, I}),
-      dwhh({GH, H}), dbih, dbhh;
+  py::array_t<T, py::array::c_style> dx({Tn, N, I}), dh0({N, H}), dc0, dwih({GH, I}), dwhh({GH, H}),
+      dbih, dbhh;
   if (cell == Cell::lstm) dc0 = py::array_t<T, py::array::c_style>({N, H});
   if (has_bih) dbih = py::array_t<T, py::array::c_style>({GH});
   if (has_bhh) dbhh = py::array_t<T, py::array::c_style>({GH});
@@ -389,9 +391,9 @@ void register_seq(py::module_& m) {
   m.def(
       "seq_forward",
       [](const std::string& cell, const py::object& x, const py::object& h0, const py::object& c0,
-         const py::object& wih, const py::object& whh, const py::object& bih,
-         const py::object& bhh, const py::object& lengths, const std::string& nonlinearity,
-         bool reset_after, bool reverse, bool training, bool poison) {
+         const py::object& wih, const py::object& whh, const py::object& bih, const py::object& bhh,
+         const py::object& lengths, const std::string& nonlinearity, bool reset_after, bool reverse,
+         bool training, bool poison) {
         const Cell c = parse_cell(cell);
         const Act a = parse_act(nonlinearity);
         py::array xa = py::reinterpret_borrow<py::array>(x);
@@ -401,8 +403,8 @@ void register_seq(py::module_& m) {
                                    reverse, training, poison);
         }
         if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
-        return forward_t<float>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after,
-                                reverse, training, poison);
+        return forward_t<float>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after, reverse,
+                                training, poison);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"),
       py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("lengths"),

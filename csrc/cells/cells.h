@@ -55,8 +55,7 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
 // LSTM: p (4U) in: W_hh h; out: i, f, g, o. c_in (len) -> c_new, tc = tanh(c_new),
 // h_new = o * tc (len each).
 template <class T>
-inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc,
-                     T* h_new) {
+inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc, T* h_new) {
   for (int g = 0; g < 4; ++g) {
     T* q = p + g * U;
     const T* r = gx + g * U;
@@ -81,8 +80,7 @@ inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new,
 // GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n.
 // hn = W_hn h + b_hn (len), h_new = (1 - z) n + z h (len).
 template <class T>
-inline void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn,
-                    T* h_new) {
+inline void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn, T* h_new) {
   for (int u = 0; u < len; ++u) {
     p[u] += gx[u];
     p[U + u] += gx[U + u];
@@ -152,8 +150,8 @@ inline void lstm_bwd(int len, std::int64_t H, const T* gh, const T* act, const T
 // GRU, reset after. act: r,z,n (stride H); hn: W_hn h + b_hn. Writes dG for the
 // input side (r, z, n), dhn = dL/d(W_hn h + b_hn), and dh_direct = dL/dh via z.
 template <class T>
-inline void gru_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h,
-                    const T* hn, T* dg, T* dhn, T* dh_direct) {
+inline void gru_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, const T* hn,
+                    T* dg, T* dhn, T* dh_direct) {
   const T* r = act;
   const T* z = act + H;
   const T* n = act + 2 * H;

@@ -27,9 +27,9 @@ struct SeqDims {
   std::int64_t I = 0;  // input features, >= 0
   std::int64_t H = 0;  // hidden units, >= 1
   Cell cell = Cell::lstm;
-  Act act = Act::tanh;       // RNN only
-  bool reset_after = true;   // GRU only: n = tanh(Wx + b_in + r*(W_hn h + b_hn)); else r*h first
-  bool reverse = false;      // process t = T-1 .. 0
+  Act act = Act::tanh;      // RNN only
+  bool reset_after = true;  // GRU only: n = tanh(Wx + b_in + r*(W_hn h + b_hn)); else r*h first
+  bool reverse = false;     // process t = T-1 .. 0
   int gates() const { return cell == Cell::rnn ? 1 : (cell == Cell::lstm ? 4 : 3); }
 };
 
@@ -64,8 +64,8 @@ struct SeqForward {
   T* h_n = nullptr;                       // (N,H) out
   T* c_n = nullptr;                       // (N,H) out, LSTM only
   bool training = false;
-  SeqTape<T> tape;         // written when training
-  T* work = nullptr;       // forward_work(d) elements, 64-byte aligned
+  SeqTape<T> tape;    // written when training
+  T* work = nullptr;  // forward_work(d) elements, 64-byte aligned
   std::int64_t work_size = 0;
   int num_threads = 1;
 };

@@ -113,10 +113,9 @@ BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
   l.wbk = take(checked_mul(checked_mul(g.nb, GH, "packed weight_hh"), g.U, "packed weight_hh"),
                "packed weight_hh");
   l.dg = take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
-  l.dhn = take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0,
-               "gate gradients");
+  l.dhn = take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0, "gate gradients");
   l.dts = take(checked_mul(d.N, checked_mul(g.nb, g.U, "units"), "recurrent gradient"),
-                "recurrent gradient");
+               "recurrent gradient");
   l.total = off;
   return l;
 }
@@ -230,8 +229,10 @@ void forward(const SeqForward<T>& a) {
           const bool in = j < H;
           const i64 row = gt * H + j;
           const i64 col = b * GU + gt * U + u;
-          for (i64 k = 0; k < I; ++k) wih[(b * I + k) * GU + gt * U + u] = in ? a.w_ih[row * I + k] : T(0);
-          for (i64 k = 0; k < H; ++k) whh[(b * H + k) * GU + gt * U + u] = in ? a.w_hh[row * H + k] : T(0);
+          for (i64 k = 0; k < I; ++k)
+            wih[(b * I + k) * GU + gt * U + u] = in ? a.w_ih[row * I + k] : T(0);
+          for (i64 k = 0; k < H; ++k)
+            whh[(b * H + k) * GU + gt * U + u] = in ? a.w_hh[row * H + k] : T(0);
           // Biases folded into Gx: all of b_ih + b_hh, except b_hn when it sits inside r*(...).
           T bsum = T(0);
           if (in) {
@@ -542,8 +543,8 @@ void backward(const SeqBackward<T>& a) {
   } else {
     gemm<T>(Trans::yes, Trans::no, 2 * H, H, TN, T(1), dG, GH, tp.hprev, H, T(0), a.dw_hh, H, th);
     if (d.reset_after) {
-      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dhn, H, tp.hprev, H, T(0),
-              a.dw_hh + 2 * H * H, H, th);
+      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dhn, H, tp.hprev, H, T(0), a.dw_hh + 2 * H * H,
+              H, th);
     } else {
       gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dG + 2 * H, GH, tp.aux, H, T(0),
               a.dw_hh + 2 * H * H, H, th);

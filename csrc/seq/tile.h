@@ -54,8 +54,8 @@ inline void store(T* p, typename V<T>::type v) {
 // With few accumulators the K loop keeps KS partial sums (k mod KS), added
 // at the end in a fixed order, so the FMA latency chain is not the limit.
 template <class T, int MR, int CV>
-inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
-                   T* C, std::int64_t ldc, bool accumulate) {
+inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
+                   std::int64_t ldc, bool accumulate) {
   using Vt = typename V<T>::type;
   constexpr int L = lanes<T>();
   constexpr int KS = MR * CV >= 4 ? 1 : 4 / (MR * CV);
@@ -98,17 +98,33 @@ inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std
 }
 
 template <class T, int CV>
-inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
-                 std::int64_t ldb, T* C, std::int64_t ldc, bool acc) {
+inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
+                 T* C, std::int64_t ldc, bool acc) {
   switch (mr) {
-    case 1: kernel<T, 1, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    case 2: kernel<T, 2, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    case 3: kernel<T, 3, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    case 4: kernel<T, 4, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    case 5: kernel<T, 5, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    case 6: kernel<T, 6, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    case 7: kernel<T, 7, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
-    default: kernel<T, 8, CV>(K, A, lda, B, ldb, C, ldc, acc); break;
+    case 1:
+      kernel<T, 1, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 2:
+      kernel<T, 2, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 3:
+      kernel<T, 3, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 4:
+      kernel<T, 4, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 5:
+      kernel<T, 5, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 6:
+      kernel<T, 6, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 7:
+      kernel<T, 7, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    default:
+      kernel<T, 8, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
   }
 }
 
@@ -118,10 +134,18 @@ template <class T>
 inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
                 std::int64_t ldb, T* C, std::int64_t ldc, bool acc = false) {
   switch (cv) {
-    case 1: rows<T, 1>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
-    case 2: rows<T, 2>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
-    case 3: rows<T, 3>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
-    default: rows<T, 4>(mr, K, A, lda, B, ldb, C, ldc, acc); break;
+    case 1:
+      rows<T, 1>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 2:
+      rows<T, 2>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 3:
+      rows<T, 3>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    default:
+      rows<T, 4>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
   }
 }
 
