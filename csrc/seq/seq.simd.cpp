@@ -82,6 +82,7 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
                "packed weight_ih");
   l.whh = take(checked_mul(checked_mul(g.nb, d.H, "packed weight_hh"), g.GU, "packed weight_hh"),
                "packed weight_hh");
+  // [block][row][GU] so a block's rows are contiguous (no 4 KiB strides in L1)
   l.gx = take(checked_mul(checked_mul(g.Tc, d.N, "input projection"), g.GHp, "input projection"),
               "input projection");
   l.gh = take(checked_mul(d.N, g.GHp, "recurrent projection"), "recurrent projection");
@@ -192,7 +193,7 @@ void forward(const SeqForward<T>& a) {
   const FwdLayout lay = fwd_layout<T>(d, g);
   const i64 Tn = d.T, N = d.N, I = d.I, H = d.H;
   const int G = g.G, U = g.U;
-  const i64 GH = i64{G} * H, GU = g.GU, GHp = g.GHp;
+  const i64 GH = i64{G} * H, GU = g.GU, TcN = g.Tc * N;
   const bool tr = a.training;
   const bool lstm = d.cell == Cell::lstm;
   const bool gru = d.cell == Cell::gru;
@@ -272,10 +273,10 @@ void forward(const SeqForward<T>& a) {
         const i64 rows = (s1 - s) * N;
         const T* A = a.x + tlo * N * I;
         for (i64 b = b0; b < b1; ++b) {
-          T* C = gx + b * GU;
-          tile::panel<T>(cvx, rows, I, kc, A, I, wih + b * I * GU, GU, C, GHp);
+          T* C = gx + b * TcN * GU;
+          tile::panel<T>(cvx, rows, I, kc, A, I, wih + b * I * GU, GU, C, GU);
           for (i64 r = 0; r < rows; ++r)
-            for (i64 c = 0; c < GU; ++c) C[r * GHp + c] += bias[b * GU + c];
+            for (i64 c = 0; c < GU; ++c) C[r * GU + c] += bias[b * GU + c];
         }
       }
       const T* hin = tr ? tp.hprev + t * N * H : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
@@ -288,12 +289,12 @@ void forward(const SeqForward<T>& a) {
           const i64 jb = b * U;
           // The block's whole column panel for all N rows (L1-sized K slices), then the
           // gate math row by row on it while it is still in L1.
-          tile::panel<T>(cv, N, H, kc, hin, H, whh + b * H * GU, GU, ghs + b * GU, GHp);
+          tile::panel<T>(cv, N, H, kc, hin, H, whh + b * H * GU, GU, ghs + b * N * GU, GU);
           {
             for (i64 n = 0; n < N; ++n) {
               const i64 tn = t * N + n;
-              T* p = ghs + n * GHp + b * GU;
-              const T* gxr = gx + ((t - tlo) * N + n) * GHp + b * GU;
+              T* p = ghs + (b * N + n) * GU;
+              const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
               const bool active = !a.lengths || t < a.lengths[n];
               const T* hi = hin + n * H + jb;
               T* ho = hout + n * H + jb;
@@ -352,7 +353,7 @@ void forward(const SeqForward<T>& a) {
               const i64 n = r0 + r;
               const i64 tn = t * N + n;
               T* p = tl + r * GU;
-              cells::gru_rz_fwd(len, U, p, gx + ((t - tlo) * N + n) * GHp + b * GU);
+              cells::gru_rz_fwd(len, U, p, gx + (b * TcN + (t - tlo) * N + n) * GU);
               const T* hi = hin + n * H + jb;
               for (int u = 0; u < len; ++u) rh[n * H + jb + u] = p[u] * hi[u];
               T* zd = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
@@ -375,7 +376,7 @@ void forward(const SeqForward<T>& a) {
               T* pn = tl + r * U;
               const T* z = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
               const T* hi = hin + n * H + jb;
-              cells::gru_n_fwd(len, pn, gx + ((t - tlo) * N + n) * GHp + b * GU + 2 * U, z, hi,
+              cells::gru_n_fwd(len, pn, gx + (b * TcN + (t - tlo) * N + n) * GU + 2 * U, z, hi,
                                hnew);
               if (tr) std::memcpy(tp.gates + tn * GH + 2 * H + jb, pn, sizeof(T) * len);
               const bool active = !a.lengths || t < a.lengths[n];
@@ -419,7 +420,6 @@ void backward(const SeqBackward<T>& a) {
   T* dG = a.work + lay.dg;
   T* dhn = a.work + lay.dhn;
   T* dts = a.work + lay.dts;  // (N, nb*U): dG_t W_hh for the owned blocks
-  const i64 Hp = g.nb * U;
   const i64 kc = std::max<i64>(16, 16384 / (U * static_cast<i64>(sizeof(T))));
   const SeqTape<const T>& tp = a.tape;
   const int nt = team_size(a.num_threads, g.nb, d);
@@ -518,15 +518,15 @@ void backward(const SeqBackward<T>& a) {
       for (i64 b = b0; b < b1; ++b) {
         const int len = static_cast<int>(std::min<i64>(U, H - b * U));
         const i64 jb = b * U;
-        T* C = dts + jb;
-        tile::panel<T>(cv, N, K1, kc, dG + t * N * GH, GH, wbk + b * GH * U, U, C, Hp);
+        T* C = dts + b * N * U;
+        tile::panel<T>(cv, N, K1, kc, dG + t * N * GH, GH, wbk + b * GH * U, U, C, U);
         if (gru && d.reset_after) {
-          tile::panel<T>(cv, N, H, kc, dhn + t * N * H, H, wbk + (b * GH + 2 * H) * U, U, C, Hp,
+          tile::panel<T>(cv, N, H, kc, dhn + t * N * H, H, wbk + (b * GH + 2 * H) * U, U, C, U,
                          true);
         }
         for (i64 n = 0; n < N; ++n) {
           T* dh = a.dh0 + n * H + jb;
-          const T* src = C + n * Hp;
+          const T* src = C + n * U;
           for (int u = 0; u < len; ++u) dh[u] += src[u];
         }
       }
