@@ -1,8 +1,443 @@
+// Sequence kernels: forward and BPTT for RNN, LSTM, GRU (fastrnn.functional).
+//
+// Every argument is checked (types, dtypes, shapes, lengths, sizes) before any
+// kernel runs; non-contiguous inputs are copied to C order; outputs are fresh
+// arrays. Kernels run with the GIL released: they only touch the buffers
+// passed to them and keep no global mutable state, so concurrent calls from
+// several Python threads are safe.
+#include "seq/seq.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 #include "bindings/bindings.h"
+#include "runtime/checked.h"
+#include "runtime/dispatch.h"
+#include "runtime/threads.h"
+
+namespace py = pybind11;
 
 namespace fastrnn::bindings {
+namespace {
 
-// Sequence kernels: forward and BPTT for RNN, LSTM, GRU (fastrnn.functional).
-void register_seq(pybind11::module_& m) { (void)m; }
+using i64 = std::int64_t;
+
+std::string shape_str(const std::vector<i64>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(s[i]);
+  }
+  if (s.size() == 1) out += ",";
+  return out + ")";
+}
+
+std::vector<i64> shape_of(const py::array& a) {
+  std::vector<i64> s;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s.push_back(static_cast<i64>(a.shape(i)));
+  return s;
+}
+
+// Checks that `o` is an ndarray of dtype T with the given shape (names are for
+// the message) and returns it as a C-contiguous array (a copy if needed).
+template <class T>
+py::array_t<T, py::array::c_style> need(const py::handle& o, const char* name,
+                                        const std::vector<i64>& shape, const char* dims) {
+  if (!py::isinstance<py::array>(o)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(o).attr("__name__"))));
+  }
+  py::array arr = py::reinterpret_borrow<py::array>(o);
+  if (!arr.dtype().is(py::dtype::of<T>())) {
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + " (the dtype of x), got " +
+                         std::string(py::str(arr.dtype())));
+  }
+  if (shape_of(arr) != shape) {
+    throw py::value_error(std::string(name) + " must have shape " + dims + " = " +
+                          shape_str(shape) + ", got " + shape_str(shape_of(arr)));
+  }
+  return py::array_t<T, py::array::c_style>::ensure(arr);
+}
+
+// 64-byte aligned scratch memory owned by the binding for one call.
+template <class T>
+struct Scratch {
+  std::vector<T> buf;
+  T* data = nullptr;
+  explicit Scratch(i64 n) {
+    const i64 pad = 64 / static_cast<i64>(sizeof(T));
+    buf.resize(static_cast<size_t>(checked_add(n, pad, "workspace")));
+    auto p = reinterpret_cast<std::uintptr_t>(buf.data());
+    data = reinterpret_cast<T*>((p + 63) & ~std::uintptr_t{63});
+  }
+};
+
+Cell parse_cell(const std::string& s) {
+  if (s == "rnn") return Cell::rnn;
+  if (s == "lstm") return Cell::lstm;
+  if (s == "gru") return Cell::gru;
+  throw py::value_error("cell must be 'rnn', 'lstm' or 'gru', got '" + s + "'");
+}
+
+Act parse_act(const std::string& s) {
+  if (s == "tanh") return Act::tanh;
+  if (s == "relu") return Act::relu;
+  if (s == "sigmoid") return Act::sigmoid;
+  throw py::value_error("nonlinearity must be 'tanh', 'relu' or 'sigmoid', got '" + s + "'");
+}
+
+template <class T>
+const SeqFns<T>& fns() {
+  const SeqTable& t = FASTRNN_DISPATCH(seq_table);
+  if constexpr (std::is_same_v<T, float>) {
+    return t.f32;
+  } else {
+    return t.f64;
+  }
+}
+
+// Byte size of an array with this many elements, checked.
+template <class T>
+void check_elems(i64 n, const char* what) {
+  checked_mul(n, static_cast<i64>(sizeof(T)), what);
+  if (n > std::numeric_limits<i64>::max() / 16) {
+    throw std::length_error(std::string(what) + ": size overflows 64-bit arithmetic");
+  }
+}
+
+py::array_t<std::int64_t> check_lengths(const py::object& lengths, i64 N, i64 T) {
+  py::array arr = py::reinterpret_borrow<py::array>(lengths);
+  if (!py::isinstance<py::array>(lengths)) {
+    throw py::type_error("lengths must be None or an integer numpy.ndarray of shape (N,)");
+  }
+  if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u') {
+    throw py::type_error("lengths must have an integer dtype, got " +
+                         std::string(py::str(arr.dtype())));
+  }
+  if (shape_of(arr) != std::vector<i64>{N}) {
+    throw py::value_error("lengths must have shape (N,) = (" + std::to_string(N) + ",), got " +
+                          shape_str(shape_of(arr)));
+  }
+  auto out = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::type_error("lengths could not be converted to int64");
+  const std::int64_t* p = out.data();
+  for (i64 n = 0; n < N; ++n) {
+    if (p[n] < 1 || p[n] > T) {
+      throw py::value_error("lengths must satisfy 1 <= lengths[n] <= T = " + std::to_string(T) +
+                            "; lengths[" + std::to_string(n) + "] = " + std::to_string(p[n]));
+    }
+  }
+  return out;
+}
+
+template <class T>
+void poison(py::array_t<T, py::array::c_style>& a) {
+  std::fill(a.mutable_data(), a.mutable_data() + a.size(), std::numeric_limits<T>::quiet_NaN());
+}
+
+template <class T>
+py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
+                    const py::object& c0_o, const py::object& wih_o, const py::object& whh_o,
+                    const py::object& bih_o, const py::object& bhh_o, const py::object& len_o,
+                    Act act, bool reset_after, bool reverse, bool training, bool poison_out) {
+  py::array x0 = py::reinterpret_borrow<py::array>(x_o);
+  SeqDims d;
+  d.cell = cell;
+  d.act = act;
+  d.reset_after = reset_after;
+  d.reverse = reverse;
+  d.T = static_cast<i64>(x0.shape(0));
+  d.N = static_cast<i64>(x0.shape(1));
+  d.I = static_cast<i64>(x0.shape(2));
+  const i64 G = d.gates();
+  const i64 N = d.N, Tn = d.T, I = d.I;
+  if (py::isinstance<py::none>(h0_o)) throw py::type_error("h0 must be an array (N, H)");
+  py::array h00 = py::reinterpret_borrow<py::array>(h0_o);
+  if (!py::isinstance<py::array>(h0_o) || h00.ndim() != 2) {
+    need<T>(h0_o, "h0", {N, -1}, "(N, H)");  // raises with the right message
+  }
+  d.H = static_cast<i64>(h00.shape(1));
+  const i64 H = d.H;
+  if (H < 1) throw py::value_error("hidden size H must be >= 1 (h0 has shape (N, 0))");
+  if (N < 1 || Tn < 1) throw py::value_error("x must have T >= 1 and N >= 1 here");
+  const i64 GH = checked_mul(G, H, "G*H");
+  std::string ghs = "(G*H, I) with G=" + std::to_string(G);
+  // Sizes first (overflow-checked), before any copy or allocation.
+  const i64 TN = checked_mul(Tn, N, "T*N");
+  check_elems<T>(checked_mul(TN, I, "x"), "x");
+  check_elems<T>(checked_mul(TN, GH, "gates"), "gates");
+  check_elems<T>(checked_mul(GH, checked_add(I, H, "weights"), "weights"), "weights");
+  const SeqFns<T>& k = fns<T>();
+  const i64 work = k.forward_work(d);
+  check_elems<T>(work, "workspace");
+
+  auto x = need<T>(x_o, "x", {Tn, N, I}, "(T, N, I)");
+  auto h0 = need<T>(h0_o, "h0", {N, H}, "(N, H)");
+  py::array_t<T, py::array::c_style> c0;
+  if (cell == Cell::lstm) c0 = need<T>(c0_o, "c0", {N, H}, "(N, H)");
+  auto wih = need<T>(wih_o, "weight_ih", {GH, I}, "(G*H, I)");
+  auto whh = need<T>(whh_o, "weight_hh", {GH, H}, "(G*H, H)");
+  py::array_t<T, py::array::c_style> bih, bhh;
+  if (!bih_o.is_none()) bih = need<T>(bih_o, "bias_ih", {GH}, "(G*H,)");
+  if (!bhh_o.is_none()) bhh = need<T>(bhh_o, "bias_hh", {GH}, "(G*H,)");
+  py::array_t<std::int64_t> lens;
+  if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
+
+  py::array_t<T, py::array::c_style> y({Tn, N, H}), hn({N, H}), cn;
+  if (cell == Cell::lstm) cn = py::array_t<T, py::array::c_style>({N, H});
+  py::array_t<T, py::array::c_style> hprev, gates, cprev, tc, aux;
+  if (training) {
+    hprev = py::array_t<T, py::array::c_style>({Tn, N, H});
+    gates = py::array_t<T, py::array::c_style>({Tn, N, GH});
+    if (cell == Cell::lstm) {
+      cprev = py::array_t<T, py::array::c_style>({Tn, N, H});
+      tc = py::array_t<T, py::array::c_style>({Tn, N, H});
+    }
+    if (cell == Cell::gru) aux = py::array_t<T, py::array::c_style>({Tn, N, H});
+  }
+  Scratch<T> ws(work);
+  const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
+  const bool has_bih = !bih_o.is_none(), has_bhh = !bhh_o.is_none(), has_len = !len_o.is_none();
+  if (poison_out) {
+    poison(y);
+    poison(hn);
+    if (lstm) poison(cn);
+    if (training) {
+      poison(hprev);
+      poison(gates);
+      if (lstm) poison(cprev), poison(tc);
+      if (gru) poison(aux);
+    }
+    std::fill(ws.data, ws.data + work, std::numeric_limits<T>::quiet_NaN());
+  }
+
+  SeqForward<T> a;
+  a.d = d;
+  a.x = x.data();
+  a.h0 = h0.data();
+  a.c0 = lstm ? c0.data() : nullptr;
+  a.w_ih = wih.data();
+  a.w_hh = whh.data();
+  a.b_ih = has_bih ? bih.data() : nullptr;
+  a.b_hh = has_bhh ? bhh.data() : nullptr;
+  a.lengths = has_len ? lens.data() : nullptr;
+  a.y = y.mutable_data();
+  a.h_n = hn.mutable_data();
+  a.c_n = lstm ? cn.mutable_data() : nullptr;
+  a.training = training;
+  if (training) {
+    a.tape.hprev = hprev.mutable_data();
+    a.tape.gates = gates.mutable_data();
+    a.tape.cprev = lstm ? cprev.mutable_data() : nullptr;
+    a.tape.tc = lstm ? tc.mutable_data() : nullptr;
+    a.tape.aux = gru ? aux.mutable_data() : nullptr;
+  }
+  a.work = ws.data;
+  a.work_size = work;
+  a.num_threads = get_num_threads();
+  {
+    py::gil_scoped_release release;  // safe: the kernel touches only the buffers above
+    k.forward(a);
+  }
+  py::dict tape;
+  if (training) {
+    tape["hprev"] = hprev;
+    tape["gates"] = gates;
+    if (lstm) tape["cprev"] = cprev;
+    if (lstm) tape["tc"] = tc;
+    if (gru) tape["aux"] = aux;
+    tape["x"] = x;
+    tape["weight_ih"] = wih;
+    tape["weight_hh"] = whh;
+    tape["has_bias_ih"] = has_bih;
+    tape["has_bias_hh"] = has_bhh;
+    tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
+  }
+  return py::make_tuple(y, hn, lstm ? py::object(cn) : py::object(py::none()),
+                        training ? py::object(tape) : py::object(py::none()));
+}
+
+template <class T>
+py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, bool reverse,
+                    const py::object& dy_o, const py::object& dhn_o, const py::object& dcn_o,
+                    bool poison_out) {
+  py::object x_o = tape["x"];
+  py::object g_o = tape["gates"];
+  py::array x0 = py::reinterpret_borrow<py::array>(x_o);
+  py::array g0 = py::reinterpret_borrow<py::array>(g_o);
+  if (!py::isinstance<py::array>(x_o) || x0.ndim() != 3 || !py::isinstance<py::array>(g_o) ||
+      g0.ndim() != 3) {
+    throw py::value_error("tape is damaged: x and gates must be 3-d arrays");
+  }
+  SeqDims d;
+  d.cell = cell;
+  d.act = act;
+  d.reset_after = reset_after;
+  d.reverse = reverse;
+  d.T = static_cast<i64>(x0.shape(0));
+  d.N = static_cast<i64>(x0.shape(1));
+  d.I = static_cast<i64>(x0.shape(2));
+  const i64 G = d.gates();
+  if (g0.shape(2) % G != 0) throw py::value_error("tape is damaged: gates has wrong width");
+  d.H = static_cast<i64>(g0.shape(2)) / G;
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, GH = G * H;
+  if (Tn < 1 || N < 1 || H < 1) throw py::value_error("tape is damaged: empty sizes");
+  const SeqFns<T>& k = fns<T>();
+  const i64 work = k.backward_work(d);
+  check_elems<T>(work, "workspace");
+
+  auto x = need<T>(x_o, "tape x", {Tn, N, I}, "(T, N, I)");
+  auto wih = need<T>(tape["weight_ih"], "tape weight_ih", {GH, I}, "(G*H, I)");
+  auto whh = need<T>(tape["weight_hh"], "tape weight_hh", {GH, H}, "(G*H, H)");
+  auto gates = need<T>(g_o, "tape gates", {Tn, N, GH}, "(T, N, G*H)");
+  auto hprev = need<T>(tape["hprev"], "tape hprev", {Tn, N, H}, "(T, N, H)");
+  py::array_t<T, py::array::c_style> cprev, tc, aux;
+  if (cell == Cell::lstm) {
+    cprev = need<T>(tape["cprev"], "tape cprev", {Tn, N, H}, "(T, N, H)");
+    tc = need<T>(tape["tc"], "tape tc", {Tn, N, H}, "(T, N, H)");
+  }
+  if (cell == Cell::gru) aux = need<T>(tape["aux"], "tape aux", {Tn, N, H}, "(T, N, H)");
+  py::array_t<std::int64_t> lens;
+  py::object len_o = tape["lengths"];
+  if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
+  py::array_t<T, py::array::c_style> dy, dhn, dcn;
+  if (!dy_o.is_none()) dy = need<T>(dy_o, "dy", {Tn, N, H}, "(T, N, H)");
+  if (!dhn_o.is_none()) dhn = need<T>(dhn_o, "dh_n", {N, H}, "(N, H)");
+  if (cell == Cell::lstm && !dcn_o.is_none()) dcn = need<T>(dcn_o, "dc_n", {N, H}, "(N, H)");
+  const bool has_bih = tape["has_bias_ih"].cast<bool>();
+  const bool has_bhh = tape["has_bias_hh"].cast<bool>();
+
+  py::array_t<T, py::array::c_style> dx({Tn, N, I}), dh0({N, H}), dc0, dwih({GH, I}), dwhh({GH, H}),
+      dbih, dbhh;
+  if (cell == Cell::lstm) dc0 = py::array_t<T, py::array::c_style>({N, H});
+  if (has_bih) dbih = py::array_t<T, py::array::c_style>({GH});
+  if (has_bhh) dbhh = py::array_t<T, py::array::c_style>({GH});
+  Scratch<T> ws(work);
+  const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
+  const bool has_len = !len_o.is_none(), has_dy = !dy_o.is_none(), has_dhn = !dhn_o.is_none();
+  const bool has_dcn = lstm && !dcn_o.is_none();
+  if (poison_out) {
+    for (auto* a : {&dx, &dh0, &dwih, &dwhh}) poison(*a);
+    if (lstm) poison(dc0);
+    if (has_bih) poison(dbih);
+    if (has_bhh) poison(dbhh);
+    std::fill(ws.data, ws.data + work, std::numeric_limits<T>::quiet_NaN());
+  }
+  SeqBackward<T> a;
+  a.d = d;
+  a.x = x.data();
+  a.w_ih = wih.data();
+  a.w_hh = whh.data();
+  a.lengths = has_len ? lens.data() : nullptr;
+  a.tape.hprev = hprev.data();
+  a.tape.gates = gates.data();
+  a.tape.cprev = lstm ? cprev.data() : nullptr;
+  a.tape.tc = lstm ? tc.data() : nullptr;
+  a.tape.aux = gru ? aux.data() : nullptr;
+  a.dy = has_dy ? dy.data() : nullptr;
+  a.dh_n = has_dhn ? dhn.data() : nullptr;
+  a.dc_n = has_dcn ? dcn.data() : nullptr;
+  a.dx = dx.mutable_data();
+  a.dh0 = dh0.mutable_data();
+  a.dc0 = lstm ? dc0.mutable_data() : nullptr;
+  a.dw_ih = dwih.mutable_data();
+  a.dw_hh = dwhh.mutable_data();
+  a.db_ih = has_bih ? dbih.mutable_data() : nullptr;
+  a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
+  a.work = ws.data;
+  a.work_size = work;
+  a.num_threads = get_num_threads();
+  {
+    py::gil_scoped_release release;  // safe: the kernel touches only the buffers above
+    k.backward(a);
+  }
+  py::dict out;
+  out["x"] = dx;
+  out["h0"] = dh0;
+  if (cell == Cell::lstm) out["c0"] = dc0;
+  out["weight_ih"] = dwih;
+  out["weight_hh"] = dwhh;
+  out["bias_ih"] = has_bih ? py::object(dbih) : py::object(py::none());
+  out["bias_hh"] = has_bhh ? py::object(dbhh) : py::object(py::none());
+  return out;
+}
+
+bool is_f64(const py::object& x) {
+  if (!py::isinstance<py::array>(x)) {
+    throw py::type_error("x must be a numpy.ndarray of shape (T, N, I), got " +
+                         std::string(py::str(py::type::of(x).attr("__name__"))));
+  }
+  py::array a = py::reinterpret_borrow<py::array>(x);
+  if (a.dtype().is(py::dtype::of<double>())) return true;
+  if (a.dtype().is(py::dtype::of<float>())) return false;
+  throw py::type_error("x must have dtype float32 or float64, got " +
+                       std::string(py::str(a.dtype())));
+}
+
+}  // namespace
+
+void register_seq(py::module_& m) {
+  m.def(
+      "seq_forward",
+      [](const std::string& cell, const py::object& x, const py::object& h0, const py::object& c0,
+         const py::object& wih, const py::object& whh, const py::object& bih, const py::object& bhh,
+         const py::object& lengths, const std::string& nonlinearity, bool reset_after, bool reverse,
+         bool training, bool poison) {
+        const Cell c = parse_cell(cell);
+        const Act a = parse_act(nonlinearity);
+        py::array xa = py::reinterpret_borrow<py::array>(x);
+        if (is_f64(x) && true) {
+          if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
+          return forward_t<double>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after,
+                                   reverse, training, poison);
+        }
+        if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
+        return forward_t<float>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after, reverse,
+                                training, poison);
+      },
+      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"),
+      py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("lengths"),
+      py::arg("nonlinearity"), py::arg("reset_after"), py::arg("reverse"), py::arg("training"),
+      py::arg("poison") = false,
+      "One layer, one direction over a whole sequence. Returns (y, h_n, c_n|None, tape|None).");
+  m.def(
+      "seq_backward",
+      [](const std::string& cell, const py::dict& tape, const std::string& nonlinearity,
+         bool reset_after, bool reverse, const py::object& dy, const py::object& dh_n,
+         const py::object& dc_n, bool poison) {
+        const Cell c = parse_cell(cell);
+        const Act a = parse_act(nonlinearity);
+        if (is_f64(tape["x"])) {
+          return backward_t<double>(c, tape, a, reset_after, reverse, dy, dh_n, dc_n, poison);
+        }
+        return backward_t<float>(c, tape, a, reset_after, reverse, dy, dh_n, dc_n, poison);
+      },
+      py::arg("cell"), py::arg("tape"), py::arg("nonlinearity"), py::arg("reset_after"),
+      py::arg("reverse"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      py::arg("poison") = false, "BPTT for seq_forward(training=True). Returns a dict of grads.");
+  m.def(
+      "seq_work_elements",
+      [](const std::string& cell, i64 T, i64 N, i64 I, i64 H, bool f64) {
+        SeqDims d;
+        d.cell = parse_cell(cell);
+        d.T = T;
+        d.N = N;
+        d.I = I;
+        d.H = H;
+        return f64 ? fns<double>().forward_work(d) : fns<float>().forward_work(d);
+      },
+      "Workspace elements of the forward kernel (for tests).");
+}
 
 }  // namespace fastrnn::bindings

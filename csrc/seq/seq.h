@@ -1,0 +1,113 @@
+// Sequence kernels: forward and backpropagation through time for one layer and
+// one direction of a vanilla RNN, an LSTM or a GRU.
+//
+// Names used in every shape comment:
+//   T  time steps        N  batch rows        I  input features
+//   H  hidden units      G  gates (RNN 1, LSTM 4 (i,f,g,o), GRU 3 (r,z,n))
+// All arrays are dense row-major (C-contiguous), time-major: x (T,N,I),
+// y (T,N,H), states (N,H), weight_ih (G*H,I), weight_hh (G*H,H), biases (G*H).
+//
+// Code compiled once (the bindings) reaches a target's kernels through
+// FASTRNN_DISPATCH(seq_table). Work partitions never change the order of a
+// floating-point sum, so results are bitwise identical for any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/dispatch.h"
+
+namespace fastrnn {
+
+enum class Cell : int { rnn = 0, lstm = 1, gru = 2 };
+enum class Act : int { tanh = 0, relu = 1, sigmoid = 2 };
+
+struct SeqDims {
+  std::int64_t T = 0;  // time steps, >= 1 for the kernels
+  std::int64_t N = 0;  // batch rows, >= 1
+  std::int64_t I = 0;  // input features, >= 0
+  std::int64_t H = 0;  // hidden units, >= 1
+  Cell cell = Cell::lstm;
+  Act act = Act::tanh;      // RNN only
+  bool reset_after = true;  // GRU only: n = tanh(Wx + b_in + r*(W_hn h + b_hn)); else r*h first
+  bool reverse = false;     // process t = T-1 .. 0
+  int gates() const { return cell == Cell::rnn ? 1 : (cell == Cell::lstm ? 4 : 3); }
+};
+
+// What training mode keeps for backward (all indexed by time t, not by step):
+//   hprev (T,N,H)   state entering the step at time t
+//   gates (T,N,G*H) gate activations (RNN: phi(a); LSTM: i,f,g,o; GRU: r,z,n)
+//   cprev (T,N,H)   LSTM: cell state entering the step at time t
+//   tc    (T,N,H)   LSTM: tanh(c_t) of the step's new cell state
+//   aux   (T,N,H)   GRU reset_after: W_hn h + b_hn; GRU reset-before: r*h
+// Pointers a cell does not use are null.
+template <class T>
+struct SeqTape {
+  T* hprev = nullptr;
+  T* gates = nullptr;
+  T* cprev = nullptr;
+  T* tc = nullptr;
+  T* aux = nullptr;
+};
+
+template <class T>
+struct SeqForward {
+  SeqDims d;
+  const T* x = nullptr;                   // (T,N,I)
+  const T* h0 = nullptr;                  // (N,H), never null
+  const T* c0 = nullptr;                  // (N,H), LSTM only, never null there
+  const T* w_ih = nullptr;                // (G*H,I)
+  const T* w_hh = nullptr;                // (G*H,H)
+  const T* b_ih = nullptr;                // (G*H) or null
+  const T* b_hh = nullptr;                // (G*H) or null
+  const std::int64_t* lengths = nullptr;  // (N), 1 <= len <= T, or null (all T)
+  T* y = nullptr;                         // (T,N,H) out
+  T* h_n = nullptr;                       // (N,H) out
+  T* c_n = nullptr;                       // (N,H) out, LSTM only
+  bool training = false;
+  SeqTape<T> tape;    // written when training
+  T* work = nullptr;  // forward_work(d) elements, 64-byte aligned
+  std::int64_t work_size = 0;
+  int num_threads = 1;
+};
+
+template <class T>
+struct SeqBackward {
+  SeqDims d;
+  const T* x = nullptr;     // (T,N,I)
+  const T* w_ih = nullptr;  // (G*H,I)
+  const T* w_hh = nullptr;  // (G*H,H)
+  const std::int64_t* lengths = nullptr;
+  SeqTape<const T> tape;    // as written by the forward pass
+  const T* dy = nullptr;    // (T,N,H) or null (zero)
+  const T* dh_n = nullptr;  // (N,H) or null (zero)
+  const T* dc_n = nullptr;  // (N,H) or null (zero), LSTM only
+  T* dx = nullptr;          // (T,N,I) out
+  T* dh0 = nullptr;         // (N,H) out
+  T* dc0 = nullptr;         // (N,H) out, LSTM only
+  T* dw_ih = nullptr;       // (G*H,I) out
+  T* dw_hh = nullptr;       // (G*H,H) out
+  T* db_ih = nullptr;       // (G*H) out or null (no bias)
+  T* db_hh = nullptr;       // (G*H) out or null (no bias)
+  T* work = nullptr;        // backward_work(d) elements, 64-byte aligned
+  std::int64_t work_size = 0;
+  int num_threads = 1;
+};
+
+template <class T>
+struct SeqFns {
+  // Workspace elements the kernels need (64-bit, overflow-checked: throws
+  // std::length_error when a size does not fit).
+  std::int64_t (*forward_work)(const SeqDims& d);
+  std::int64_t (*backward_work)(const SeqDims& d);
+  void (*forward)(const SeqForward<T>& a);
+  void (*backward)(const SeqBackward<T>& a);
+};
+
+struct SeqTable {
+  SeqFns<float> f32;
+  SeqFns<double> f64;
+};
+
+}  // namespace fastrnn
+
+FASTRNN_DECLARE_TARGET_TABLE(SeqTable, seq_table)

@@ -1,0 +1,574 @@
+// Forward and BPTT over whole sequences (RNN, LSTM, GRU), one target.
+//
+// Forward: W_ih and W_hh are packed once per call into blocks of U hidden
+// units whose G gates are adjacent columns ([block][k][g*U + u], zero-padded
+// past H). One OpenMP region spans the time loop; each thread owns a fixed
+// range of blocks: it packs their weights (so they stay in its cache), computes
+// their input projection Gx for a chunk of Tc steps at a time, and per step the
+// recurrent product h_{t-1} W_hh^T on its columns, fused with the gate math on
+// each register tile. One barrier per step (two for GRU with reset before the
+// matmul, whose r must be complete before W_hn (r*h)).
+//
+// Backward: a reverse loop with the same ownership: pointwise step -> dG_t for
+// the owned units, a barrier, then dh_{t-1} = dG_t W_hh on the owned columns.
+// After the loop, the weight and input gradients are big GEMMs over all T*N
+// rows. No sum is ever split by thread, so any thread count gives the same bits.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "cells/cells.h"
+#include "gemm/gemm.h"
+#include "runtime/checked.h"
+#include "runtime/target.h"
+#include "seq/seq.h"
+#include "seq/tile.h"
+
+FASTRNN_TARGET_NS_BEGIN
+namespace {
+
+using i64 = std::int64_t;
+
+// Blocking geometry: a block is U hidden units (UB vectors per gate).
+struct Geo {
+  int G = 1;
+  int UB = 1;
+  int U = 1;
+  i64 nb = 0;   // blocks
+  i64 GU = 0;   // columns per block (G*U)
+  i64 GHp = 0;  // padded columns (nb*GU)
+  i64 Tc = 1;   // steps per input-projection chunk
+};
+
+template <class T>
+Geo geometry(const SeqDims& d) {
+  Geo g;
+  g.G = d.gates();
+  g.UB = g.G == 1 ? 4 : 1;
+  g.U = g.UB * tile::lanes<T>();
+  g.nb = (d.H + g.U - 1) / g.U;
+  g.GU = i64{g.G} * g.U;
+  g.GHp = checked_mul(g.nb, g.GU, "padded gate columns");
+  // Enough rows per chunk for an efficient input product, bounded by T.
+  const i64 rows_wanted = 96;
+  g.Tc = std::max<i64>(1, std::min<i64>(d.T, (rows_wanted + d.N - 1) / std::max<i64>(d.N, 1)));
+  return g;
+}
+
+inline i64 round16(i64 n, const char* what) {
+  return checked_mul((checked_add(n, 15, what)) / 16, 16, what);
+}
+
+struct FwdLayout {
+  i64 wih = 0, whh = 0, gx = 0, gh = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, total = 0;
+};
+
+template <class T>
+FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
+  FwdLayout l;
+  i64 off = 0;
+  auto take = [&](i64 n, const char* what) {
+    const i64 at = off;
+    off = checked_add(off, round16(n, what), what);
+    return at;
+  };
+  l.wih = take(checked_mul(checked_mul(g.nb, d.I, "packed weight_ih"), g.GU, "packed weight_ih"),
+               "packed weight_ih");
+  l.whh = take(checked_mul(checked_mul(g.nb, d.H, "packed weight_hh"), g.GU, "packed weight_hh"),
+               "packed weight_hh");
+  // [block][row][GU] so a block's rows are contiguous (no 4 KiB strides in L1)
+  l.gx = take(checked_mul(checked_mul(g.Tc, d.N, "input projection"), g.GHp, "input projection"),
+              "input projection");
+  l.gh = take(checked_mul(d.N, g.GHp, "recurrent projection"), "recurrent projection");
+  l.bias = take(g.GHp, "bias");
+  l.bhn = take(checked_mul(g.nb, g.U, "bias"), "bias");
+  const i64 nh = checked_mul(d.N, d.H, "state");
+  l.hbuf = take(checked_mul(2, nh, "state"), "state");
+  l.rh = take(nh, "state");
+  l.zb = take(nh, "state");
+  l.total = off;
+  return l;
+}
+
+struct BwdLayout {
+  i64 wbk = 0, dg = 0, dhn = 0, dts = 0, total = 0;
+};
+
+template <class T>
+BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
+  BwdLayout l;
+  i64 off = 0;
+  auto take = [&](i64 n, const char* what) {
+    const i64 at = off;
+    off = checked_add(off, round16(n, what), what);
+    return at;
+  };
+  const i64 GH = checked_mul(g.G, d.H, "gate columns");
+  const i64 TN = checked_mul(d.T, d.N, "time steps x batch");
+  l.wbk = take(checked_mul(checked_mul(g.nb, GH, "packed weight_hh"), g.U, "packed weight_hh"),
+               "packed weight_hh");
+  l.dg = take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
+  l.dhn = take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0, "gate gradients");
+  l.dts = take(checked_mul(d.N, checked_mul(g.nb, g.U, "units"), "recurrent gradient"),
+               "recurrent gradient");
+  l.total = off;
+  return l;
+}
+
+template <class T>
+i64 forward_work(const SeqDims& d) {
+  return fwd_layout<T>(d, geometry<T>(d)).total;
+}
+
+template <class T>
+i64 backward_work(const SeqDims& d) {
+  return bwd_layout<T>(d, geometry<T>(d)).total;
+}
+
+// Threads for a sequence: at most one per block, and only as many as keep about
+// 32k multiply-adds per thread per step (below that a barrier costs more than it saves).
+inline int team_size(int want, i64 blocks, const SeqDims& d) {
+  const i64 per_step = d.N * d.gates() * d.H * d.H;
+  const i64 useful = std::max<i64>(1, per_step / 32768);
+  return static_cast<int>(std::max<i64>(1, std::min<i64>({i64{want}, blocks, useful})));
+}
+
+inline void thread_id(int& tid, int& nth) {
+#if defined(_OPENMP)
+  tid = omp_get_thread_num();
+  nth = omp_get_num_threads();
+#else
+  tid = 0;
+  nth = 1;
+#endif
+}
+
+inline void omp_barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
+
+// The per-step barrier of the time loops. Spins briefly (a step is microseconds),
+// then yields the CPU: on a machine shared with other work a waiting thread must
+// not burn the core its partner needs to finish the step. Lives on the kernel's
+// stack (no global state); `count` is set by thread 0 before the first wait.
+struct StepBarrier {
+  std::atomic<int> arrived{0};
+  std::atomic<int> generation{0};
+  int count = 1;
+  void wait() {
+    if (count <= 1) return;
+    const int gen = generation.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == count - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      generation.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 1000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+};
+
+constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
+constexpr int kMaxU = 64;
+
+template <class T>
+void forward(const SeqForward<T>& a) {
+  const SeqDims& d = a.d;
+  const Geo g = geometry<T>(d);
+  const FwdLayout lay = fwd_layout<T>(d, g);
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H;
+  const int G = g.G, U = g.U;
+  const i64 GH = i64{G} * H, GU = g.GU, TcN = g.Tc * N;
+  const bool tr = a.training;
+  const bool lstm = d.cell == Cell::lstm;
+  const bool gru = d.cell == Cell::gru;
+  const bool gru_before = gru && !d.reset_after;
+  T* wih = a.work + lay.wih;
+  T* whh = a.work + lay.whh;
+  T* gx = a.work + lay.gx;
+  T* ghs = a.work + lay.gh;
+  T* bias = a.work + lay.bias;
+  T* bhn = a.work + lay.bhn;
+  T* hbuf = a.work + lay.hbuf;
+  T* rhb = a.work + lay.rh;
+  T* zb = a.work + lay.zb;
+  const SeqTape<T>& tp = a.tape;
+  const int nt = team_size(a.num_threads, g.nb, d);
+  StepBarrier bar;
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+    int tid = 0, nth = 1;
+    thread_id(tid, nth);
+    if (tid == 0) bar.count = nth;
+    auto barrier = [&bar] { bar.wait(); };
+    const i64 b0 = g.nb * tid / nth, b1 = g.nb * (tid + 1) / nth;
+    const i64 j0 = std::min(H, b0 * U), j1 = std::min(H, b1 * U);
+
+    // Pack this thread's blocks: [b][k][gate*U + u] = W[gate*H + b*U + u][k].
+    for (i64 b = b0; b < b1; ++b) {
+      for (int gt = 0; gt < G; ++gt) {
+        for (int u = 0; u < U; ++u) {
+          const i64 j = b * U + u;
+          const bool in = j < H;
+          const i64 row = gt * H + j;
+          const i64 col = b * GU + gt * U + u;
+          for (i64 k = 0; k < I; ++k)
+            wih[(b * I + k) * GU + gt * U + u] = in ? a.w_ih[row * I + k] : T(0);
+          for (i64 k = 0; k < H; ++k)
+            whh[(b * H + k) * GU + gt * U + u] = in ? a.w_hh[row * H + k] : T(0);
+          // Biases folded into Gx: all of b_ih + b_hh, except b_hn when it sits inside r*(...).
+          T bsum = T(0);
+          if (in) {
+            if (a.b_ih) bsum += a.b_ih[row];
+            if (a.b_hh && !(gru && d.reset_after && gt == 2)) bsum += a.b_hh[row];
+          }
+          bias[col] = bsum;
+          if (gt == 2 && gru) bhn[b * U + u] = (in && a.b_hh && d.reset_after) ? a.b_hh[row] : T(0);
+        }
+      }
+    }
+    const i64 t_first = d.reverse ? Tn - 1 : 0;
+    for (i64 n = 0; n < N; ++n) {
+      for (i64 j = j0; j < j1; ++j) {
+        if (tr) tp.hprev[(t_first * N + n) * H + j] = a.h0[n * H + j];
+        if (lstm) (tr ? tp.cprev[(t_first * N + n) * H + j] : a.c_n[n * H + j]) = a.c0[n * H + j];
+      }
+    }
+    omp_barrier();
+
+    alignas(64) T tl[kMaxTile];
+    alignas(64) T cnew[kMaxU];
+    alignas(64) T tcv[kMaxU];
+    alignas(64) T hnew[kMaxU];
+    alignas(64) T hnv[kMaxU];
+    const int cvx = G * g.UB;
+    // K slice whose panel rows (GU wide) fill about 16 KiB of L1.
+    const i64 kc = std::max<i64>(16, 16384 / (GU * static_cast<i64>(sizeof(T))));
+    i64 tlo = 0;
+    for (i64 s = 0; s < Tn; ++s) {
+      const i64 t = d.reverse ? Tn - 1 - s : s;
+      const i64 tnext = d.reverse ? t - 1 : t + 1;
+      if (s % g.Tc == 0) {
+        // Input projection for steps [s, s1) on this thread's columns.
+        const i64 s1 = std::min(Tn, s + g.Tc);
+        tlo = d.reverse ? Tn - s1 : s;
+        const i64 rows = (s1 - s) * N;
+        const T* A = a.x + tlo * N * I;
+        for (i64 b = b0; b < b1; ++b) {
+          T* C = gx + b * TcN * GU;
+          tile::panel<T>(cvx, rows, I, kc, A, I, wih + b * I * GU, GU, C, GU);
+          for (i64 r = 0; r < rows; ++r)
+            for (i64 c = 0; c < GU; ++c) C[r * GU + c] += bias[b * GU + c];
+        }
+      }
+      const T* hin = tr ? tp.hprev + t * N * H : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
+      T* hout = s == Tn - 1 ? a.h_n : (tr ? tp.hprev + tnext * N * H : hbuf + (s & 1) * N * H);
+
+      if (!gru_before) {
+        const int cv = G * g.UB;
+        for (i64 b = b0; b < b1; ++b) {
+          const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+          const i64 jb = b * U;
+          // The block's whole column panel for all N rows (L1-sized K slices), then the
+          // gate math row by row on it while it is still in L1.
+          tile::panel<T>(cv, N, H, kc, hin, H, whh + b * H * GU, GU, ghs + b * N * GU, GU);
+          {
+            for (i64 n = 0; n < N; ++n) {
+              const i64 tn = t * N + n;
+              T* p = ghs + (b * N + n) * GU;
+              const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
+              const bool active = !a.lengths || t < a.lengths[n];
+              const T* hi = hin + n * H + jb;
+              T* ho = hout + n * H + jb;
+              T* yo = a.y + tn * H + jb;
+              const T* hv = p;  // new state values
+              if (d.cell == Cell::rnn) {
+                cells::rnn_fwd(d.act, len, p, gxr);
+                if (tr) std::memcpy(tp.gates + tn * GH + jb, p, sizeof(T) * len);
+              } else if (lstm) {
+                const T* cin = (tr ? tp.cprev + tn * H : a.c_n + n * H) + jb;
+                T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * H)
+                              : a.c_n + n * H) +
+                          jb;
+                cells::lstm_fwd(len, U, p, gxr, cin, cnew, tcv, hnew);
+                if (tr) {
+                  for (int gt = 0; gt < 4; ++gt)
+                    std::memcpy(tp.gates + tn * GH + gt * H + jb, p + gt * U, sizeof(T) * len);
+                  std::memcpy(tp.tc + tn * H + jb, tcv, sizeof(T) * len);
+                }
+                if (active) {
+                  std::memcpy(cout, cnew, sizeof(T) * len);
+                } else if (cout != cin) {
+                  std::memcpy(cout, cin, sizeof(T) * len);
+                }
+                hv = hnew;
+              } else {
+                cells::gru_fwd(len, U, p, gxr, bhn + jb, hi, hnv, hnew);
+                if (tr) {
+                  for (int gt = 0; gt < 3; ++gt)
+                    std::memcpy(tp.gates + tn * GH + gt * H + jb, p + gt * U, sizeof(T) * len);
+                  std::memcpy(tp.aux + tn * H + jb, hnv, sizeof(T) * len);
+                }
+                hv = hnew;
+              }
+              if (active) {
+                std::memcpy(ho, hv, sizeof(T) * len);
+                std::memcpy(yo, hv, sizeof(T) * len);
+              } else {
+                std::memcpy(ho, hi, sizeof(T) * len);
+                std::fill(yo, yo + len, T(0));
+              }
+            }
+          }
+        }
+      } else {
+        // GRU, reset before the matmul: r, z first; then n needs W_hn (r*h) over all units.
+        T* rh = tr ? tp.aux + t * N * H : rhb;
+        const int mra = tile::max_rows(2);
+        for (i64 b = b0; b < b1; ++b) {
+          const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+          const i64 jb = b * U;
+          for (i64 r0 = 0; r0 < N; r0 += mra) {
+            const int mr = static_cast<int>(std::min<i64>(mra, N - r0));
+            tile::run<T>(2, mr, H, hin + r0 * H, H, whh + b * H * GU, GU, tl, GU);
+            for (int r = 0; r < mr; ++r) {
+              const i64 n = r0 + r;
+              const i64 tn = t * N + n;
+              T* p = tl + r * GU;
+              cells::gru_rz_fwd(len, U, p, gx + (b * TcN + (t - tlo) * N + n) * GU);
+              const T* hi = hin + n * H + jb;
+              for (int u = 0; u < len; ++u) rh[n * H + jb + u] = p[u] * hi[u];
+              T* zd = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
+              std::memcpy(zd, p + U, sizeof(T) * len);
+              if (tr) std::memcpy(tp.gates + tn * GH + jb, p, sizeof(T) * len);
+            }
+          }
+        }
+        barrier();
+        const int mrb = tile::max_rows(1);
+        for (i64 b = b0; b < b1; ++b) {
+          const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+          const i64 jb = b * U;
+          for (i64 r0 = 0; r0 < N; r0 += mrb) {
+            const int mr = static_cast<int>(std::min<i64>(mrb, N - r0));
+            tile::run<T>(1, mr, H, rh + r0 * H, H, whh + b * H * GU + 2 * U, GU, tl, U);
+            for (int r = 0; r < mr; ++r) {
+              const i64 n = r0 + r;
+              const i64 tn = t * N + n;
+              T* pn = tl + r * U;
+              const T* z = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
+              const T* hi = hin + n * H + jb;
+              cells::gru_n_fwd(len, pn, gx + (b * TcN + (t - tlo) * N + n) * GU + 2 * U, z, hi,
+                               hnew);
+              if (tr) std::memcpy(tp.gates + tn * GH + 2 * H + jb, pn, sizeof(T) * len);
+              const bool active = !a.lengths || t < a.lengths[n];
+              T* ho = hout + n * H + jb;
+              T* yo = a.y + tn * H + jb;
+              if (active) {
+                std::memcpy(ho, hnew, sizeof(T) * len);
+                std::memcpy(yo, hnew, sizeof(T) * len);
+              } else {
+                std::memcpy(ho, hi, sizeof(T) * len);
+                std::fill(yo, yo + len, T(0));
+              }
+            }
+          }
+        }
+      }
+      barrier();
+    }
+  }
+}
+
+template <class T>
+void col_sums(i64 rows, i64 cols, const T* m, i64 ld, T* out) {
+  for (i64 c = 0; c < cols; ++c) out[c] = T(0);
+  for (i64 r = 0; r < rows; ++r)
+    for (i64 c = 0; c < cols; ++c) out[c] += m[r * ld + c];
+}
+
+template <class T>
+void backward(const SeqBackward<T>& a) {
+  const SeqDims& d = a.d;
+  const Geo g = geometry<T>(d);
+  const BwdLayout lay = bwd_layout<T>(d, g);
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H;
+  const int G = g.G, U = g.U;
+  const i64 GH = i64{G} * H;
+  const bool lstm = d.cell == Cell::lstm;
+  const bool gru = d.cell == Cell::gru;
+  const bool gru_before = gru && !d.reset_after;
+  T* wbk = a.work + lay.wbk;
+  T* dG = a.work + lay.dg;
+  T* dhn = a.work + lay.dhn;
+  T* dts = a.work + lay.dts;  // (N, nb*U): dG_t W_hh for the owned blocks
+  const i64 kc = std::max<i64>(16, 16384 / (U * static_cast<i64>(sizeof(T))));
+  const SeqTape<const T>& tp = a.tape;
+  const int nt = team_size(a.num_threads, g.nb, d);
+  StepBarrier bar;
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+    int tid = 0, nth = 1;
+    thread_id(tid, nth);
+    if (tid == 0) bar.count = nth;
+    auto barrier = [&bar] { bar.wait(); };
+    const i64 b0 = g.nb * tid / nth, b1 = g.nb * (tid + 1) / nth;
+    const i64 j0 = std::min(H, b0 * U), j1 = std::min(H, b1 * U);
+    // W_hh (G*H x H) packed by unit blocks: [b][k][u] = W_hh[k][b*U + u].
+    for (i64 b = b0; b < b1; ++b)
+      for (i64 k = 0; k < GH; ++k)
+        for (int u = 0; u < U; ++u) {
+          const i64 j = b * U + u;
+          wbk[(b * GH + k) * U + u] = j < H ? a.w_hh[k * H + j] : T(0);
+        }
+    for (i64 n = 0; n < N; ++n)
+      for (i64 j = j0; j < j1; ++j) {
+        a.dh0[n * H + j] = a.dh_n ? a.dh_n[n * H + j] : T(0);
+        if (lstm) a.dc0[n * H + j] = a.dc_n ? a.dc_n[n * H + j] : T(0);
+      }
+    omp_barrier();  // publishes bar.count
+
+    alignas(64) T tl[kMaxTile];
+    alignas(64) T gb[kMaxU];
+    for (i64 s = 0; s < Tn; ++s) {
+      const i64 t = d.reverse ? s : Tn - 1 - s;
+      for (i64 b = b0; b < b1; ++b) {
+        const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+        const i64 jb = b * U;
+        for (i64 n = 0; n < N; ++n) {
+          const i64 tn = t * N + n;
+          T* dgr = dG + tn * GH + jb;
+          if (a.lengths && t >= a.lengths[n]) {
+            for (int gt = 0; gt < G; ++gt) std::fill(dgr + gt * H, dgr + gt * H + len, T(0));
+            if (gru && d.reset_after) std::fill(dhn + tn * H + jb, dhn + tn * H + jb + len, T(0));
+            continue;
+          }
+          T* dh = a.dh0 + n * H + jb;
+          if (a.dy) {
+            const T* dyr = a.dy + tn * H + jb;
+            for (int u = 0; u < len; ++u) gb[u] = dh[u] + dyr[u];
+          } else {
+            for (int u = 0; u < len; ++u) gb[u] = dh[u];
+          }
+          const T* act = tp.gates + tn * GH + jb;
+          if (d.cell == Cell::rnn) {
+            cells::rnn_bwd(d.act, len, gb, act, dgr);
+            std::fill(dh, dh + len, T(0));
+          } else if (lstm) {
+            cells::lstm_bwd(len, H, gb, act, tp.cprev + tn * H + jb, tp.tc + tn * H + jb,
+                            a.dc0 + n * H + jb, dgr);
+            std::fill(dh, dh + len, T(0));
+          } else if (d.reset_after) {
+            cells::gru_bwd(len, H, gb, act, tp.hprev + tn * H + jb, tp.aux + tn * H + jb, dgr,
+                           dhn + tn * H + jb, dh);
+          } else {
+            cells::gru_zn_bwd(len, H, gb, act, tp.hprev + tn * H + jb, dgr, dh);
+          }
+        }
+      }
+      if (gru_before) {
+        barrier();
+        // dL/d(r*h) = dA_n W_hn on the owned units, then the r gate.
+        const int mrb = tile::max_rows(1);
+        for (i64 b = b0; b < b1; ++b) {
+          const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+          const i64 jb = b * U;
+          for (i64 r0 = 0; r0 < N; r0 += mrb) {
+            const int mr = static_cast<int>(std::min<i64>(mrb, N - r0));
+            tile::run<T>(1, mr, H, dG + (t * N + r0) * GH + 2 * H, GH, wbk + (b * GH + 2 * H) * U,
+                         U, tl, U);
+            for (int r = 0; r < mr; ++r) {
+              const i64 n = r0 + r;
+              const i64 tn = t * N + n;
+              if (a.lengths && t >= a.lengths[n]) {
+                std::fill(dG + tn * GH + jb, dG + tn * GH + jb + len, T(0));
+                continue;
+              }
+              cells::gru_r_bwd(len, tp.gates + tn * GH + jb, tp.hprev + tn * H + jb, tl + r * U,
+                               dG + tn * GH + jb, a.dh0 + n * H + jb);
+            }
+          }
+        }
+      }
+      barrier();
+      // dh_{t-1} += dG_t W_hh on the owned units (K in L1-sized slices over all N rows).
+      const i64 K1 = gru ? 2 * H : GH;
+      const int cv = g.UB;
+      for (i64 b = b0; b < b1; ++b) {
+        const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+        const i64 jb = b * U;
+        T* C = dts + b * N * U;
+        tile::panel<T>(cv, N, K1, kc, dG + t * N * GH, GH, wbk + b * GH * U, U, C, U);
+        if (gru && d.reset_after) {
+          tile::panel<T>(cv, N, H, kc, dhn + t * N * H, H, wbk + (b * GH + 2 * H) * U, U, C, U,
+                         true);
+        }
+        for (i64 n = 0; n < N; ++n) {
+          T* dh = a.dh0 + n * H + jb;
+          const T* src = C + n * U;
+          for (int u = 0; u < len; ++u) dh[u] += src[u];
+        }
+      }
+    }
+  }
+
+  // Weight, bias and input gradients over all T*N rows.
+  const i64 TN = Tn * N;
+  const int th = std::max(1, a.num_threads);
+  gemm<T>(Trans::no, Trans::no, TN, I, GH, T(1), dG, GH, a.w_ih, I, T(0), a.dx, I, th);
+  gemm<T>(Trans::yes, Trans::no, GH, I, TN, T(1), dG, GH, a.x, I, T(0), a.dw_ih, I, th);
+  if (!gru) {
+    gemm<T>(Trans::yes, Trans::no, GH, H, TN, T(1), dG, GH, tp.hprev, H, T(0), a.dw_hh, H, th);
+  } else {
+    gemm<T>(Trans::yes, Trans::no, 2 * H, H, TN, T(1), dG, GH, tp.hprev, H, T(0), a.dw_hh, H, th);
+    if (d.reset_after) {
+      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dhn, H, tp.hprev, H, T(0), a.dw_hh + 2 * H * H,
+              H, th);
+    } else {
+      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dG + 2 * H, GH, tp.aux, H, T(0),
+              a.dw_hh + 2 * H * H, H, th);
+    }
+  }
+  if (a.db_ih) col_sums(TN, GH, dG, GH, a.db_ih);
+  if (a.db_hh) {
+    if (gru && d.reset_after) {
+      col_sums(TN, 2 * H, dG, GH, a.db_hh);
+      col_sums(TN, H, dhn, H, a.db_hh + 2 * H);
+    } else {
+      col_sums(TN, GH, dG, GH, a.db_hh);
+    }
+  }
+}
+
+}  // namespace
+
+const SeqTable& seq_table() {
+  static const SeqTable t{
+      {&forward_work<float>, &backward_work<float>, &forward<float>, &backward<float>},
+      {&forward_work<double>, &backward_work<double>, &forward<double>, &backward<double>},
+  };
+  return t;
+}
+
+FASTRNN_TARGET_NS_END

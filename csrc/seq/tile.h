@@ -1,0 +1,175 @@
+// Register-tiled micro-kernel for the sequence kernels' small products:
+// C (mr x CV*L) = A (mr x K) * B (K x CV*L), where L is the vector width of
+// this target and B is a packed panel (row stride ldb, a multiple of L).
+// Sums over K run in one fixed order that depends only on (mr, CV, K), never on
+// the thread count. Lives in namespace fastrnn::<target>.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "runtime/target.h"
+
+FASTRNN_TARGET_NS_BEGIN
+namespace tile {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kAccRegs = 24;  // 32 vector registers
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+constexpr int kAccRegs = 12;  // 16 vector registers
+#else
+constexpr int kVecBytes = 16;
+constexpr int kAccRegs = 12;
+#endif
+
+template <class T>
+constexpr int lanes() {
+  return kVecBytes / static_cast<int>(sizeof(T));
+}
+
+// Rows per micro-tile for a tile CV vectors wide.
+constexpr int max_rows(int cv) {
+  return kAccRegs / cv < 1 ? 1 : (kAccRegs / cv > 8 ? 8 : kAccRegs / cv);
+}
+
+template <class T>
+struct V {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+};
+
+template <class T>
+inline typename V<T>::type load(const T* p) {
+  typename V<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <class T>
+inline void store(T* p, typename V<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// C[r*ldc + j] = sum_k A[r*lda + k] * B[k*ldb + j], r < MR, j < CV*L.
+// With few accumulators the K loop keeps KS partial sums (k mod KS), added
+// at the end in a fixed order, so the FMA latency chain is not the limit.
+template <class T, int MR, int CV>
+inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
+                   std::int64_t ldc, bool accumulate) {
+  using Vt = typename V<T>::type;
+  constexpr int L = lanes<T>();
+  constexpr int KS = MR * CV >= 4 ? 1 : 4 / (MR * CV);
+  Vt acc[KS][MR][CV];
+  for (int s = 0; s < KS; ++s)
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < CV; ++c) acc[s][r][c] = Vt{};
+  std::int64_t k = 0;
+  for (; k + KS <= K; k += KS) {
+#pragma GCC unroll 4
+    for (int s = 0; s < KS; ++s) {
+      const T* b = B + (k + s) * ldb;
+      Vt bv[CV];
+#pragma GCC unroll 4
+      for (int c = 0; c < CV; ++c) bv[c] = load(b + c * L);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const T a = A[r * lda + k + s];
+#pragma GCC unroll 4
+        for (int c = 0; c < CV; ++c) acc[s][r][c] += bv[c] * a;
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const T* b = B + k * ldb;
+    for (int r = 0; r < MR; ++r) {
+      const T a = A[r * lda + k];
+      for (int c = 0; c < CV; ++c) acc[0][r][c] += load(b + c * L) * a;
+    }
+  }
+  for (int s = 1; s < KS; ++s)
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < CV; ++c) acc[0][r][c] += acc[s][r][c];
+  if (accumulate) {
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < CV; ++c) acc[0][r][c] = load(C + r * ldc + c * L) + acc[0][r][c];
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < CV; ++c) store(C + r * ldc + c * L, acc[0][r][c]);
+}
+
+template <class T, int CV>
+inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
+                 T* C, std::int64_t ldc, bool acc) {
+  switch (mr) {
+    case 1:
+      kernel<T, 1, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 2:
+      kernel<T, 2, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 3:
+      kernel<T, 3, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 4:
+      kernel<T, 4, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 5:
+      kernel<T, 5, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 6:
+      kernel<T, 6, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 7:
+      kernel<T, 7, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    default:
+      kernel<T, 8, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      break;
+  }
+}
+
+// One micro-tile of mr <= max_rows(cv) rows and cv (1..4) vectors; with acc,
+// C += A*B (C + the new sum, in that order) instead of C = A*B.
+template <class T>
+inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
+                std::int64_t ldb, T* C, std::int64_t ldc, bool acc = false) {
+  switch (cv) {
+    case 1:
+      rows<T, 1>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 2:
+      rows<T, 2>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 3:
+      rows<T, 3>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    default:
+      rows<T, 4>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+  }
+}
+
+// C (M x cv*L) = A (M x K) * B (K x cv*L) for any M: K in slices of kc rows (so a
+// slice of the B panel stays in L1 while every row group uses it), rows in groups of
+// max_rows(cv). The summation order depends only on (M, K, kc, cv).
+template <class T>
+// With acc, the first slice also adds to C (C + sum, in that order).
+inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
+                  std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc,
+                  bool acc = false) {
+  const int mrmax = max_rows(cv);
+  const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
+  std::int64_t k0 = 0;
+  do {
+    const std::int64_t kn = K - k0 < step ? K - k0 : step;
+    for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
+      const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
+      run<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
+             acc || k0 > 0);
+    }
+    k0 += step;
+  } while (k0 < K);
+}
+
+}  // namespace tile
+FASTRNN_TARGET_NS_END

@@ -1,0 +1,264 @@
+"""Native (C++) backend of :mod:`fastrnn.functional`: argument checks, then one call.
+
+Same signatures, semantics and error messages as :mod:`fastrnn.reference` (whose
+``_check_*`` helpers validate the arguments); the work happens in ``_core.seq_forward``
+and ``_core.seq_backward`` (``csrc/seq``), which check everything again before any
+kernel runs. ``_poison=True`` (tests only) fills every output and workspace with NaN
+before the kernels run, so an element they fail to write shows up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from fastrnn import _core
+from fastrnn import reference as _ref
+
+__all__ = ["NativeTape", "gru", "gru_backward", "lstm", "lstm_backward", "rnn", "rnn_backward"]
+
+
+@dataclasses.dataclass(eq=False)
+class NativeTape:
+    """What a native ``training=True`` forward keeps for the matching ``*_backward``.
+
+    ``data`` holds the kernel's arrays, indexed by time step ``t``: ``hprev`` (T, N, H)
+    the state entering step t, ``gates`` (T, N, G*H) the gate activations, ``cprev`` and
+    ``tc`` (LSTM: c entering step t and tanh(c_t)), ``aux`` (GRU: ``W_hn h + b_hn`` with
+    ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights.
+    """
+
+    kind: str
+    dtype: np.dtype
+    T: int
+    N: int
+    I: int
+    H: int
+    reverse: bool
+    nonlinearity: str
+    reset_after: bool
+    has_bias_ih: bool
+    has_bias_hh: bool
+    data: dict[str, Any] | None
+    backend: str = "native"
+
+
+def _forward(
+    kind: str,
+    x: Any,
+    h0: Any,
+    c0: Any,
+    weight_ih: Any,
+    weight_hh: Any,
+    bias_ih: Any,
+    bias_hh: Any,
+    nonlinearity: str,
+    reset_after: bool,
+    reverse: Any,
+    lengths: Any,
+    training: Any,
+    poison: bool,
+) -> tuple:
+    inp = _ref._check_inputs(kind, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
+    reverse = _ref._check_bool("reverse", reverse)
+    training = _ref._check_bool("training", training)
+    T, N, I, H = inp.T, inp.N, inp.I, inp.H
+    tape = None
+    if T == 0 or N == 0:
+        y = np.zeros((T, N, H), inp.dtype)
+        h_n = np.array(inp.h0, copy=True)
+        c_n = None if inp.c0 is None else np.array(inp.c0, copy=True)
+        data = None
+    else:
+        xs, wih, whh = inp.x, inp.weight_ih, inp.weight_hh
+        if training:  # the tape must not see later in-place edits by the caller
+            xs, wih, whh = (np.array(a, order="C", copy=True) for a in (xs, wih, whh))
+        y, h_n, c_n, data = _core.seq_forward(
+            kind,
+            xs,
+            inp.h0,
+            inp.c0,
+            wih,
+            whh,
+            inp.bias_ih,
+            inp.bias_hh,
+            inp.lengths,
+            nonlinearity,
+            reset_after,
+            reverse,
+            training,
+            poison,
+        )
+    if training:
+        tape = NativeTape(
+            kind=kind,
+            dtype=inp.dtype,
+            T=T,
+            N=N,
+            I=I,
+            H=H,
+            reverse=reverse,
+            nonlinearity=nonlinearity,
+            reset_after=reset_after,
+            has_bias_ih=inp.bias_ih is not None,
+            has_bias_hh=inp.bias_hh is not None,
+            data=data,
+        )
+    state = (h_n, c_n) if kind == "lstm" else h_n
+    return (y, state, tape) if training else (y, state)
+
+
+def _backward(kind: str, tape: Any, dy: Any, dh_n: Any, dc_n: Any, poison: bool) -> dict:
+    if not isinstance(tape, NativeTape):
+        raise TypeError(f"tape: expected a fastrnn._native.NativeTape, got {type(tape).__name__}")
+    if tape.kind != kind:
+        raise ValueError(f"tape: expected a tape from {kind}(), got one from {tape.kind}()")
+    T, N, I, H, dt = tape.T, tape.N, tape.I, tape.H, tape.dtype
+    G = _ref.GATES[kind]
+    dy = _ref._check_optional_float_array("dy", dy, (T, N, H), dt, "(T, N, H)")
+    dh_n = _ref._check_optional_float_array("dh_n", dh_n, (N, H), dt, "(N, H)")
+    if kind == "lstm":
+        dc_n = _ref._check_optional_float_array("dc_n", dc_n, (N, H), dt, "(N, H)")
+    if tape.data is None:  # T == 0 or N == 0: nothing ran
+        out: dict[str, Any] = {
+            "x": np.zeros((T, N, I), dt),
+            "h0": np.zeros((N, H), dt) if dh_n is None else np.array(dh_n, copy=True),
+        }
+        if kind == "lstm":
+            out["c0"] = np.zeros((N, H), dt) if dc_n is None else np.array(dc_n, copy=True)
+        out["weight_ih"] = np.zeros((G * H, I), dt)
+        out["weight_hh"] = np.zeros((G * H, H), dt)
+        out["bias_ih"] = np.zeros(G * H, dt) if tape.has_bias_ih else None
+        out["bias_hh"] = np.zeros(G * H, dt) if tape.has_bias_hh else None
+        return out
+    return dict(
+        _core.seq_backward(
+            kind,
+            tape.data,
+            tape.nonlinearity,
+            tape.reset_after,
+            tape.reverse,
+            dy,
+            dh_n,
+            dc_n,
+            poison,
+        )
+    )
+
+
+def rnn(
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    nonlinearity="tanh",
+    reverse=False,
+    lengths=None,
+    training=False,
+    _poison=False,
+):
+    """Native :func:`fastrnn.reference.rnn` (same arguments and results)."""
+    nonlinearity = _ref._check_nonlinearity(nonlinearity)
+    return _forward(
+        "rnn",
+        x,
+        h0,
+        None,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        nonlinearity,
+        True,
+        reverse,
+        lengths,
+        training,
+        _poison,
+    )
+
+
+def lstm(
+    x,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    reverse=False,
+    lengths=None,
+    training=False,
+    _poison=False,
+):
+    """Native :func:`fastrnn.reference.lstm` (same arguments and results)."""
+    return _forward(
+        "lstm",
+        x,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        "tanh",
+        True,
+        reverse,
+        lengths,
+        training,
+        _poison,
+    )
+
+
+def gru(
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    reset_after=True,
+    reverse=False,
+    lengths=None,
+    training=False,
+    _poison=False,
+):
+    """Native :func:`fastrnn.reference.gru` (same arguments and results)."""
+    reset_after = _ref._check_bool("reset_after", reset_after)
+    return _forward(
+        "gru",
+        x,
+        h0,
+        None,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        "tanh",
+        reset_after,
+        reverse,
+        lengths,
+        training,
+        _poison,
+    )
+
+
+def rnn_backward(tape, dy=None, dh_n=None, *, _poison=False):
+    """Native :func:`fastrnn.reference.rnn_backward`."""
+    return _backward("rnn", tape, dy, dh_n, None, _poison)
+
+
+def lstm_backward(tape, dy=None, dh_n=None, dc_n=None, *, _poison=False):
+    """Native :func:`fastrnn.reference.lstm_backward`."""
+    return _backward("lstm", tape, dy, dh_n, dc_n, _poison)
+
+
+def gru_backward(tape, dy=None, dh_n=None, *, _poison=False):
+    """Native :func:`fastrnn.reference.gru_backward`."""
+    return _backward("gru", tape, dy, dh_n, None, _poison)

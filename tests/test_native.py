@@ -1,0 +1,358 @@
+"""Native sequence kernels (fastrnn._native / csrc/seq) against the NumPy reference.
+
+Every cell and variant, inference and training, float32 and float64, each SIMD target
+the CPU has (fixture ``isa``) and 1 and 2 threads (fixture ``threads``), on odd sizes,
+with and without bias, reverse, lengths: outputs, final states and every gradient, with
+random upstream gradients on y and the final states. All native calls run with
+``_poison=True``: outputs and workspaces are NaN-filled before the kernels run, so an
+element the kernels fail to write shows up as NaN.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _native as NAT
+from fastrnn import reference as REF
+from helpers import (
+    assert_allclose_named,
+    random_case,
+    random_lengths,
+    random_upstream,
+    split_output,
+)
+
+VARIANTS = [
+    ("rnn", {"nonlinearity": "tanh"}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("rnn", {"nonlinearity": "sigmoid"}),
+    ("lstm", {}),
+    ("gru", {"reset_after": True}),
+    ("gru", {"reset_after": False}),
+]
+VARIANT_IDS = ["rnn-tanh", "rnn-relu", "rnn-sigmoid", "lstm", "gru", "gru-reset-before"]
+
+# (T, N, I, H): a spread of odd sizes (H = 1, 3, 17, 100, 130; N = 1, 5, 33; T = 1, 7;
+# I != H) rather than the full product. H = 100 and 130 are several SIMD blocks on every
+# target, so two threads really split the units; H = 1 and 3 are a partial block.
+SIZES = [(7, 5, 4, 17), (1, 1, 3, 1), (7, 1, 2, 3), (4, 33, 9, 100), (3, 5, 6, 130)]
+
+# float64: native and reference do the same operations in another order (blocked sums,
+# FMA) and the activations have <= 3 ulp error, so results agree to a few ulps of O(1)
+# values; 1e-11 relative with a 1e-12 absolute floor (values near 0) leaves margin.
+TOL64 = {"rtol": 1e-11, "atol": 1e-12}
+# float32: the native side rounds every operation to 2^-24 ~ 6e-8 (the oracle is the
+# float64 reference on the same float32-representable inputs). A dot product over
+# K <= I + H = 136 terms of O(1) size may drift by ~K/2 ulp in the worst case, and up to
+# 7 recurrent steps (and T*N = 132 row sums in the weight gradients) compound that by
+# about another 10x; 3e-4 relative with a 3e-5 absolute floor bounds this with margin
+# while still catching any wrong gate, index or sign (those are O(1) errors).
+TOL32 = {"rtol": 3e-4, "atol": 3e-5}
+
+
+def _call(module, kind, variant, case, **kw):
+    return getattr(module, f"{kind}")(**case, **variant, **kw)
+
+
+def _backward(module, kind, tape, up, **kw):
+    fn = getattr(module, f"{kind}_backward")
+    if kind == "lstm":
+        return fn(tape, up["dy"], up["dh_n"], up["dc_n"], **kw)
+    return fn(tape, up["dy"], up["dh_n"], **kw)
+
+
+def _as64(case):
+    return {k: None if v is None else np.asarray(v, np.float64) for k, v in case.items()}
+
+
+def _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths):
+    T, N, I, H = size
+    case = random_case(kind, T, N, I, H, dtype, rng, bias=bias)
+    lengths = random_lengths(T, N, rng) if with_lengths else None
+    up = random_upstream(kind, T, N, H, dtype, rng)
+    kw = {"reverse": reverse, "lengths": lengths}
+    tol = TOL64 if np.dtype(dtype) == np.float64 else TOL32
+
+    want = _call(REF, kind, variant, _as64(case), training=True, **kw)
+    got = _call(NAT, kind, variant, case, training=True, _poison=True, **kw)
+    inf = _call(NAT, kind, variant, case, training=False, _poison=True, **kw)
+    y_w, s_w, tape_w = split_output(kind, want)
+    y_g, s_g, tape_g = split_output(kind, got)
+    y_i, s_i, _ = split_output(kind, inf)
+    assert tape_g.backend == "native" and tape_g.kind == kind
+    assert y_g.dtype == np.dtype(dtype)
+    assert_allclose_named("y", y_g, y_w, **tol)
+    # Inference and training run the same arithmetic: bitwise equal.
+    np.testing.assert_array_equal(y_i, y_g)
+    for key in s_w:
+        assert_allclose_named(key, s_g[key], s_w[key], **tol)
+        np.testing.assert_array_equal(s_i[key], s_g[key])
+    if lengths is not None:
+        t = np.arange(T)[:, None]
+        assert not y_g[t >= lengths[None, :]].any(), "inactive steps must write y = 0"
+
+    g_w = _backward(REF, kind, tape_w, _as64(up))
+    g_g = _backward(NAT, kind, tape_g, up, _poison=True)
+    assert list(g_g) == list(g_w)
+    for key, w in g_w.items():
+        if w is None:
+            assert g_g[key] is None, key
+            continue
+        assert g_g[key].dtype == np.dtype(dtype), key
+        assert_allclose_named(f"grad {key}", g_g[key], w, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
+def test_matches_reference(kind, variant, dtype, isa, threads, rng):
+    # Each size once, with bias / reverse / lengths varied across sizes so every
+    # combination of the three flags shows up for each variant, dtype, target, threads.
+    flags = [
+        (True, False, False),
+        (False, True, True),
+        (True, True, False),
+        (True, False, True),
+        (False, False, False),
+    ]
+    for size, (bias, reverse, with_lengths) in zip(SIZES, flags):
+        _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
+
+
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
+def test_thread_count_is_bitwise_invisible(kind, variant, isa, rng):
+    T, N, I, H = 5, 6, 7, 130
+    case = random_case(kind, T, N, I, H, np.float32, rng)
+    up = random_upstream(kind, T, N, H, np.float32, rng)
+    lengths = random_lengths(T, N, rng)
+    before = fastrnn.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            fastrnn.set_num_threads(n)
+            out = _call(NAT, kind, variant, case, training=True, lengths=lengths, _poison=True)
+            y, states, tape = split_output(kind, out)
+            grads = _backward(NAT, kind, tape, up)
+            results.append((y, states, grads))
+    finally:
+        fastrnn.set_num_threads(before)
+    y0, s0, g0 = results[0]
+    for y, s, g in results[1:]:
+        np.testing.assert_array_equal(y, y0)
+        for key in s0:
+            np.testing.assert_array_equal(s[key], s0[key])
+        for key in g0:
+            if g0[key] is not None:
+                np.testing.assert_array_equal(g[key], g0[key])
+
+
+def test_concurrent_python_threads(rng):
+    cases = [random_case(k, 6, 4, 5, 40, np.float64, rng) for k in ("lstm", "gru", "rnn")]
+    kinds = ["lstm", "gru", "rnn"]
+    want = [split_output(k, getattr(NAT, k)(**c))[0] for k, c in zip(kinds, cases)]
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                y = split_output(kinds[i], getattr(NAT, kinds[i])(**cases[i]))[0]
+                np.testing.assert_array_equal(y, want[i])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    pool = [threading.Thread(target=work, args=(i % 3,)) for i in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+
+
+def test_non_contiguous_inputs_are_copied(rng):
+    T, N, I, H = 4, 3, 5, 6
+    case = random_case("lstm", T, N, I, H, np.float64, rng)
+    y0, (h0, c0) = NAT.lstm(**case)
+    nc = {}
+    for k, v in case.items():
+        big = np.zeros((*v.shape, 2), v.dtype)
+        big[..., 0] = v
+        nc[k] = big[..., 0]  # same values, strided view
+        assert not nc[k].flags.c_contiguous
+    nc["x"] = np.asfortranarray(case["x"])
+    for v in nc.values():
+        v.flags.writeable = False  # read-only inputs are fine: the kernels never write them
+    y1, (h1, c1) = NAT.lstm(**nc)
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(h1, h0)
+    np.testing.assert_array_equal(c1, c0)
+
+
+def test_tape_is_independent_of_later_edits(rng):
+    case = random_case("gru", 3, 2, 4, 5, np.float64, rng)
+    up = random_upstream("gru", 3, 2, 5, np.float64, rng)
+    _, _, tape = NAT.gru(**case, training=True)
+    g0 = NAT.gru_backward(tape, up["dy"], up["dh_n"])
+    case["weight_hh"] *= 2.0
+    case["x"][:] = 0.0
+    g1 = NAT.gru_backward(tape, up["dy"], up["dh_n"])
+    for key in g0:
+        np.testing.assert_array_equal(g1[key], g0[key])
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_empty_sequences(kind, rng):
+    for T, N in ((0, 3), (2, 0)):
+        case = random_case(kind, T, N, 4, 5, np.float32, rng)
+        up = random_upstream(kind, T, N, 5, np.float32, rng)
+        want = getattr(REF, kind)(**case, training=True)
+        got = getattr(NAT, kind)(**case, training=True)
+        yw, sw, tw = split_output(kind, want)
+        yg, sg, tg = split_output(kind, got)
+        assert yg.shape == yw.shape == (T, N, 5)
+        for key in sw:
+            np.testing.assert_array_equal(sg[key], sw[key])
+        gw = _backward(REF, kind, tw, up)
+        gg = _backward(NAT, kind, tg, up)
+        assert list(gg) == list(gw)
+        for key in gw:
+            if gw[key] is not None:
+                assert gg[key].shape == gw[key].shape
+                np.testing.assert_array_equal(gg[key], gw[key])
+
+
+def test_no_upstream_gradients_means_zero(rng):
+    case = random_case("lstm", 3, 2, 4, 5, np.float64, rng)
+    _, _, tape = NAT.lstm(**case, training=True)
+    g = NAT.lstm_backward(tape, _poison=True)
+    for key, v in g.items():
+        assert not np.any(v), key
+
+
+# ---- bad input ----------------------------------------------------------------------
+
+
+def _lstm_case(rng, dtype=np.float32):
+    return random_case("lstm", 3, 2, 4, 5, dtype, rng)
+
+
+def test_bad_shapes_and_dtypes(rng):
+    c = _lstm_case(rng)
+    with pytest.raises(ValueError, match="weight_hh"):
+        NAT.lstm(**{**c, "weight_hh": c["weight_hh"][:, :4]})
+    with pytest.raises(ValueError, match="h0"):
+        NAT.lstm(**{**c, "h0": c["h0"][:1]})
+    with pytest.raises(ValueError, match="c0"):
+        NAT.lstm(**{**c, "c0": c["c0"].T})
+    with pytest.raises(ValueError, match="bias_ih"):
+        NAT.lstm(**{**c, "bias_ih": c["bias_ih"][:-1]})
+    with pytest.raises(ValueError, match="x"):
+        NAT.lstm(**{**c, "x": c["x"][0]})
+    with pytest.raises(TypeError, match="weight_ih"):
+        NAT.lstm(**{**c, "weight_ih": c["weight_ih"].astype(np.float64)})
+    with pytest.raises(TypeError, match="x"):
+        NAT.lstm(**{**c, "x": c["x"].astype(np.int32)})
+    with pytest.raises(ValueError, match="nonlinearity"):
+        NAT.rnn(c["x"], None, c["weight_ih"][:5], c["weight_hh"][:5, :], nonlinearity="gelu")
+
+
+def test_bad_lengths(rng):
+    c = _lstm_case(rng)
+    for bad in ([0, 1], [1, 4], [1]):
+        with pytest.raises(ValueError, match="lengths"):
+            NAT.lstm(**c, lengths=np.array(bad))
+    with pytest.raises(TypeError, match="lengths"):
+        NAT.lstm(**c, lengths=np.array([1.0, 2.0]))
+
+
+def test_bad_backward_arguments(rng):
+    c = _lstm_case(rng)
+    _, _, tape = NAT.lstm(**c, training=True)
+    with pytest.raises(ValueError, match="dy"):
+        NAT.lstm_backward(tape, np.zeros((3, 2, 4), np.float32))
+    with pytest.raises(TypeError, match="dh_n"):
+        NAT.lstm_backward(tape, None, np.zeros((2, 5), np.float64))
+    with pytest.raises(ValueError, match="tape"):
+        NAT.gru_backward(tape)
+    _, _, ref_tape = REF.lstm(**c, training=True)
+    with pytest.raises(TypeError, match="tape"):
+        NAT.lstm_backward(ref_tape)
+    tape.data["gates"] = tape.data["gates"][:, :, :-1]
+    with pytest.raises(ValueError):
+        NAT.lstm_backward(tape)
+
+
+def test_huge_sizes_fail_cleanly():
+    # Broadcast views: the sizes exist only on paper. The kernels' size arithmetic
+    # must refuse them before allocating or copying anything.
+    f = np.float32
+    w_ih = np.zeros((64, 1), f)
+    w_hh = np.zeros((64, 16), f)
+    # T*N*I fits in 64 bits but T*N*4H does not.
+    x = np.broadcast_to(np.zeros((1, 1, 1), f), (2**30, 2**30, 1))
+    h0 = np.broadcast_to(np.zeros((1, 1), f), (2**30, 16))
+    with pytest.raises(ValueError, match="overflows 64-bit"):
+        NAT.lstm(x, h0, h0, w_ih, w_hh)
+    # Representable but far too large to allocate.
+    x = np.broadcast_to(np.zeros((1, 1, 1), f), (2**20, 2**20, 1))
+    h0 = np.broadcast_to(np.zeros((1, 1), f), (2**20, 16))
+    with pytest.raises((ValueError, MemoryError)):
+        NAT.lstm(x, h0, h0, w_ih, w_hh)
+
+
+# ---- PyTorch parity ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_torch_parity(kind, dtype, rng):
+    torch = pytest.importorskip("torch")
+    T, N, I, H = 6, 3, 5, 19
+    case = random_case(kind, T, N, I, H, dtype, rng)
+    up = random_upstream(kind, T, N, H, dtype, rng)
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    mod = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](I, H, dtype=tdt)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(mod, f"{name}_l0").copy_(torch.from_numpy(case[name]))
+    x = torch.from_numpy(case["x"]).requires_grad_()
+    h0 = torch.from_numpy(case["h0"])[None].clone().requires_grad_()
+    if kind == "lstm":
+        c0 = torch.from_numpy(case["c0"])[None].clone().requires_grad_()
+        y, (hn, cn) = mod(x, (h0, c0))
+        loss = (y * torch.from_numpy(up["dy"])).sum() + (hn[0] * torch.from_numpy(up["dh_n"])).sum()
+        loss = loss + (cn[0] * torch.from_numpy(up["dc_n"])).sum()
+    else:
+        y, hn = mod(x, h0)
+        loss = (y * torch.from_numpy(up["dy"])).sum() + (hn[0] * torch.from_numpy(up["dh_n"])).sum()
+    loss.backward()
+    out = getattr(NAT, kind)(**case, training=True)
+    yg, sg, tape = split_output(kind, out)
+    g = _backward(NAT, kind, tape, up)
+    tol = TOL64 if dtype == np.float64 else TOL32
+    assert_allclose_named("y", yg, y.detach().numpy(), **tol)
+    assert_allclose_named("h_n", sg["h_n"], hn[0].detach().numpy(), **tol)
+    assert_allclose_named("grad x", g["x"], x.grad.numpy(), **tol)
+    assert_allclose_named("grad h0", g["h0"], h0.grad[0].numpy(), **tol)
+    if kind == "lstm":
+        assert_allclose_named("c_n", sg["c_n"], cn[0].detach().numpy(), **tol)
+        assert_allclose_named("grad c0", g["c0"], c0.grad[0].numpy(), **tol)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        want = getattr(mod, f"{name}_l0").grad.numpy()
+        assert_allclose_named(f"grad {name}", g[name], want, **tol)
+
+
+def test_functional_dispatches_to_native(rng):
+    from fastrnn import functional as F
+
+    case = random_case("gru", 3, 2, 4, 5, np.float64, rng)
+    y, _, tape = F.gru(**case, training=True)
+    assert tape.backend == "native"
+    y2, _ = NAT.gru(**case)
+    np.testing.assert_array_equal(y, y2)
+    g = F.gru_backward(tape, np.ones_like(y))
+    assert set(g) == {"x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    y3, _ = F.gru(**case, backend="reference")
+    assert_allclose_named("y", y, y3, **TOL64)
