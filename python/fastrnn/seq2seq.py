@@ -43,7 +43,8 @@ class Seq2Seq(Module):
 
     Parameters are named ``encoder.embedding.weight``, ``encoder.rnn.<PyTorch name>``,
     ``decoder.embedding.weight``, ``decoder.rnn.<PyTorch name>``, ``decoder.out.weight``,
-    ``decoder.out.bias``.
+    ``decoder.out.bias``. ``save(path)`` writes them with :meth:`config`, so
+    ``Seq2Seq.from_file(path)`` rebuilds the model.
     """
 
     def __init__(
