@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fastrnn import functional
+from fastrnn._module import Module
 from fastrnn._stack import GATES
 from fastrnn.init import SCHEMES, init_recurrent
 from fastrnn.layers import (
     _BACKENDS,
-    ParamModule,
     _check_bool,
     _check_choice,
     _check_dtype,
@@ -41,7 +41,7 @@ class _CellTape:
         self.unbatched = unbatched
 
 
-class _Cell(ParamModule):
+class _Cell(Module):
     mode: ClassVar[str]
 
     def __init__(

@@ -21,28 +21,26 @@ Equations per layer and direction (``x_t`` the layer's input, ``h`` the previous
   ``n = tanh(W_in x_t + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``
   (``reset_after=False``: ``n = tanh(W_in x_t + b_in + W_hn (r*h) + b_hn)``).
 
-Every module here shares one small protocol with the rest of fastrnn (``Linear``,
-``Embedding``, optimizers): ``params`` and ``grads`` (``dict[str, np.ndarray]``, same
-keys), ``zero_grad()``, ``state_dict()``, ``load_state_dict()``.
+Every module here derives from :class:`fastrnn._module.Module`, the base shared with the
+rest of fastrnn (``Linear``, ``Embedding``, cells, ``Seq2Seq``): ``params`` and ``grads``
+(``dict[str, np.ndarray]``, same keys), ``zero_grad()``, ``state_dict()``,
+``load_state_dict()``, ``save``/``load``/``from_file``. ``ParamModule`` is its former name.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fastrnn import _stack
+from fastrnn._module import Module, load_module
 from fastrnn.init import SCHEMES, init_recurrent
 
 __all__ = ["GRU", "LSTM", "RNN", "load_module"]
 
 _BACKENDS = ("native", "reference")
 _DTYPES = ("float32", "float64")
-_REGISTRY: dict[str, type[ParamModule]] = {}
 
 
 def _check_int(name: str, v: Any, lo: int = 1) -> int:
@@ -75,120 +73,8 @@ def _check_dtype(v: Any) -> str:
     return name  # type: ignore[return-value]
 
 
-class ParamModule:
-    """Base of fastrnn's modules: parameters, gradients, state dicts and ``.npz`` files.
-
-    Subclasses fill ``self.params`` (name -> array) in ``__init__`` and list their
-    constructor arguments in :meth:`config`.
-    """
-
-    params: dict[str, np.ndarray]
-    grads: dict[str, np.ndarray]
-    dtype: np.dtype
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            _REGISTRY[cls.__name__] = cls
-
-    def _init_params(self, params: dict[str, np.ndarray]) -> None:
-        self.params = params
-        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this module (JSON-serialisable)."""
-        raise NotImplementedError
-
-    def zero_grad(self) -> None:
-        """Set every accumulated gradient to zero (in place)."""
-        for g in self.grads.values():
-            g[...] = 0
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, keyed like ``torch.nn``'s ``state_dict()``."""
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        """Copy values into the parameters (in place: existing references stay valid).
-
-        Values may be NumPy arrays, anything ``np.asarray`` accepts, or ``torch`` tensors
-        (also ones that require grad, as from ``named_parameters()``); they are cast to
-        the module's dtype. Raises ``ValueError`` for a shape mismatch, or (with
-        ``strict``) for missing or unexpected keys, and ``TypeError`` for values that are
-        not real numbers. Nothing is changed unless every key checks out.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
-        if strict:
-            missing = [k for k in self.params if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in self.params]
-            if missing or unexpected:
-                raise ValueError(
-                    f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
-                    f"(expected {list(self.params)})"
-                )
-        staged = {}
-        for key, value in state_dict.items():
-            if key not in self.params:
-                continue
-            target = self.params[key]
-            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = np.asarray(value)
-            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-                raise TypeError(
-                    f"load_state_dict: {key!r} must hold real numbers (cast to {target.dtype}), "
-                    f"got dtype {arr.dtype}"
-                )
-            if arr.shape != target.shape:
-                raise ValueError(
-                    f"load_state_dict: {key!r} expected shape {target.shape}, got {arr.shape}"
-                )
-            staged[key] = arr
-        for key, arr in staged.items():
-            self.params[key][...] = arr
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the configuration and parameters to an ``.npz`` file.
-
-        As with ``np.savez``, ``.npz`` is appended to a path that lacks it.
-
-        :meth:`from_file` (or :func:`load_module`) rebuilds the module;
-        :meth:`load` loads the parameters into an existing one.
-        """
-        meta = {"class": type(self).__name__, "config": self.config()}
-        np.savez(path, __fastrnn__=np.array(json.dumps(meta)), **self.params)  # type: ignore[arg-type]
-
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Load the parameters saved by :meth:`save` into this module (strictly)."""
-        with np.load(path, allow_pickle=False) as f:
-            self.load_state_dict({k: f[k] for k in f.files if k != "__fastrnn__"})
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> ParamModule:
-        """A new module built from a file written by :meth:`save` (config and weights)."""
-        with np.load(path, allow_pickle=False) as f:
-            if "__fastrnn__" not in f.files:
-                raise ValueError(f"{path}: not a fastrnn module file (no '__fastrnn__' entry)")
-            meta = json.loads(str(f["__fastrnn__"]))
-            name = meta["class"]
-            if name not in _REGISTRY:
-                raise ValueError(f"{path}: unknown module class {name!r}")
-            klass = _REGISTRY[name]
-            if cls is not ParamModule and not issubclass(klass, cls):
-                raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
-            module = klass(**meta["config"])
-            module.load_state_dict({k: f[k] for k in f.files if k != "__fastrnn__"})
-        return module
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-
-def load_module(path: str | os.PathLike[str]) -> ParamModule:
-    """Build any fastrnn module (layer or cell) from a file written by ``save``."""
-    return ParamModule.from_file(path)
+ParamModule = Module
+"""Former name of :class:`fastrnn._module.Module` (the same class)."""
 
 
 class _LayerTape:
@@ -202,7 +88,7 @@ class _LayerTape:
         self.unbatched = unbatched
 
 
-class _RecurrentLayer(ParamModule):
+class _RecurrentLayer(Module):
     mode: ClassVar[str]
 
     def __init__(

@@ -1,10 +1,14 @@
 """Feed-forward building blocks and composition: ``Linear``, ``Embedding``, ``Sequential``.
 
-Every module follows the shared module protocol of :mod:`fastrnn`:
+Every module derives from :class:`fastrnn._module.Module` (also importable here as
+``fastrnn.modules.Module``) and so follows the shared module protocol of :mod:`fastrnn`:
 
 - ``module.params``: ``dict[str, np.ndarray]`` of parameters (PyTorch names),
 - ``module.grads``: a dict with the same keys and shapes, where ``backward`` *accumulates*,
-- ``zero_grad()``, ``state_dict()`` (copies) and ``load_state_dict(d)`` (copies in place).
+- ``zero_grad()``, ``state_dict()`` (copies), ``load_state_dict(d, strict=True)`` (copies in
+  place), ``num_parameters()``, ``save``/``load``; ``Linear`` and ``Embedding`` also have
+  ``config()``, so ``Module.from_file`` rebuilds them. ``Recurrent`` and ``Sequential``
+  save and load their weights, but must be rebuilt in code before ``load``.
 
 Modules used by :class:`Sequential` implement ``forward(x, training=True) -> (y, tape)`` and
 ``backward(tape, dy) -> dx``; recurrent layers (``forward(x, state, lengths, training) ->
@@ -17,6 +21,8 @@ from collections.abc import Iterable
 from typing import Any, Union
 
 import numpy as np
+
+from fastrnn._module import Module
 
 DTypeLike = Union[str, np.dtype, type]
 SeedLike = Union[int, np.random.Generator, None]
@@ -37,6 +43,14 @@ def _rng(seed: SeedLike) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def _seed_config(seed: SeedLike) -> int | None:
+    """The seed as ``config()`` records it: an int, or None (for a Generator: the weights
+    saved next to the config are what matter)."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return int(seed)
+    return None
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -48,46 +62,6 @@ def _check_dy(dy: Any, dtype: np.dtype) -> np.ndarray:
     if dy.dtype != dtype:
         raise TypeError(f"dy must have dtype {dtype} (the module's dtype), got {dy.dtype}")
     return dy
-
-
-class Module:
-    """Base class holding ``params``/``grads`` dicts and the shared protocol.
-
-    Subclasses fill ``self.params`` in ``__init__`` and call ``self._init_grads()``.
-    Composite modules override the ``params``/``grads`` properties instead.
-    """
-
-    params: dict[str, np.ndarray]
-    grads: dict[str, np.ndarray]
-
-    def _init_grads(self) -> None:
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-
-    def zero_grad(self) -> None:
-        """Set every gradient to zero (in place)."""
-        for g in self.grads.values():
-            g[...] = 0
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of the parameters, keyed by name."""
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        """Copy parameters from ``d`` in place; keys and shapes must match exactly."""
-        params = self.params
-        missing = sorted(set(params) - set(d))
-        extra = sorted(set(d) - set(params))
-        if missing or extra:
-            raise ValueError(f"state_dict keys differ: missing {missing}, unexpected {extra}")
-        for k, p in params.items():
-            v = np.asarray(d[k])
-            if v.shape != p.shape:
-                raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {v.shape}")
-            p[...] = v
-
-    def num_parameters(self) -> int:
-        """Total number of scalar parameters."""
-        return int(sum(p.size for p in self.params.values()))
 
 
 class Linear(Module):
@@ -114,13 +88,24 @@ class Linear(Module):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         self.dtype = _float_dtype(dtype)
+        self.seed = _seed_config(seed)
         rng = _rng(seed)
         bound = 1.0 / np.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
-        self.params = {"weight": rng.uniform(-bound, bound, shape).astype(self.dtype)}
+        params = {"weight": rng.uniform(-bound, bound, shape).astype(self.dtype)}
         if bias:
-            self.params["bias"] = rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
-        self._init_grads()
+            params["bias"] = rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
+        self._init_params(params)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (``seed`` is None when a Generator was passed)."""
+        return dict(
+            in_features=self.in_features,
+            out_features=self.out_features,
+            bias="bias" in self.params,
+            dtype=self.dtype.name,
+            seed=self.seed,
+        )
 
     def _check_x(self, x: Any) -> np.ndarray:
         x = np.asarray(x)
@@ -193,12 +178,22 @@ class Embedding(Module):
                 f"padding_idx must be in [0, {self.num_embeddings}), got {padding_idx!r}"
             )
         self.padding_idx = padding_idx
+        self.seed = _seed_config(seed)
         rng = _rng(seed)
         w = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             w[padding_idx] = 0
-        self.params = {"weight": w}
-        self._init_grads()
+        self._init_params({"weight": w})
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (``seed`` is None when a Generator was passed)."""
+        return dict(
+            num_embeddings=self.num_embeddings,
+            embedding_dim=self.embedding_dim,
+            padding_idx=None if self.padding_idx is None else int(self.padding_idx),
+            dtype=self.dtype.name,
+            seed=self.seed,
+        )
 
     def _check_idx(self, idx: Any) -> np.ndarray:
         idx = np.asarray(idx)
@@ -267,9 +262,6 @@ class Recurrent(Module):
 
     def zero_grad(self) -> None:
         self.layer.zero_grad()
-
-    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        self.layer.load_state_dict(d)
 
     def __call__(self, x: Any) -> np.ndarray:
         """Inference: the layer's output sequence ``y`` only."""
@@ -343,16 +335,6 @@ class Sequential(Module):
     def zero_grad(self) -> None:
         for m in self.modules:
             m.zero_grad()
-
-    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        own = self.params
-        missing = sorted(set(own) - set(d))
-        extra = sorted(set(d) - set(own))
-        if missing or extra:
-            raise ValueError(f"state_dict keys differ: missing {missing}, unexpected {extra}")
-        for i, m in enumerate(self.modules):
-            prefix = f"{i}."
-            m.load_state_dict({k[len(prefix) :]: v for k, v in d.items() if k.startswith(prefix)})
 
     def __call__(self, x: Any) -> Any:
         """Inference through the chain (``training=False``)."""

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fastrnn.modules import DTypeLike, Embedding, Linear, Module, SeedLike, _positive_int
+from fastrnn._module import Module
+from fastrnn.modules import DTypeLike, Embedding, Linear, SeedLike, _positive_int, _seed_config
 
 __all__ = ["Seq2Seq"]
 
@@ -42,7 +43,8 @@ class Seq2Seq(Module):
 
     Parameters are named ``encoder.embedding.weight``, ``encoder.rnn.<PyTorch name>``,
     ``decoder.embedding.weight``, ``decoder.rnn.<PyTorch name>``, ``decoder.out.weight``,
-    ``decoder.out.bias``.
+    ``decoder.out.bias``. ``save(path)`` writes them with :meth:`config`, so
+    ``Seq2Seq.from_file(path)`` rebuilds the model.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Seq2Seq(Module):
             else _positive_int("embedding_dim", embedding_dim)
         )
         self.embedding_dim = E
+        self.seed = _seed_config(seed)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
         def sub() -> int:
@@ -123,15 +126,20 @@ class Seq2Seq(Module):
         for m in self._children().values():
             m.zero_grad()
 
-    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        own = self.params
-        missing = sorted(set(own) - set(d))
-        extra = sorted(set(d) - set(own))
-        if missing or extra:
-            raise ValueError(f"state_dict keys differ: missing {missing}, unexpected {extra}")
-        for p, m in self._children().items():
-            n = len(p) + 1
-            m.load_state_dict({k[n:]: v for k, v in d.items() if k.startswith(p + ".")})
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (``seed`` is None when a Generator was passed)."""
+        return dict(
+            src_vocab=self.src_vocab,
+            tgt_vocab=self.tgt_vocab,
+            hidden_size=self.hidden_size,
+            input_size=self.input_size,
+            cell=self.cell,
+            num_layers=self.num_layers,
+            embedding_dim=self.embedding_dim,
+            dtype=self.dtype.name,
+            seed=self.seed,
+            backend=self.encoder.backend,
+        )
 
     # -- checks ------------------------------------------------------------------------
     def _check_src(self, src: Any) -> np.ndarray:
