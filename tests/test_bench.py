@@ -31,7 +31,6 @@ from fastrnn.bench.report import format_table, to_csv, to_json
 from fastrnn.bench.run import FAILED, OK, SKIPPED, Options, Results, run_benchmarks
 from fastrnn.bench.suites import DEEPBENCH_GFLOP_BUDGET, SUITES, get_suite, scale_to_budget
 
-HAVE_NATIVE = importlib.util.find_spec("fastrnn._native") is not None
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 FAST = ["--max-time", "0.05", "--min-time", "0.001", "--repeat", "2", "--gemm-size", "64", "-q"]
@@ -451,7 +450,7 @@ def test_fastrnn_torch_backend_absent_or_used(monkeypatch):
 
 
 def test_tiny_run_end_to_end(tmp_path, capsys):
-    names = ["reference"] + (["native"] if HAVE_NATIVE else [])
+    names = ["reference", "native"]
     if HAVE_TORCH and importlib.util.find_spec("fastrnn.torch") is not None:
         names.append("fastrnn.torch")
     backends = ",".join(names)

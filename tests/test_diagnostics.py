@@ -9,7 +9,7 @@ import pytest
 
 from fastrnn.diagnostics import gradient_norms, plot_gradient_norms
 
-BACKEND = "reference"
+BACKEND = "native"
 
 
 def _layers():

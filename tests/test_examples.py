@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("fastrnn.layers")
 
-BACKEND = "reference"
+BACKEND = "native"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -10,7 +10,7 @@ from fastrnn import cells, layers, modules
 from fastrnn._module import Module, load_module
 from fastrnn.seq2seq import Seq2Seq
 
-BACKEND = "reference"
+BACKEND = "native"
 
 
 def _assert_same_params(a, b):

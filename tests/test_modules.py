@@ -7,7 +7,7 @@ import pytest
 
 from fastrnn.modules import Embedding, Linear, Recurrent, Sequential
 
-BACKEND = "reference"
+BACKEND = "native"
 
 
 def fd_grad(f, x, eps=1e-6):

@@ -10,7 +10,7 @@ pytest.importorskip("fastrnn.layers")
 from fastrnn.losses import softmax_cross_entropy
 from fastrnn.seq2seq import Seq2Seq
 
-BACKEND = "reference"
+BACKEND = "native"
 
 
 def _loss(model, src, tgt_in, tgt_out, src_lengths=None):

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 import fastrnn  # noqa: E402
 import fastrnn.torch as ft  # noqa: E402
 
-BACKEND = "reference"
+BACKEND = "native"
 
 MODES = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 

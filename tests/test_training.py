@@ -7,7 +7,7 @@ import pytest
 
 from fastrnn.training import chunk_bounds, detach_state, truncated_bptt
 
-BACKEND = "reference"
+BACKEND = "native"
 
 
 def test_chunk_bounds_cover_the_stream():
