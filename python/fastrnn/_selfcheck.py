@@ -23,19 +23,57 @@ def _print_header() -> dict:
     return info
 
 
-def _checks() -> list[tuple[str, bool, str]]:
-    """(name, passed, detail) for each kernel family that is built."""
-    results: list[tuple[str, bool, str]] = []
-    rng = np.random.default_rng(0)
-    try:
-        from fastrnn import ops
+def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    return float(np.max(np.abs(got - want))) / scale if want.size else 0.0
 
-        a = rng.standard_normal((37, 29))
-        b = rng.standard_normal((29, 41))
-        err = float(np.max(np.abs(ops.matmul(a, b) - a @ b)))
-        results.append(("matmul float64", err < 1e-12, f"max abs error {err:.1e}"))
-    except NotImplementedError:
-        pass
+
+def _seq_check(kind: str, rng: np.random.Generator) -> tuple[str, bool, str]:
+    """One native forward + backward against the reference, float64, odd sizes."""
+    from fastrnn import functional, reference
+
+    T, N, I, H = 5, 3, 7, 11
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    x = rng.standard_normal((T, N, I))
+    w = [rng.uniform(-0.3, 0.3, s) for s in [(G * H, I), (G * H, H), (G * H,), (G * H,)]]
+    h0 = rng.standard_normal((N, H)) * 0.5
+    args = (x, h0, h0.copy(), *w) if kind == "lstm" else (x, h0, *w)
+    dy = rng.standard_normal((T, N, H))
+    worst = 0.0
+    results: list[tuple[np.ndarray, object, dict]] = []
+    for impl in (functional, reference):
+        fwd = getattr(impl, kind)
+        y, state, tape = fwd(*args, training=True)
+        grads = getattr(functional, f"{kind}_backward")(tape, dy)
+        results.append((y, state, grads))
+    (y1, s1, g1), (y2, s2, g2) = results
+    worst = max(worst, _rel_err(y1, y2))
+    states1, states2 = (s1, s2) if kind == "lstm" else ((s1,), (s2,))  # (h_n, c_n) or h_n
+    for got, want in zip(states1, states2):
+        worst = max(worst, _rel_err(got, want))
+    for key, want in g2.items():
+        if want is not None:
+            worst = max(worst, _rel_err(g1[key], want))
+    return (f"{kind} forward+backward float64", worst < 1e-10, f"max rel error {worst:.1e}")
+
+
+def _checks() -> list[tuple[str, bool, str]]:
+    """(name, passed, detail) for each native kernel family."""
+    from fastrnn import ops
+
+    rng = np.random.default_rng(0)
+    results: list[tuple[str, bool, str]] = []
+    a = rng.standard_normal((37, 29))
+    b = rng.standard_normal((29, 41))
+    err = _rel_err(ops.matmul(a, b), a @ b)
+    results.append(("matmul float64", err < 1e-12, f"max rel error {err:.1e}"))
+    z = np.linspace(-20, 20, 1001)
+    for name, want in [("exp", np.exp(z)), ("tanh", np.tanh(z)), ("sigmoid", 1 / (1 + np.exp(-z)))]:
+        got = getattr(ops, name)(z)
+        e = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-300)))
+        results.append((f"{name} float64", e < 1e-14, f"max rel error {e:.1e}"))
+    for kind in ("rnn", "lstm", "gru"):
+        results.append(_seq_check(kind, rng))
     return results
 
 
