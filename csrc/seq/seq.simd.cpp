@@ -260,8 +260,10 @@ void forward(const SeqForward<T>& a) {
     alignas(64) T hnew[kMaxU];
     alignas(64) T hnv[kMaxU];
     const int cvx = G * g.UB;
-    // K slice whose panel rows (GU wide) fill about 16 KiB of L1.
-    const i64 kc = std::max<i64>(16, 16384 / (GU * static_cast<i64>(sizeof(T))));
+    // K slice whose panel rows (GU wide) fill about 64 KiB (L2): long K runs per tile
+    // (fewer accumulator loads/stores) matter more than an L1-resident slice; measured
+    // 5-12% faster than 16 KiB slices for LSTM at N >= 16.
+    const i64 kc = std::max<i64>(16, 65536 / (GU * static_cast<i64>(sizeof(T))));
     i64 tlo = 0;
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? Tn - 1 - s : s;
@@ -287,7 +289,7 @@ void forward(const SeqForward<T>& a) {
         for (i64 b = b0; b < b1; ++b) {
           const int len = static_cast<int>(std::min<i64>(U, H - b * U));
           const i64 jb = b * U;
-          // The block's whole column panel for all N rows (L1-sized K slices), then the
+          // The block's whole column panel for all N rows (K slices of ~64 KiB), then the
           // gate math row by row on it while it is still in L1.
           tile::panel<T>(cv, N, H, kc, hin, H, whh + b * H * GU, GU, ghs + b * N * GU, GU);
           {
