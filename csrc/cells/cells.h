@@ -56,6 +56,24 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
 // h_new = o * tc (len each).
 template <class T>
 inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc, T* h_new) {
+  using V = simd::Vec<T>;
+  if (len == V::lanes && U == V::lanes) {
+    // A whole block of one vector per gate: everything in registers.
+    const V i = simd::sigmoid(V::load(p) + V::load(gx));
+    const V f = simd::sigmoid(V::load(p + U) + V::load(gx + U));
+    const V gg = simd::tanh(V::load(p + 2 * U) + V::load(gx + 2 * U));
+    const V o = simd::sigmoid(V::load(p + 3 * U) + V::load(gx + 3 * U));
+    i.store(p);
+    f.store(p + U);
+    gg.store(p + 2 * U);
+    o.store(p + 3 * U);
+    const V c = f * V::load(c_in) + i * gg;
+    c.store(c_new);
+    const V t = simd::tanh(c);
+    t.store(tc);
+    (o * t).store(h_new);
+    return;
+  }
   for (int g = 0; g < 4; ++g) {
     T* q = p + g * U;
     const T* r = gx + g * U;
@@ -81,6 +99,20 @@ inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new,
 // hn = W_hn h + b_hn (len), h_new = (1 - z) n + z h (len).
 template <class T>
 inline void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn, T* h_new) {
+  using V = simd::Vec<T>;
+  if (len == V::lanes && U == V::lanes) {
+    // A whole block of one vector per gate: everything in registers.
+    const V r = simd::sigmoid(V::load(p) + V::load(gx));
+    const V z = simd::sigmoid(V::load(p + U) + V::load(gx + U));
+    const V hv = V::load(p + 2 * U) + V::load(b_hn);
+    const V n = simd::tanh(V::load(gx + 2 * U) + r * hv);
+    r.store(p);
+    z.store(p + U);
+    n.store(p + 2 * U);
+    hv.store(hn);
+    (n + z * (V::load(h) - n)).store(h_new);
+    return;
+  }
   for (int u = 0; u < len; ++u) {
     p[u] += gx[u];
     p[U + u] += gx[U + u];

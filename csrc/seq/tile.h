@@ -51,14 +51,21 @@ inline void store(T* p, typename V<T>::type v) {
 }
 
 // C[r*ldc + j] = sum_k A[r*lda + k] * B[k*ldb + j], r < MR, j < CV*L.
-// With few accumulators the K loop keeps KS partial sums (k mod KS), added
-// at the end in a fixed order, so the FMA latency chain is not the limit.
-template <class T, int MR, int CV>
+// With few accumulators the K loop keeps KS partial sums (k mod KS), added at
+// the end in a fixed order, so the FMA latency chain is not the limit. KS is
+// 4/(MR*CV) by default; with FixedKS it depends on MR only (partial_sums), so a
+// column's sum is the same whatever tile width it sits in.
+constexpr int partial_sums(int mr) {
+  const int cap = kAccRegs / (4 * mr) > 1 ? kAccRegs / (4 * mr) : 1;
+  return mr >= 4 ? 1 : (4 / mr < cap ? 4 / mr : cap);
+}
+
+template <class T, int MR, int CV, bool FixedKS>
 inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
                    std::int64_t ldc, bool accumulate) {
   using Vt = typename V<T>::type;
   constexpr int L = lanes<T>();
-  constexpr int KS = MR * CV >= 4 ? 1 : 4 / (MR * CV);
+  constexpr int KS = FixedKS ? partial_sums(MR) : (MR * CV >= 4 ? 1 : 4 / (MR * CV));
   Vt acc[KS][MR][CV];
   for (int s = 0; s < KS; ++s)
     for (int r = 0; r < MR; ++r)
@@ -97,33 +104,33 @@ inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std
     for (int c = 0; c < CV; ++c) store(C + r * ldc + c * L, acc[0][r][c]);
 }
 
-template <class T, int CV>
+template <class T, int CV, bool F>
 inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
                  T* C, std::int64_t ldc, bool acc) {
   switch (mr) {
     case 1:
-      kernel<T, 1, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 1, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 2:
-      kernel<T, 2, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 2, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 3:
-      kernel<T, 3, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 3, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 4:
-      kernel<T, 4, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 4, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 5:
-      kernel<T, 5, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 5, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 6:
-      kernel<T, 6, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 6, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 7:
-      kernel<T, 7, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 7, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
     default:
-      kernel<T, 8, CV>(K, A, lda, B, ldb, C, ldc, acc);
+      kernel<T, 8, CV, F>(K, A, lda, B, ldb, C, ldc, acc);
       break;
   }
 }
@@ -135,25 +142,45 @@ inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, co
                 std::int64_t ldb, T* C, std::int64_t ldc, bool acc = false) {
   switch (cv) {
     case 1:
-      rows<T, 1>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 1, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 2:
-      rows<T, 2>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 2, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 3:
-      rows<T, 3>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 3, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
     default:
-      rows<T, 4>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 4, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+  }
+}
+
+// The same with a summation order that does not depend on cv (KS from mr alone).
+template <class T>
+inline void run_fixed(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
+                      std::int64_t ldb, T* C, std::int64_t ldc, bool acc) {
+  switch (cv) {
+    case 1:
+      rows<T, 1, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 2:
+      rows<T, 2, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    case 3:
+      rows<T, 3, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      break;
+    default:
+      rows<T, 4, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
   }
 }
 
 // C (M x cv*L) = A (M x K) * B (K x cv*L) for any M: K in slices of kc rows (so a
-// slice of the B panel stays in L1 while every row group uses it), rows in groups of
+// slice of the B panel stays in cache while every row group uses it), rows in groups of
 // max_rows(cv). The summation order depends only on (M, K, kc, cv).
-template <class T>
 // With acc, the first slice also adds to C (C + sum, in that order).
+template <class T>
 inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
                   std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc,
                   bool acc = false) {
@@ -166,6 +193,25 @@ inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const
       const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
       run<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
              acc || k0 > 0);
+    }
+    k0 += step;
+  } while (k0 < K);
+}
+
+// The same with rows in groups of mrmax (<= max_rows(cv)) and run_fixed: the summation
+// order depends only on (M, K, kc, mrmax), so any tile width cv gives the same bits.
+template <class T>
+inline void panel_fixed(int cv, int mrmax, std::int64_t M, std::int64_t K, std::int64_t kc,
+                        const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
+                        std::int64_t ldc, bool acc) {
+  const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
+  std::int64_t k0 = 0;
+  do {
+    const std::int64_t kn = K - k0 < step ? K - k0 : step;
+    for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
+      const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
+      run_fixed<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
+                   acc || k0 > 0);
     }
     k0 += step;
   } while (k0 < K);
