@@ -13,9 +13,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -70,16 +72,22 @@ py::array_t<T, py::array::c_style> need(const py::handle& o, const char* name,
   return py::array_t<T, py::array::c_style>::ensure(arr);
 }
 
-// 64-byte aligned scratch memory owned by the binding for one call.
+// 64-byte aligned scratch memory owned by the binding for one call. Left uninitialised:
+// the kernels write every element before reading it (the tests poison it with NaN to
+// check), and zero-filling megabytes per call dominated short sequences.
 template <class T>
 struct Scratch {
-  std::vector<T> buf;
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> buf;
   T* data = nullptr;
   explicit Scratch(i64 n) {
-    const i64 pad = 64 / static_cast<i64>(sizeof(T));
-    buf.resize(static_cast<size_t>(checked_add(n, pad, "workspace")));
-    auto p = reinterpret_cast<std::uintptr_t>(buf.data());
-    data = reinterpret_cast<T*>((p + 63) & ~std::uintptr_t{63});
+    const i64 bytes = checked_mul(checked_add(n, 1, "workspace"), static_cast<i64>(sizeof(T)), "workspace");
+    const i64 rounded = checked_mul((bytes + 63) / 64, 64, "workspace");
+    buf.reset(static_cast<T*>(std::aligned_alloc(64, static_cast<size_t>(rounded))));
+    if (!buf) throw std::bad_alloc();
+    data = buf.get();
   }
 };
 

@@ -183,6 +183,22 @@ struct StepBarrier {
   }
 };
 
+// dst[k*ldd + u] = src[(r0 + u)*K + k] for u < valid, and 0 for valid <= u < U (k < K):
+// U rows of a row-major (.., K) matrix, transposed into U adjacent columns. Done in
+// 16-column tiles so that both the rows read and the rows written stay in L1 (a plain
+// k-inner loop writes with a stride of ldd and is several times slower for large K).
+template <class T>
+void pack_transposed(const T* src, i64 K, i64 r0, int valid, int U, T* dst, i64 ldd) {
+  constexpr i64 kTile = 16;
+  for (i64 k0 = 0; k0 < K; k0 += kTile) {
+    const i64 k1 = std::min(K, k0 + kTile);
+    for (int u = 0; u < U; ++u) {
+      const T* row = u < valid ? src + (r0 + u) * K : nullptr;
+      for (i64 k = k0; k < k1; ++k) dst[k * ldd + u] = row ? row[k] : T(0);
+    }
+  }
+}
+
 constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
 constexpr int kMaxU = 64;
 
@@ -224,16 +240,15 @@ void forward(const SeqForward<T>& a) {
 
     // Pack this thread's blocks: [b][k][gate*U + u] = W[gate*H + b*U + u][k].
     for (i64 b = b0; b < b1; ++b) {
+      const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
       for (int gt = 0; gt < G; ++gt) {
+        const i64 r0 = gt * H + b * U;
+        pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * U, GU);
+        pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * U, GU);
         for (int u = 0; u < U; ++u) {
-          const i64 j = b * U + u;
-          const bool in = j < H;
-          const i64 row = gt * H + j;
+          const bool in = u < valid;
+          const i64 row = r0 + u;
           const i64 col = b * GU + gt * U + u;
-          for (i64 k = 0; k < I; ++k)
-            wih[(b * I + k) * GU + gt * U + u] = in ? a.w_ih[row * I + k] : T(0);
-          for (i64 k = 0; k < H; ++k)
-            whh[(b * H + k) * GU + gt * U + u] = in ? a.w_hh[row * H + k] : T(0);
           // Biases folded into Gx: all of b_ih + b_hh, except b_hn when it sits inside r*(...).
           T bsum = T(0);
           if (in) {
