@@ -173,3 +173,15 @@ def random_lengths(T: int, N: int, rng: np.random.Generator) -> np.ndarray:
         lengths[order[0]] = T
         lengths[order[1]] = 1
     return lengths
+
+
+# (kind, extra keyword arguments) for every cell variant, and their test ids.
+VARIANTS = [
+    ("rnn", {"nonlinearity": "tanh"}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("rnn", {"nonlinearity": "sigmoid"}),
+    ("lstm", {}),
+    ("gru", {"reset_after": True}),
+    ("gru", {"reset_after": False}),
+]
+VARIANT_IDS = ["rnn-tanh", "rnn-relu", "rnn-sigmoid", "lstm", "gru", "gru-reset-before"]

@@ -19,22 +19,14 @@ import fastrnn
 from fastrnn import _native as NAT
 from fastrnn import reference as REF
 from helpers import (
+    VARIANT_IDS,
+    VARIANTS,
     assert_allclose_named,
     random_case,
     random_lengths,
     random_upstream,
     split_output,
 )
-
-VARIANTS = [
-    ("rnn", {"nonlinearity": "tanh"}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("rnn", {"nonlinearity": "sigmoid"}),
-    ("lstm", {}),
-    ("gru", {"reset_after": True}),
-    ("gru", {"reset_after": False}),
-]
-VARIANT_IDS = ["rnn-tanh", "rnn-relu", "rnn-sigmoid", "lstm", "gru", "gru-reset-before"]
 
 # (T, N, I, H): a spread of odd sizes (H = 1, 3, 17, 100, 130; N = 1, 5, 33; T = 1, 7;
 # I != H) rather than the full product. H = 100 and 130 are several SIMD blocks on every

@@ -13,6 +13,8 @@ import pytest
 
 from fastrnn import reference as R
 from helpers import (
+    VARIANT_IDS,
+    VARIANTS,
     assert_allclose_named,
     assert_grads_close,
     backward,
@@ -22,17 +24,6 @@ from helpers import (
     scalar_loss,
     split_output,
 )
-
-# (kind, extra keyword arguments) for every cell variant.
-VARIANTS = [
-    ("rnn", {"nonlinearity": "tanh"}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("rnn", {"nonlinearity": "sigmoid"}),
-    ("lstm", {}),
-    ("gru", {"reset_after": True}),
-    ("gru", {"reset_after": False}),
-]
-VARIANT_IDS = ["rnn-tanh", "rnn-relu", "rnn-sigmoid", "lstm", "gru", "gru-reset-before"]
 
 FD_EPS = 1e-6  # central-difference step (float64)
 FD_TOL = 1e-7  # max |fd - analytic| / max |fd| per tensor; observed <= ~5e-9

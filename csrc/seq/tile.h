@@ -136,42 +136,23 @@ inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* 
 }
 
 // One micro-tile of mr <= max_rows(cv) rows and cv (1..4) vectors; with acc,
-// C += A*B (C + the new sum, in that order) instead of C = A*B.
-template <class T>
+// C += A*B (C + the new sum, in that order) instead of C = A*B. Fixed = true gives a
+// summation order that does not depend on cv (KS from mr alone).
+template <class T, bool Fixed = false>
 inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
                 std::int64_t ldb, T* C, std::int64_t ldc, bool acc = false) {
   switch (cv) {
     case 1:
-      rows<T, 1, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 1, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 2:
-      rows<T, 2, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 2, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
     case 3:
-      rows<T, 3, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 3, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
     default:
-      rows<T, 4, false>(mr, K, A, lda, B, ldb, C, ldc, acc);
-      break;
-  }
-}
-
-// The same with a summation order that does not depend on cv (KS from mr alone).
-template <class T>
-inline void run_fixed(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
-                      std::int64_t ldb, T* C, std::int64_t ldc, bool acc) {
-  switch (cv) {
-    case 1:
-      rows<T, 1, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
-      break;
-    case 2:
-      rows<T, 2, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
-      break;
-    case 3:
-      rows<T, 3, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
-      break;
-    default:
-      rows<T, 4, true>(mr, K, A, lda, B, ldb, C, ldc, acc);
+      rows<T, 4, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc);
       break;
   }
 }
@@ -198,7 +179,7 @@ inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const
   } while (k0 < K);
 }
 
-// The same with rows in groups of mrmax (<= max_rows(cv)) and run_fixed: the summation
+// The same with rows in groups of mrmax (<= max_rows(cv)) and run<T, true>: the summation
 // order depends only on (M, K, kc, mrmax), so any tile width cv gives the same bits.
 template <class T>
 inline void panel_fixed(int cv, int mrmax, std::int64_t M, std::int64_t K, std::int64_t kc,
@@ -210,7 +191,7 @@ inline void panel_fixed(int cv, int mrmax, std::int64_t M, std::int64_t K, std::
     const std::int64_t kn = K - k0 < step ? K - k0 : step;
     for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
       const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
-      run_fixed<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
+      run<T, true>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
                    acc || k0 > 0);
     }
     k0 += step;
