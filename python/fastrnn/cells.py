@@ -18,13 +18,12 @@ import numpy as np
 from fastrnn import functional
 from fastrnn._module import Module
 from fastrnn._stack import GATES
-from fastrnn.init import SCHEMES, init_recurrent
+from fastrnn.init import init_recurrent
 from fastrnn.layers import (
-    _BACKENDS,
     _check_bool,
-    _check_choice,
-    _check_dtype,
     _check_int,
+    _recurrent_options_config,
+    _set_recurrent_options,
 )
 
 __all__ = ["GRUCell", "LSTMCell", "RNNCell"]
@@ -60,12 +59,7 @@ class _Cell(Module):
         self.input_size = _check_int("input_size", input_size)
         self.hidden_size = _check_int("hidden_size", hidden_size)
         self.bias = _check_bool("bias", bias)
-        self.nonlinearity = _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "sigmoid"))
-        self.reset_after = _check_bool("reset_after", reset_after)
-        self.dtype = np.dtype(_check_dtype(dtype))
-        self.seed = None if seed is None else _check_int("seed", seed, lo=0)
-        self.init = _check_choice("init", init, SCHEMES)
-        self.backend = _check_choice("backend", backend, _BACKENDS)
+        _set_recurrent_options(self, nonlinearity, reset_after, dtype, seed, init, backend)
         G, H, I = GATES[self.mode], self.hidden_size, self.input_size
         shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
         if self.bias:
@@ -85,11 +79,7 @@ class _Cell(Module):
         cfg: dict[str, Any] = dict(
             input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias
         )
-        if self.mode == "rnn":
-            cfg["nonlinearity"] = self.nonlinearity
-        if self.mode == "gru":
-            cfg["reset_after"] = self.reset_after
-        cfg.update(dtype=self.dtype.name, seed=self.seed, init=self.init, backend=self.backend)
+        cfg.update(_recurrent_options_config(self))
         return cfg
 
     # ------------------------------------------------------------------ shapes

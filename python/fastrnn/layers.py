@@ -77,6 +77,29 @@ ParamModule = Module
 """Former name of :class:`fastrnn._module.Module` (the same class)."""
 
 
+def _set_recurrent_options(
+    m: Any, nonlinearity: Any, reset_after: Any, dtype: Any, seed: Any, init: Any, backend: Any
+) -> None:
+    """Check and store the constructor options that layers and cells share."""
+    m.nonlinearity = _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "sigmoid"))
+    m.reset_after = _check_bool("reset_after", reset_after)
+    m.dtype = np.dtype(_check_dtype(dtype))
+    m.seed = None if seed is None else _check_int("seed", seed, lo=0)
+    m.init = _check_choice("init", init, SCHEMES)
+    m.backend = _check_choice("backend", backend, _BACKENDS)
+
+
+def _recurrent_options_config(m: Any) -> dict[str, Any]:
+    """The shared options as they appear in ``config()`` (mode-specific ones only where used)."""
+    cfg: dict[str, Any] = {}
+    if m.mode == "rnn":
+        cfg["nonlinearity"] = m.nonlinearity
+    if m.mode == "gru":
+        cfg["reset_after"] = m.reset_after
+    cfg.update(dtype=m.dtype.name, seed=m.seed, init=m.init, backend=m.backend)
+    return cfg
+
+
 class _LayerTape:
     """A layer's tape: the stack tape plus how to map shapes back for backward."""
 
@@ -119,12 +142,7 @@ class _RecurrentLayer(Module):
             raise ValueError(f"dropout: expected a float in [0, 1], got {dropout}")
         self.dropout = float(dropout)
         self.bidirectional = _check_bool("bidirectional", bidirectional)
-        self.nonlinearity = _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "sigmoid"))
-        self.reset_after = _check_bool("reset_after", reset_after)
-        self.dtype = np.dtype(_check_dtype(dtype))
-        self.seed = None if seed is None else _check_int("seed", seed, lo=0)
-        self.init = _check_choice("init", init, SCHEMES)
-        self.backend = _check_choice("backend", backend, _BACKENDS)
+        _set_recurrent_options(self, nonlinearity, reset_after, dtype, seed, init, backend)
         self.num_directions = 2 if self.bidirectional else 1
         self.rng = np.random.default_rng(seed)
         shapes = _stack.param_shapes(
@@ -152,11 +170,7 @@ class _RecurrentLayer(Module):
             dropout=self.dropout,
             bidirectional=self.bidirectional,
         )
-        if self.mode == "rnn":
-            cfg["nonlinearity"] = self.nonlinearity
-        if self.mode == "gru":
-            cfg["reset_after"] = self.reset_after
-        cfg.update(dtype=self.dtype.name, seed=self.seed, init=self.init, backend=self.backend)
+        cfg.update(_recurrent_options_config(self))
         return cfg
 
     # ---------------------------------------------------------------- shapes in/out
