@@ -154,20 +154,26 @@ void poison(py::array_t<T, py::array::c_style>& a) {
   std::fill(a.mutable_data(), a.mutable_data() + a.size(), std::numeric_limits<T>::quiet_NaN());
 }
 
+// The sizes and options of a call, with T, N, I from x (T, N, I); H is set by the caller.
+SeqDims dims_of(Cell cell, Act act, bool reset_after, bool reverse, const py::array& x) {
+  SeqDims d;
+  d.cell = cell;
+  d.act = act;
+  d.reset_after = reset_after;
+  d.reverse = reverse;
+  d.T = static_cast<i64>(x.shape(0));
+  d.N = static_cast<i64>(x.shape(1));
+  d.I = static_cast<i64>(x.shape(2));
+  return d;
+}
+
 template <class T>
 py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
                     const py::object& c0_o, const py::object& wih_o, const py::object& whh_o,
                     const py::object& bih_o, const py::object& bhh_o, const py::object& len_o,
                     Act act, bool reset_after, bool reverse, bool training, bool poison_out) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
-  SeqDims d;
-  d.cell = cell;
-  d.act = act;
-  d.reset_after = reset_after;
-  d.reverse = reverse;
-  d.T = static_cast<i64>(x0.shape(0));
-  d.N = static_cast<i64>(x0.shape(1));
-  d.I = static_cast<i64>(x0.shape(2));
+  SeqDims d = dims_of(cell, act, reset_after, reverse, x0);
   const i64 G = d.gates();
   const i64 N = d.N, Tn = d.T, I = d.I;
   if (py::isinstance<py::none>(h0_o)) throw py::type_error("h0 must be an array (N, H)");
@@ -288,14 +294,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
       g0.ndim() != 3) {
     throw py::value_error("tape is damaged: x and gates must be 3-d arrays");
   }
-  SeqDims d;
-  d.cell = cell;
-  d.act = act;
-  d.reset_after = reset_after;
-  d.reverse = reverse;
-  d.T = static_cast<i64>(x0.shape(0));
-  d.N = static_cast<i64>(x0.shape(1));
-  d.I = static_cast<i64>(x0.shape(2));
+  SeqDims d = dims_of(cell, act, reset_after, reverse, x0);
   const i64 G = d.gates();
   if (g0.shape(2) % G != 0) throw py::value_error("tape is damaged: gates has wrong width");
   d.H = static_cast<i64>(g0.shape(2)) / G;
