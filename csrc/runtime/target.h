@@ -19,6 +19,15 @@
 #define FASTRNN_TARGET_NAME "generic"
 #endif
 
+// For the small vector functions of the per-step gate math: inlined at every call site,
+// so the out-of-order core overlaps the independent gates of a block instead of
+// waiting on one call's latency chain after another.
+#if defined(__GNUC__)
+#define FASTRNN_INLINE inline __attribute__((always_inline))
+#else
+#define FASTRNN_INLINE inline
+#endif
+
 #define FASTRNN_TARGET_NS_BEGIN \
   namespace fastrnn {           \
   namespace FASTRNN_TARGET {
