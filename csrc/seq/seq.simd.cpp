@@ -199,6 +199,18 @@ void pack_transposed(const T* src, i64 K, i64 r0, int valid, int U, T* dst, i64 
   }
 }
 
+// dst[0:len] = src[0:len]; a whole vector (the usual LSTM/GRU block) is a fixed-size
+// copy the compiler turns into one load and store instead of a library call.
+template <class T>
+inline void copy_units(T* dst, const T* src, i64 len) {
+  constexpr int L = tile::lanes<T>();
+  if (len == L) {
+    std::memcpy(dst, src, sizeof(T) * L);
+  } else {
+    std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(len));
+  }
+}
+
 constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
 constexpr int kMaxU = 64;
 
@@ -319,7 +331,7 @@ void forward(const SeqForward<T>& a) {
               const T* hv = p;  // new state values
               if (d.cell == Cell::rnn) {
                 cells::rnn_fwd(d.act, len, p, gxr);
-                if (tr) std::memcpy(tp.gates + tn * GH + jb, p, sizeof(T) * len);
+                if (tr) copy_units(tp.gates + tn * GH + jb, p, len);
               } else if (lstm) {
                 const T* cin = (tr ? tp.cprev + tn * H : a.c_n + n * H) + jb;
                 T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * H)
@@ -328,29 +340,29 @@ void forward(const SeqForward<T>& a) {
                 cells::lstm_fwd(len, U, p, gxr, cin, cnew, tcv, hnew);
                 if (tr) {
                   for (int gt = 0; gt < 4; ++gt)
-                    std::memcpy(tp.gates + tn * GH + gt * H + jb, p + gt * U, sizeof(T) * len);
-                  std::memcpy(tp.tc + tn * H + jb, tcv, sizeof(T) * len);
+                    copy_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len);
+                  copy_units(tp.tc + tn * H + jb, tcv, len);
                 }
                 if (active) {
-                  std::memcpy(cout, cnew, sizeof(T) * len);
+                  copy_units(cout, cnew, len);
                 } else if (cout != cin) {
-                  std::memcpy(cout, cin, sizeof(T) * len);
+                  copy_units(cout, cin, len);
                 }
                 hv = hnew;
               } else {
                 cells::gru_fwd(len, U, p, gxr, bhn + jb, hi, hnv, hnew);
                 if (tr) {
                   for (int gt = 0; gt < 3; ++gt)
-                    std::memcpy(tp.gates + tn * GH + gt * H + jb, p + gt * U, sizeof(T) * len);
-                  std::memcpy(tp.aux + tn * H + jb, hnv, sizeof(T) * len);
+                    copy_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len);
+                  copy_units(tp.aux + tn * H + jb, hnv, len);
                 }
                 hv = hnew;
               }
               if (active) {
-                std::memcpy(ho, hv, sizeof(T) * len);
-                std::memcpy(yo, hv, sizeof(T) * len);
+                copy_units(ho, hv, len);
+                copy_units(yo, hv, len);
               } else {
-                std::memcpy(ho, hi, sizeof(T) * len);
+                copy_units(ho, hi, len);
                 std::fill(yo, yo + len, T(0));
               }
             }
@@ -374,8 +386,8 @@ void forward(const SeqForward<T>& a) {
               const T* hi = hin + n * H + jb;
               for (int u = 0; u < len; ++u) rh[n * H + jb + u] = p[u] * hi[u];
               T* zd = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
-              std::memcpy(zd, p + U, sizeof(T) * len);
-              if (tr) std::memcpy(tp.gates + tn * GH + jb, p, sizeof(T) * len);
+              copy_units(zd, p + U, len);
+              if (tr) copy_units(tp.gates + tn * GH + jb, p, len);
             }
           }
         }
@@ -395,15 +407,15 @@ void forward(const SeqForward<T>& a) {
               const T* hi = hin + n * H + jb;
               cells::gru_n_fwd(len, pn, gx + (b * TcN + (t - tlo) * N + n) * GU + 2 * U, z, hi,
                                hnew);
-              if (tr) std::memcpy(tp.gates + tn * GH + 2 * H + jb, pn, sizeof(T) * len);
+              if (tr) copy_units(tp.gates + tn * GH + 2 * H + jb, pn, len);
               const bool active = !a.lengths || t < a.lengths[n];
               T* ho = hout + n * H + jb;
               T* yo = a.y + tn * H + jb;
               if (active) {
-                std::memcpy(ho, hnew, sizeof(T) * len);
-                std::memcpy(yo, hnew, sizeof(T) * len);
+                copy_units(ho, hnew, len);
+                copy_units(yo, hnew, len);
               } else {
-                std::memcpy(ho, hi, sizeof(T) * len);
+                copy_units(ho, hi, len);
                 std::fill(yo, yo + len, T(0));
               }
             }
