@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "gemm/gemm.h"
 #include "runtime/target.h"
@@ -120,31 +121,13 @@ void pack_sliver(Trans ta, const T* a, std::int64_t lda, std::int64_t r0, std::i
   }
 }
 
-template <class T>
-void pack_sliver_any(int r, Trans ta, const T* a, std::int64_t lda, std::int64_t r0,
-                     std::int64_t p0, std::int64_t kc, T* d) {
-  switch (r) {
-    case 1: return pack_sliver<T, 1>(ta, a, lda, r0, p0, kc, d);
-    case 2: return pack_sliver<T, 2>(ta, a, lda, r0, p0, kc, d);
-    case 3: return pack_sliver<T, 3>(ta, a, lda, r0, p0, kc, d);
-    case 4: return pack_sliver<T, 4>(ta, a, lda, r0, p0, kc, d);
-    case 5: return pack_sliver<T, 5>(ta, a, lda, r0, p0, kc, d);
-    case 6: return pack_sliver<T, 6>(ta, a, lda, r0, p0, kc, d);
-#if defined(__AVX512F__)
-    case 7: return pack_sliver<T, 7>(ta, a, lda, r0, p0, kc, d);
-    case 8: return pack_sliver<T, 8>(ta, a, lda, r0, p0, kc, d);
-    case 9: return pack_sliver<T, 9>(ta, a, lda, r0, p0, kc, d);
-    case 10: return pack_sliver<T, 10>(ta, a, lda, r0, p0, kc, d);
-    case 11: return pack_sliver<T, 11>(ta, a, lda, r0, p0, kc, d);
-    case 12: return pack_sliver<T, 12>(ta, a, lda, r0, p0, kc, d);
-    case 13: return pack_sliver<T, 13>(ta, a, lda, r0, p0, kc, d);
-    case 14: return pack_sliver<T, 14>(ta, a, lda, r0, p0, kc, d);
-#endif
-    default: break;
-  }
-  for (std::int64_t p = 0; p < kc; ++p)  // not reached: slivers have at most MR rows
-    for (int i = 0; i < r; ++i)
-      d[p * r + i] = ta == Trans::no ? a[(r0 + i) * lda + p0 + p] : a[(p0 + p) * lda + r0 + i];
+// pack_sliver for a runtime r in 1..MR, through a table of the MR instantiations.
+template <class T, std::size_t... I>
+void pack_sliver_r(int r, Trans ta, const T* a, std::int64_t lda, std::int64_t r0,
+                   std::int64_t p0, std::int64_t kc, T* d, std::index_sequence<I...>) {
+  using Fn = void (*)(Trans, const T*, std::int64_t, std::int64_t, std::int64_t, std::int64_t, T*);
+  static constexpr Fn table[] = {&pack_sliver<T, static_cast<int>(I) + 1>...};
+  table[r - 1](ta, a, lda, r0, p0, kc, d);
 }
 
 // Pack op(A)[i0:i0+mb, p0:p0+kc] into slivers (see the file comment).
@@ -154,8 +137,8 @@ void pack_a(Trans ta, const T* a, std::int64_t lda, std::int64_t i0, std::int64_
             std::int64_t p0, std::int64_t kc, std::int64_t mr, T* dst) {
   const RowSplit sp = split_rows(mb, mr);
   for (std::int64_t s = 0; s < sp.count; ++s) {
-    pack_sliver_any<T>(static_cast<int>(sp.size(s)), ta, a, lda, i0 + sp.start(s), p0, kc,
-                       dst + sp.start(s) * kc);
+    pack_sliver_r<T>(static_cast<int>(sp.size(s)), ta, a, lda, i0 + sp.start(s), p0, kc,
+                     dst + sp.start(s) * kc, std::make_index_sequence<kMR>());
   }
 }
 
