@@ -166,47 +166,44 @@ inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, co
 
 // C (M x cv*L) = A (M x K) * B (K x cv*L) for any M: K in slices of kc rows (so a
 // slice of the B panel stays in cache while every row group uses it), rows in groups of
-// max_rows(cv). The summation order depends only on (M, K, kc, cv).
+// mrmax (<= max_rows(cv)), each a run<T, Fixed> tile. The summation order depends only
+// on (M, K, kc, cv, mrmax); with Fixed, only on (M, K, kc, mrmax).
 // With acc, the first slice also adds to C (C + sum, in that order).
 // With several row groups, the first group of each slice also prefetches the next slice
 // into L2 (after the last slice: whatever follows B in memory, which for the sequence
 // kernels' packed weights is the next block): weights that do not fit in L2 then come
 // from L3 ahead of use (LSTM H = 1024: 11% faster, H = 512: 4%; no change when they fit).
-template <class T>
-inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
-                  std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc,
-                  bool acc = false) {
-  const int mrmax = max_rows(cv);
+template <class T, bool Fixed>
+inline void panel_rows(int cv, int mrmax, std::int64_t M, std::int64_t K, std::int64_t kc,
+                       const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
+                       std::int64_t ldc, bool acc) {
   const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
   std::int64_t k0 = 0;
   do {
     const std::int64_t kn = K - k0 < step ? K - k0 : step;
     for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
       const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
-      run<T>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
-             acc || k0 > 0, r0 == 0 && M > mrmax ? B + (k0 + kn) * ldb : nullptr);
+      run<T, Fixed>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
+                    acc || k0 > 0, r0 == 0 && M > mrmax ? B + (k0 + kn) * ldb : nullptr);
     }
     k0 += step;
   } while (k0 < K);
 }
 
-// The same with rows in groups of mrmax (<= max_rows(cv)) and run<T, true>: the summation
-// order depends only on (M, K, kc, mrmax), so any tile width cv gives the same bits.
+// The usual product: the tallest row groups the tile width allows.
+template <class T>
+inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
+                  std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc,
+                  bool acc = false) {
+  panel_rows<T, false>(cv, max_rows(cv), M, K, kc, A, lda, B, ldb, C, ldc, acc);
+}
+
+// Row groups of a given mrmax and run<T, true>: any tile width cv gives the same bits.
 template <class T>
 inline void panel_fixed(int cv, int mrmax, std::int64_t M, std::int64_t K, std::int64_t kc,
                         const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
                         std::int64_t ldc, bool acc) {
-  const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
-  std::int64_t k0 = 0;
-  do {
-    const std::int64_t kn = K - k0 < step ? K - k0 : step;
-    for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
-      const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
-      run<T, true>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
-                   acc || k0 > 0, r0 == 0 && M > mrmax ? B + (k0 + kn) * ldb : nullptr);
-    }
-    k0 += step;
-  } while (k0 < K);
+  panel_rows<T, true>(cv, mrmax, M, K, kc, A, lda, B, ldb, C, ldc, acc);
 }
 
 }  // namespace tile
