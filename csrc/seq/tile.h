@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "runtime/target.h"
 
@@ -73,24 +74,34 @@ inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < CV; ++c) acc[s][r][c] = Vt{};
   std::int64_t k = 0;
-  for (; k + KS <= K; k += KS) {
+  // The K loop twice unrolled (the loop counter and pointer updates otherwise take issue
+  // slots from the FMAs), with the prefetch test hoisted out of it.
+  auto k_loop = [&](auto prefetch) {
+#pragma GCC unroll 2
+    for (; k + KS <= K; k += KS) {
 #pragma GCC unroll 4
-    for (int s = 0; s < KS; ++s) {
-      const T* b = B + (k + s) * ldb;
-      if (pf != nullptr) {
+      for (int s = 0; s < KS; ++s) {
+        const T* b = B + (k + s) * ldb;
+        if constexpr (decltype(prefetch)::value) {
 #pragma GCC unroll 4
-        for (int c = 0; c < CV; ++c) __builtin_prefetch(pf + (k + s) * ldb + c * L, 0, 2);
-      }
-      Vt bv[CV];
+          for (int c = 0; c < CV; ++c) __builtin_prefetch(pf + (k + s) * ldb + c * L, 0, 2);
+        }
+        Vt bv[CV];
 #pragma GCC unroll 4
-      for (int c = 0; c < CV; ++c) bv[c] = load(b + c * L);
+        for (int c = 0; c < CV; ++c) bv[c] = load(b + c * L);
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const T a = A[r * lda + k + s];
+        for (int r = 0; r < MR; ++r) {
+          const T a = A[r * lda + k + s];
 #pragma GCC unroll 4
-        for (int c = 0; c < CV; ++c) acc[s][r][c] += bv[c] * a;
+          for (int c = 0; c < CV; ++c) acc[s][r][c] += bv[c] * a;
+        }
       }
     }
+  };
+  if (pf != nullptr) {
+    k_loop(std::true_type{});
+  } else {
+    k_loop(std::false_type{});
   }
   for (; k < K; ++k) {
     const T* b = B + k * ldb;
