@@ -90,11 +90,13 @@ struct Scratch {
   std::unique_ptr<T, Free> buf;
   T* data = nullptr;
   explicit Scratch(i64 n) {
-    const i64 bytes = checked_mul(checked_add(n, 1, "workspace"), static_cast<i64>(sizeof(T)), "workspace");
+    const i64 bytes =
+        checked_mul(checked_add(n, 1, "workspace"), static_cast<i64>(sizeof(T)), "workspace");
     constexpr i64 kHuge = i64{1} << 21;
     const i64 align = bytes >= 2 * kHuge ? kHuge : 64;
     const i64 rounded = checked_mul((bytes + align - 1) / align, align, "workspace");
-    buf.reset(static_cast<T*>(std::aligned_alloc(static_cast<size_t>(align), static_cast<size_t>(rounded))));
+    void* p = std::aligned_alloc(static_cast<size_t>(align), static_cast<size_t>(rounded));
+    buf.reset(static_cast<T*>(p));
     if (!buf) throw std::bad_alloc();
     data = buf.get();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
