@@ -53,27 +53,10 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
 }
 
 // LSTM: p (4U) in: W_hh h; out: i, f, g, o. c_in (len) -> c_new, tc = tanh(c_new),
-// h_new = o * tc (len each).
+// h_new = o * tc (len each). Any len <= U.
 template <class T>
-inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc, T* h_new) {
-  using V = simd::Vec<T>;
-  if (len == V::lanes && U == V::lanes) {
-    // A whole block of one vector per gate: everything in registers.
-    const V i = simd::sigmoid(V::load(p) + V::load(gx));
-    const V f = simd::sigmoid(V::load(p + U) + V::load(gx + U));
-    const V gg = simd::tanh(V::load(p + 2 * U) + V::load(gx + 2 * U));
-    const V o = simd::sigmoid(V::load(p + 3 * U) + V::load(gx + 3 * U));
-    i.store(p);
-    f.store(p + U);
-    gg.store(p + 2 * U);
-    o.store(p + 3 * U);
-    const V c = f * V::load(c_in) + i * gg;
-    c.store(c_new);
-    const V t = simd::tanh(c);
-    t.store(tc);
-    (o * t).store(h_new);
-    return;
-  }
+FASTRNN_NOINLINE void lstm_fwd_any(int len, int U, T* p, const T* gx, const T* c_in, T* c_new,
+                                   T* tc, T* h_new) {
   for (int g = 0; g < 4; ++g) {
     T* q = p + g * U;
     const T* r = gx + g * U;
@@ -95,24 +78,37 @@ inline void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new,
   for (int u = 0; u < len; ++u) h_new[u] = o[u] * tc[u];
 }
 
-// GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n.
-// hn = W_hn h + b_hn (len), h_new = (1 - z) n + z h (len).
+// The same; a whole block of one vector per gate (the usual case) is done in registers,
+// inlined into the caller's row loop (as a call it spent a third of its time in the
+// prologue of the general path's stack frame).
 template <class T>
-inline void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn, T* h_new) {
+FASTRNN_INLINE void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc,
+                             T* h_new) {
   using V = simd::Vec<T>;
-  if (len == V::lanes && U == V::lanes) {
-    // A whole block of one vector per gate: everything in registers.
-    const V r = simd::sigmoid(V::load(p) + V::load(gx));
-    const V z = simd::sigmoid(V::load(p + U) + V::load(gx + U));
-    const V hv = V::load(p + 2 * U) + V::load(b_hn);
-    const V n = simd::tanh(V::load(gx + 2 * U) + r * hv);
-    r.store(p);
-    z.store(p + U);
-    n.store(p + 2 * U);
-    hv.store(hn);
-    (n + z * (V::load(h) - n)).store(h_new);
+  if (len != V::lanes || U != V::lanes) {
+    lstm_fwd_any(len, U, p, gx, c_in, c_new, tc, h_new);
     return;
   }
+  const V i = simd::sigmoid(V::load(p) + V::load(gx));
+  const V f = simd::sigmoid(V::load(p + U) + V::load(gx + U));
+  const V gg = simd::tanh(V::load(p + 2 * U) + V::load(gx + 2 * U));
+  const V o = simd::sigmoid(V::load(p + 3 * U) + V::load(gx + 3 * U));
+  i.store(p);
+  f.store(p + U);
+  gg.store(p + 2 * U);
+  o.store(p + 3 * U);
+  const V c = f * V::load(c_in) + i * gg;
+  c.store(c_new);
+  const V t = simd::tanh(c);
+  t.store(tc);
+  (o * t).store(h_new);
+}
+
+// GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n.
+// hn = W_hn h + b_hn (len), h_new = (1 - z) n + z h (len). Any len <= U.
+template <class T>
+FASTRNN_NOINLINE void gru_fwd_any(int len, int U, T* p, const T* gx, const T* b_hn, const T* h,
+                                  T* hn, T* h_new) {
   for (int u = 0; u < len; ++u) {
     p[u] += gx[u];
     p[U + u] += gx[U + u];
@@ -127,6 +123,26 @@ inline void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h
   tanh_n(n, len);
   const T* z = p + U;
   for (int u = 0; u < len; ++u) h_new[u] = n[u] + z[u] * (h[u] - n[u]);
+}
+
+// The same; one vector per gate in registers, inlined (see lstm_fwd).
+template <class T>
+FASTRNN_INLINE void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn,
+                            T* h_new) {
+  using V = simd::Vec<T>;
+  if (len != V::lanes || U != V::lanes) {
+    gru_fwd_any(len, U, p, gx, b_hn, h, hn, h_new);
+    return;
+  }
+  const V r = simd::sigmoid(V::load(p) + V::load(gx));
+  const V z = simd::sigmoid(V::load(p + U) + V::load(gx + U));
+  const V hv = V::load(p + 2 * U) + V::load(b_hn);
+  const V n = simd::tanh(V::load(gx + 2 * U) + r * hv);
+  r.store(p);
+  z.store(p + U);
+  n.store(p + 2 * U);
+  hv.store(hn);
+  (n + z * (V::load(h) - n)).store(h_new);
 }
 
 // GRU, reset before the matmul, first half: p (2U) in: W_hr h, W_hz h; out: r, z.
@@ -149,34 +165,57 @@ inline void gru_n_fwd(int len, T* pn, const T* gxn, const T* z, const T* h, T* h
 }
 
 // ---- backward -------------------------------------------------------------
+// Written over explicit vectors: the compiler left these loops scalar (the outputs
+// may alias the inputs as far as it can tell), and at small H they were most of
+// the backward's own time. ld(p) / st(p, v) read and write the n = lanes or tail
+// elements of the current vector; every lane gets the same operations as a scalar
+// loop would do, so results do not depend on where a unit sits in its vector.
+template <class T, class Body>
+FASTRNN_INLINE void for_vectors(int len, Body body) {
+  using V = simd::Vec<T>;
+  int u = 0;
+  for (; u + V::lanes <= len; u += V::lanes) {
+    body(
+        u, [](const T* q) { return V::load(q); }, [](T* q, V v) { v.store(q); });
+  }
+  if (u < len) {
+    const int r = len - u;
+    body(
+        u, [r](const T* q) { return V::load_partial(q, r); },
+        [r](T* q, V v) { v.store_partial(q, r); });
+  }
+}
+
 // gh: dL/dh' (len). Writes dG (pre-activation gradients, gate stride H).
 template <class T>
 inline void rnn_bwd(Act act, int len, const T* gh, const T* a, T* dg) {
-  if (act == Act::tanh) {
-    for (int u = 0; u < len; ++u) dg[u] = gh[u] * (T(1) - a[u] * a[u]);
-  } else if (act == Act::relu) {
+  using V = simd::Vec<T>;
+  if (act == Act::relu) {
     for (int u = 0; u < len; ++u) dg[u] = a[u] > T(0) ? gh[u] : T(0);
-  } else {
-    for (int u = 0; u < len; ++u) dg[u] = gh[u] * a[u] * (T(1) - a[u]);
+    return;
   }
+  const bool tanh = act == Act::tanh;
+  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+    const V av = ld(a + u);
+    st(dg + u, tanh ? ld(gh + u) * (T(1) - av * av) : ld(gh + u) * av * (T(1) - av));
+  });
 }
 
 // LSTM. act: i,f,g,o (stride H); dc (len) in: dL/dc' from later steps, out: dL/dc.
 template <class T>
 inline void lstm_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* c_prev,
                      const T* tc, T* dc, T* dg) {
-  const T* i = act;
-  const T* f = act + H;
-  const T* g = act + 2 * H;
-  const T* o = act + 3 * H;
-  for (int u = 0; u < len; ++u) {
-    const T dct = dc[u] + gh[u] * o[u] * (T(1) - tc[u] * tc[u]);
-    dg[u] = dct * g[u] * i[u] * (T(1) - i[u]);
-    dg[H + u] = dct * c_prev[u] * f[u] * (T(1) - f[u]);
-    dg[2 * H + u] = dct * i[u] * (T(1) - g[u] * g[u]);
-    dg[3 * H + u] = gh[u] * tc[u] * o[u] * (T(1) - o[u]);
-    dc[u] = dct * f[u];
-  }
+  using V = simd::Vec<T>;
+  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+    const V i = ld(act + u), f = ld(act + H + u), g = ld(act + 2 * H + u);
+    const V o = ld(act + 3 * H + u), t = ld(tc + u), dh = ld(gh + u);
+    const V dct = ld(dc + u) + dh * o * (T(1) - t * t);
+    st(dg + u, dct * g * i * (T(1) - i));
+    st(dg + H + u, dct * ld(c_prev + u) * f * (T(1) - f));
+    st(dg + 2 * H + u, dct * i * (T(1) - g * g));
+    st(dg + 3 * H + u, dh * t * o * (T(1) - o));
+    st(dc + u, dct * f);
+  });
 }
 
 // GRU, reset after. act: r,z,n (stride H); hn: W_hn h + b_hn. Writes dG for the
@@ -184,39 +223,40 @@ inline void lstm_bwd(int len, std::int64_t H, const T* gh, const T* act, const T
 template <class T>
 inline void gru_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, const T* hn,
                     T* dg, T* dhn, T* dh_direct) {
-  const T* r = act;
-  const T* z = act + H;
-  const T* n = act + 2 * H;
-  for (int u = 0; u < len; ++u) {
-    const T dan = gh[u] * (T(1) - z[u]) * (T(1) - n[u] * n[u]);
-    dg[u] = dan * hn[u] * r[u] * (T(1) - r[u]);
-    dg[H + u] = gh[u] * (h[u] - n[u]) * z[u] * (T(1) - z[u]);
-    dg[2 * H + u] = dan;
-    dhn[u] = dan * r[u];
-    dh_direct[u] = gh[u] * z[u];
-  }
+  using V = simd::Vec<T>;
+  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+    const V r = ld(act + u), z = ld(act + H + u), n = ld(act + 2 * H + u), dh = ld(gh + u);
+    const V dan = dh * (T(1) - z) * (T(1) - n * n);
+    st(dg + u, dan * ld(hn + u) * r * (T(1) - r));
+    st(dg + H + u, dh * (ld(h + u) - n) * z * (T(1) - z));
+    st(dg + 2 * H + u, dan);
+    st(dhn + u, dan * r);
+    st(dh_direct + u, dh * z);
+  });
 }
 
 // GRU, reset before, first half: dG for z and n; dh_direct = dL/dh via z.
 template <class T>
 inline void gru_zn_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, T* dg,
                        T* dh_direct) {
-  const T* z = act + H;
-  const T* n = act + 2 * H;
-  for (int u = 0; u < len; ++u) {
-    dg[H + u] = gh[u] * (h[u] - n[u]) * z[u] * (T(1) - z[u]);
-    dg[2 * H + u] = gh[u] * (T(1) - z[u]) * (T(1) - n[u] * n[u]);
-    dh_direct[u] = gh[u] * z[u];
-  }
+  using V = simd::Vec<T>;
+  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+    const V z = ld(act + H + u), n = ld(act + 2 * H + u), dh = ld(gh + u);
+    st(dg + H + u, dh * (ld(h + u) - n) * z * (T(1) - z));
+    st(dg + 2 * H + u, dh * (T(1) - z) * (T(1) - n * n));
+    st(dh_direct + u, dh * z);
+  });
 }
 
 // Second half: drh = dL/d(r*h) (len). Writes dG for r, adds r*drh to dh.
 template <class T>
 inline void gru_r_bwd(int len, const T* r, const T* h, const T* drh, T* dg_r, T* dh) {
-  for (int u = 0; u < len; ++u) {
-    dg_r[u] = drh[u] * h[u] * r[u] * (T(1) - r[u]);
-    dh[u] += drh[u] * r[u];
-  }
+  using V = simd::Vec<T>;
+  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+    const V rv = ld(r + u), d = ld(drh + u);
+    st(dg_r + u, d * ld(h + u) * rv * (T(1) - rv));
+    st(dh + u, ld(dh + u) + d * rv);
+  });
 }
 
 }  // namespace cells

@@ -22,10 +22,14 @@
 // For the small vector functions of the per-step gate math: inlined at every call site,
 // so the out-of-order core overlaps the independent gates of a block instead of
 // waiting on one call's latency chain after another.
+// FASTRNN_NOINLINE keeps a rarely taken path (partial blocks) out of its caller, so the
+// caller's common path needs no large stack frame.
 #if defined(__GNUC__)
 #define FASTRNN_INLINE inline __attribute__((always_inline))
+#define FASTRNN_NOINLINE __attribute__((noinline))
 #else
 #define FASTRNN_INLINE inline
+#define FASTRNN_NOINLINE
 #endif
 
 #define FASTRNN_TARGET_NS_BEGIN \
