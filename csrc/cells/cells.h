@@ -165,26 +165,10 @@ inline void gru_n_fwd(int len, T* pn, const T* gxn, const T* z, const T* h, T* h
 }
 
 // ---- backward -------------------------------------------------------------
-// Written over explicit vectors: the compiler left these loops scalar (the outputs
-// may alias the inputs as far as it can tell), and at small H they were most of
-// the backward's own time. ld(p) / st(p, v) read and write the n = lanes or tail
-// elements of the current vector; every lane gets the same operations as a scalar
-// loop would do, so results do not depend on where a unit sits in its vector.
-template <class T, class Body>
-FASTRNN_INLINE void for_vectors(int len, Body body) {
-  using V = simd::Vec<T>;
-  int u = 0;
-  for (; u + V::lanes <= len; u += V::lanes) {
-    body(
-        u, [](const T* q) { return V::load(q); }, [](T* q, V v) { v.store(q); });
-  }
-  if (u < len) {
-    const int r = len - u;
-    body(
-        u, [r](const T* q) { return V::load_partial(q, r); },
-        [r](T* q, V v) { v.store_partial(q, r); });
-  }
-}
+// Written over explicit vectors (simd::for_vectors: whole vectors, then a partial
+// tail, each lane getting the operations a scalar loop would do): the compiler left
+// these loops scalar (the outputs may alias the inputs as far as it can tell), and at
+// small H they were most of the backward's own time.
 
 // gh: dL/dh' (len). Writes dG (pre-activation gradients, gate stride H).
 template <class T>
@@ -195,7 +179,7 @@ inline void rnn_bwd(Act act, int len, const T* gh, const T* a, T* dg) {
     return;
   }
   const bool tanh = act == Act::tanh;
-  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+  simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
     const V av = ld(a + u);
     st(dg + u, tanh ? ld(gh + u) * (T(1) - av * av) : ld(gh + u) * av * (T(1) - av));
   });
@@ -206,7 +190,7 @@ template <class T>
 inline void lstm_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* c_prev,
                      const T* tc, T* dc, T* dg) {
   using V = simd::Vec<T>;
-  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+  simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
     const V i = ld(act + u), f = ld(act + H + u), g = ld(act + 2 * H + u);
     const V o = ld(act + 3 * H + u), t = ld(tc + u), dh = ld(gh + u);
     const V dct = ld(dc + u) + dh * o * (T(1) - t * t);
@@ -224,7 +208,7 @@ template <class T>
 inline void gru_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, const T* hn,
                     T* dg, T* dhn, T* dh_direct) {
   using V = simd::Vec<T>;
-  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+  simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
     const V r = ld(act + u), z = ld(act + H + u), n = ld(act + 2 * H + u), dh = ld(gh + u);
     const V dan = dh * (T(1) - z) * (T(1) - n * n);
     st(dg + u, dan * ld(hn + u) * r * (T(1) - r));
@@ -240,7 +224,7 @@ template <class T>
 inline void gru_zn_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, T* dg,
                        T* dh_direct) {
   using V = simd::Vec<T>;
-  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+  simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
     const V z = ld(act + H + u), n = ld(act + 2 * H + u), dh = ld(gh + u);
     st(dg + H + u, dh * (ld(h + u) - n) * z * (T(1) - z));
     st(dg + 2 * H + u, dh * (T(1) - z) * (T(1) - n * n));
@@ -252,7 +236,7 @@ inline void gru_zn_bwd(int len, std::int64_t H, const T* gh, const T* act, const
 template <class T>
 inline void gru_r_bwd(int len, const T* r, const T* h, const T* drh, T* dg_r, T* dh) {
   using V = simd::Vec<T>;
-  for_vectors<T>(len, [&](int u, auto ld, auto st) {
+  simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
     const V rv = ld(r + u), d = ld(drh + u);
     st(dg_r + u, d * ld(h + u) * rv * (T(1) - rv));
     st(dh + u, ld(dh + u) + d * rv);

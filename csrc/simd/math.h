@@ -325,18 +325,32 @@ inline double tanh_fast(double x) { return tanh_fast(Vec<double>::broadcast(x)).
 inline float sigmoid_fast(float x) { return sigmoid_fast(Vec<float>::broadcast(x)).lane(0); }
 inline double sigmoid_fast(double x) { return sigmoid_fast(Vec<double>::broadcast(x)).lane(0); }
 
+// Runs body(i, ld, st) for i = 0, lanes, 2*lanes, ... < n: whole vectors, then one
+// partial vector for the tail. ld(p) / st(p, v) load and store the lanes of the current
+// vector at p (the tail's reads and writes touch exactly its n - i elements), so a body
+// written once serves both, and each element gets the same operations wherever it sits.
+template <class T, class Body>
+FASTRNN_INLINE void for_vectors(std::int64_t n, Body body) {
+  using V = Vec<T>;
+  std::int64_t i = 0;
+  for (; i + V::lanes <= n; i += V::lanes) {
+    body(
+        i, [](const T* p) { return V::load(p); }, [](T* p, V v) { v.store(p); });
+  }
+  if (i < n) {
+    const int r = static_cast<int>(n - i);
+    body(
+        i, [r](const T* p) { return V::load_partial(p, r); },
+        [r](T* p, V v) { v.store_partial(p, r); });
+  }
+}
+
 // Applies f (a functor taking and returning Vec<T>) to in[0..n) -> out[0..n).
 // out == in (in place) is allowed; other overlaps are not. Touches exactly n
 // elements of each array.
 template <class T, class F>
 inline void map(const T* in, T* out, std::int64_t n, F f) {
-  using V = Vec<T>;
-  std::int64_t i = 0;
-  for (; i + V::lanes <= n; i += V::lanes) f(V::load(in + i)).store(out + i);
-  if (i < n) {
-    const int r = static_cast<int>(n - i);
-    f(V::load_partial(in + i, r)).store_partial(out + i, r);
-  }
+  for_vectors<T>(n, [&](std::int64_t i, auto ld, auto st) { st(out + i, f(ld(in + i))); });
 }
 
 // Array helpers: out[i] = f(in[i]) for i in [0, n); in == out allowed.
