@@ -65,6 +65,17 @@ inline i64 round16(i64 n, const char* what) {
   return checked_mul((checked_add(n, 15, what)) / 16, 16, what);
 }
 
+// Consecutive regions of one workspace, each rounded up to 16 elements (64 bytes of
+// float), with every size checked against 64-bit overflow.
+struct Carve {
+  i64 off = 0;
+  i64 take(i64 n, const char* what) {
+    const i64 at = off;
+    off = checked_add(off, round16(n, what), what);
+    return at;
+  }
+};
+
 struct FwdLayout {
   i64 wih = 0, whh = 0, gx = 0, gh = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, total = 0;
 };
@@ -72,27 +83,22 @@ struct FwdLayout {
 template <class T>
 FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   FwdLayout l;
-  i64 off = 0;
-  auto take = [&](i64 n, const char* what) {
-    const i64 at = off;
-    off = checked_add(off, round16(n, what), what);
-    return at;
-  };
-  l.wih = take(checked_mul(checked_mul(g.nb, d.I, "packed weight_ih"), g.GU, "packed weight_ih"),
-               "packed weight_ih");
-  l.whh = take(checked_mul(checked_mul(g.nb, d.H, "packed weight_hh"), g.GU, "packed weight_hh"),
-               "packed weight_hh");
+  Carve w;
+  const char* wih = "packed weight_ih";
+  l.wih = w.take(checked_mul(checked_mul(g.nb, d.I, wih), g.GU, wih), wih);
+  const char* whh = "packed weight_hh";
+  l.whh = w.take(checked_mul(checked_mul(g.nb, d.H, whh), g.GU, whh), whh);
   // [block][row][GU] so a block's rows are contiguous (no 4 KiB strides in L1)
-  l.gx = take(checked_mul(checked_mul(g.Tc, d.N, "input projection"), g.GHp, "input projection"),
-              "input projection");
-  l.gh = take(checked_mul(d.N, g.GHp, "recurrent projection"), "recurrent projection");
-  l.bias = take(g.GHp, "bias");
-  l.bhn = take(checked_mul(g.nb, g.U, "bias"), "bias");
+  const char* gx = "input projection";
+  l.gx = w.take(checked_mul(checked_mul(g.Tc, d.N, gx), g.GHp, gx), gx);
+  l.gh = w.take(checked_mul(d.N, g.GHp, "recurrent projection"), "recurrent projection");
+  l.bias = w.take(g.GHp, "bias");
+  l.bhn = w.take(checked_mul(g.nb, g.U, "bias"), "bias");
   const i64 nh = checked_mul(d.N, d.H, "state");
-  l.hbuf = take(checked_mul(2, nh, "state"), "state");
-  l.rh = take(nh, "state");
-  l.zb = take(nh, "state");
-  l.total = off;
+  l.hbuf = w.take(checked_mul(2, nh, "state"), "state");
+  l.rh = w.take(nh, "state");
+  l.zb = w.take(nh, "state");
+  l.total = w.off;
   return l;
 }
 
@@ -103,21 +109,17 @@ struct BwdLayout {
 template <class T>
 BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
   BwdLayout l;
-  i64 off = 0;
-  auto take = [&](i64 n, const char* what) {
-    const i64 at = off;
-    off = checked_add(off, round16(n, what), what);
-    return at;
-  };
+  Carve w;
   const i64 GH = checked_mul(g.G, d.H, "gate columns");
   const i64 TN = checked_mul(d.T, d.N, "time steps x batch");
-  l.wbk = take(checked_mul(checked_mul(g.nb, GH, "packed weight_hh"), g.U, "packed weight_hh"),
-               "packed weight_hh");
-  l.dg = take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
-  l.dhn = take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0, "gate gradients");
-  l.dts = take(checked_mul(d.N, checked_mul(g.nb, g.U, "units"), "recurrent gradient"),
-               "recurrent gradient");
-  l.total = off;
+  l.wbk = w.take(checked_mul(checked_mul(g.nb, GH, "packed weight_hh"), g.U, "packed weight_hh"),
+                 "packed weight_hh");
+  l.dg = w.take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
+  l.dhn =
+      w.take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0, "gate gradients");
+  l.dts = w.take(checked_mul(d.N, checked_mul(g.nb, g.U, "units"), "recurrent gradient"),
+                 "recurrent gradient");
+  l.total = w.off;
   return l;
 }
 
