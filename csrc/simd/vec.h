@@ -35,7 +35,7 @@
 
 #include "runtime/target.h"
 
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
@@ -168,18 +168,54 @@ inline Vec<T> fma(Vec<T> a, Vec<T> b, Vec<T> c) {
   return {a.v * b.v + c.v};  // contracted to FMA by -ffp-contract=fast on FMA targets
 }
 
+// x86's min and max instructions have exactly the semantics of min() and max() below
+// (the second operand when either is NaN, or when both are zeros), but the compiler
+// does not see that through the vector ternary and emits a compare and a blend.
+#if defined(__AVX512F__) && FASTRNN_SIMD_BYTES == 64
+#define FASTRNN_MM(name) _mm512_##name
+using MmPs = __m512;
+using MmPd = __m512d;
+#elif defined(__AVX__) && FASTRNN_SIMD_BYTES == 32
+#define FASTRNN_MM(name) _mm256_##name
+using MmPs = __m256;
+using MmPd = __m256d;
+#elif defined(__SSE2__) && FASTRNN_SIMD_BYTES == 16
+#define FASTRNN_MM(name) _mm_##name
+using MmPs = __m128;
+using MmPd = __m128d;
+#endif
+
 // Per lane a < b ? a : b (b when either is NaN).
 template <class T>
 inline Vec<T> min(Vec<T> a, Vec<T> b) {
-  return {a.v < b.v ? a.v : b.v};
+  using R = typename Vec<T>::raw;
+#if defined(FASTRNN_MM)
+  if constexpr (sizeof(T) == 4) {
+    return {R(FASTRNN_MM(min_ps)(MmPs(a.v), MmPs(b.v)))};
+  } else {
+    return {R(FASTRNN_MM(min_pd)(MmPd(a.v), MmPd(b.v)))};
+  }
+#else
+  return {R(a.v < b.v ? a.v : b.v)};
+#endif
 }
 
 // Per lane a > b ? a : b (b when either is NaN). So max(zero, x) propagates a
 // NaN x (a NaN-preserving relu) while max(x, zero) turns it into 0.
 template <class T>
 inline Vec<T> max(Vec<T> a, Vec<T> b) {
-  return {a.v > b.v ? a.v : b.v};
+  using R = typename Vec<T>::raw;
+#if defined(FASTRNN_MM)
+  if constexpr (sizeof(T) == 4) {
+    return {R(FASTRNN_MM(max_ps)(MmPs(a.v), MmPs(b.v)))};
+  } else {
+    return {R(FASTRNN_MM(max_pd)(MmPd(a.v), MmPd(b.v)))};
+  }
+#else
+  return {R(a.v > b.v ? a.v : b.v)};
+#endif
 }
+#undef FASTRNN_MM
 
 // |a|: clears the sign bit (also of NaN and -0).
 template <class T>
