@@ -38,10 +38,11 @@
 //   exp(x):   clamp x to [lo, hi] (beyond which the result is 0 / inf);
 //             n = round(x / ln2), r = x - n*ln2 (two-part ln2, exact
 //             products), |r| <= ln2/2; e^r = 1 + r + r^2 P(r) with the Taylor
-//             coefficients (degree 8 float, 13 double; truncation < 0.01 ulp),
-//             P as two Horner chains in r^2, 1 + r kept exact as hi + lo;
-//             scale by 2^n as 2^n1 * 2^n2 (n1 + n2 = n) so that overflow gives
-//             inf and denormal results are rounded once.
+//             coefficients (degree 7 float, 13 double; truncation < 0.07 /
+//             0.02 ulp), P as two Horner chains in r^2, 1 + r kept exact as
+//             hi + lo; scale by 2^n as 2^n1 * 2^n2 (n1 + n2 = n; one vscalef on
+//             AVX-512, same bits) so that overflow gives inf and denormal
+//             results are rounded once.
 //   tanh(x):  a = |x|; t = expm1(-2a) in (-1, 0] from the same reduction
 //             (expm1 = 2^n q + (2^n - 1), q = r + r^2 P(r), exact for n = 0);
 //             tanh(a) = -t / (2 + t), the denominator kept exact as hi + lo
@@ -99,7 +100,7 @@ struct ExpConst<float> {
   static constexpr float expm1_lo = -20.0f;
   // Below this |x|, tanh(x) rounds to x (x^2/3 < half an ulp).
   static constexpr float tanh_tiny = 0x1p-12f;
-  static constexpr int degree = 8;
+  static constexpr int degree = 7;
 };
 
 template <>
@@ -124,7 +125,7 @@ constexpr double inv_factorial(int k) {
 }
 
 // P(r) = sum over k = 2..degree of r^(k-2) / k!, so that expm1(r) =
-// r + r^2 P(r) for |r| <= ln2/2 (Taylor, truncation < 0.01 ulp). Evaluated as
+// r + r^2 P(r) for |r| <= ln2/2 (Taylor, truncation < 0.07 ulp). Evaluated as
 // even and odd parts in r^2: two independent Horner chains, half the latency.
 template <class T>
 FASTRNN_INLINE Vec<T> expm1_tail(Vec<T> r) {
@@ -156,16 +157,21 @@ FASTRNN_INLINE Vec<T> expm1_poly(Vec<T> r) {
 // x must be finite-clamped to |x| < 2^20 (or NaN). Returns r and n as an
 // unsigned integer lane (two's complement).
 template <class T>
-FASTRNN_INLINE Vec<T> reduce(Vec<T> x, typename Vec<T>::uraw& n) {
+FASTRNN_INLINE Vec<T> reduce(Vec<T> x, typename Vec<T>::uraw& n, Vec<T>& nf) {
   using V = Vec<T>;
   using C = ExpConst<T>;
   const V magic = V::broadcast(C::round_magic);
   const V t = fma(x, V::broadcast(C::log2e), magic);
-  const V nf = t - magic;
+  nf = t - magic;
   n = t.bits() - magic.bits();
   V r = fma(nf, V::broadcast(-C::ln2_hi), x);
   r = fma(nf, V::broadcast(-C::ln2_lo), r);
   return r;
+}
+template <class T>
+FASTRNN_INLINE Vec<T> reduce(Vec<T> x, typename Vec<T>::uraw& n) {
+  Vec<T> nf;
+  return reduce(x, n, nf);
 }
 
 // 2^k for an integer lane k with a normal result (bias + k in [1, 2*bias]).
@@ -209,6 +215,40 @@ FASTRNN_INLINE Vec<T> div_hi_lo(Vec<T> num, Vec<T> d_hi, Vec<T> d_lo) {
   return fma(res, rcp, q);
 }
 
+// e^x for x already clamped to [lo, hi] (a NaN x gives some NaN or number: callers
+// that can see NaN select it themselves).
+template <class T>
+FASTRNN_INLINE Vec<T> exp_clamped(Vec<T> xc) {
+  using V = Vec<T>;
+  using U = typename V::uint;
+  typename V::uraw n;
+  V nf;
+  const V r = reduce(xc, n, nf);
+  // e^r = 1 + r + r^2 P(r). 1 + r is split into hi + lo exactly (Fast2Sum,
+  // |1| >= |r|), so only the final addition rounds at the scale of 1.
+  const V one = V::broadcast(T(1));
+  const V hi = one + r;
+  const V lo = (one - hi) + r;
+  const V p = hi + fma(r * r, expm1_tail(r), lo);
+#if defined(__AVX512F__) && FASTRNN_SIMD_BYTES == 64
+  // p * 2^n rounded once (vscalef): the same bits as the two steps below, in one
+  // instruction.
+  (void)n;
+  if constexpr (sizeof(T) == 4) {
+    return V{typename V::raw(_mm512_scalef_ps(__m512(p.v), __m512(nf.v)))};
+  } else {
+    return V{typename V::raw(_mm512_scalef_pd(__m512d(p.v), __m512d(nf.v)))};
+  }
+#else
+  (void)nf;
+  // n = n1 + n2 with n1 = floor(n / 2); the offset keeps the shift on
+  // non-negative numbers (|n| < 2048 here).
+  const typename V::uraw n1 = ((n + U(2048)) >> 1) - U(1024);
+  const typename V::uraw n2 = n - n1;
+  return p * pow2<T>(n1) * pow2<T>(n2);
+#endif
+}
+
 }  // namespace detail
 
 // e^x per lane; max error 1 ulp (see top of file).
@@ -216,22 +256,8 @@ template <class T>
 FASTRNN_INLINE Vec<T> exp(Vec<T> x) {
   using V = Vec<T>;
   using C = detail::ExpConst<T>;
-  using U = typename V::uint;
   const V xc = min(max(x, V::broadcast(C::lo)), V::broadcast(C::hi));
-  typename V::uraw n;
-  const V r = detail::reduce(xc, n);
-  // e^r = 1 + r + r^2 P(r). 1 + r is split into hi + lo exactly (Fast2Sum,
-  // |1| >= |r|), so only the final addition rounds at the scale of 1.
-  const V one = V::broadcast(T(1));
-  const V hi = one + r;
-  const V lo = (one - hi) + r;
-  const V p = hi + fma(r * r, detail::expm1_tail(r), lo);
-  // n = n1 + n2 with n1 = floor(n / 2); the offset keeps the shift on
-  // non-negative numbers (|n| < 2048 here).
-  const typename V::uraw n1 = ((n + U(2048)) >> 1) - U(1024);
-  const typename V::uraw n2 = n - n1;
-  const V y = p * detail::pow2<T>(n1) * detail::pow2<T>(n2);
-  return select(isnan(x), x, y);
+  return select(isnan(x), x, detail::exp_clamped(xc));
 }
 
 namespace detail {
@@ -271,7 +297,8 @@ FASTRNN_INLINE Vec<T> tanh_impl(Vec<T> x) {
 template <bool Accurate, class T>
 FASTRNN_INLINE Vec<T> sigmoid_impl(Vec<T> x) {
   using V = Vec<T>;
-  const V e = exp(-abs(x));
+  // exp(-|x|) <= 1 needs no upper clamp, and a NaN x is selected below.
+  const V e = exp_clamped(max(-abs(x), V::broadcast(ExpConst<T>::lo)));
   const V one = V::broadcast(T(1));
   const V num = select(x < V::zero(), e, one);
   const V d_hi = one + e;
