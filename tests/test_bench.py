@@ -9,6 +9,7 @@ import csv
 import importlib.machinery
 import importlib.util
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -26,9 +27,9 @@ from fastrnn.bench.backends import (
     reference_outputs,
 )
 from fastrnn.bench.cases import Case, cases_from_toml, parse_case_spec
-from fastrnn.bench.measure import compare, time_callable
+from fastrnn.bench.measure import compare, time_callable, time_interleaved
 from fastrnn.bench.report import format_table, to_csv, to_json
-from fastrnn.bench.run import FAILED, OK, SKIPPED, Options, Results, run_benchmarks
+from fastrnn.bench.run import ERROR, FAILED, OK, SKIPPED, Options, Results, run_benchmarks
 from fastrnn.bench.suites import DEEPBENCH_GFLOP_BUDGET, SUITES, get_suite, scale_to_budget
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -280,6 +281,142 @@ def test_time_callable_batches_short_calls():
     assert 0 < t.min <= t.median <= t.max
 
 
+class FakeClock:
+    """A clock that only the fake callables move: each call logs its name and advances
+    the time by its next cost, so timings are exact and call orders can be checked."""
+
+    def __init__(self) -> None:
+        self.now, self.log = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def fn(self, name, costs, fail_on_call=None):
+        costs, calls = itertools.cycle(costs), itertools.count(1)
+
+        def call():
+            if next(calls) == fail_on_call:
+                raise RuntimeError(f"{name} boom")
+            self.log.append(name)
+            self.now += next(costs)
+
+        return call
+
+
+# Calls of 1 s or more, samples of at least 0.5 s: one call per sample, one log entry each.
+FAKE = {"repeat": 3, "min_time": 0.5, "stable_spread": 0.03}
+NOISY = (1.0, 2.0, 3.0)  # never 3 samples within 3 %
+
+
+def test_time_interleaved_alternates_and_rotates():
+    clock = FakeClock()
+    fns = {k: clock.fn(k, [1.0]) for k in "abc"}
+    got = time_interleaved(fns, max_time=100, clock=clock, **FAKE)
+    warm_up, rounds = clock.log[:3], clock.log[3:]
+    assert warm_up == ["a", "b", "c"]
+    assert rounds == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert list(got) == ["a", "b", "c"]
+    for t in got.values():
+        assert (t.samples, t.calls_per_sample, t.median, t.spread) == (3, 1, 1.0, 0.0)
+
+
+def test_time_interleaved_stops_a_fn_once_stable():
+    clock = FakeClock()
+    fns = {"steady": clock.fn("steady", [1.0]), "noisy": clock.fn("noisy", NOISY)}
+    got = time_interleaved(fns, max_time=100, clock=clock, **FAKE)
+    assert got["steady"].samples == 3
+    assert got["noisy"].samples == 4 * 3  # the cap
+    last_steady = max(i for i, name in enumerate(clock.log) if name == "steady")
+    # Rounds: steady noisy | noisy steady | steady noisy, then noisy alone.
+    assert clock.log[last_steady + 1 :] == ["noisy"] * (12 - 2)
+
+
+def test_time_interleaved_respects_the_budget():
+    clock = FakeClock()
+    fns = {k: clock.fn(k, NOISY) for k in "ab"}
+    got = time_interleaved(fns, max_time=2.5, clock=clock, **FAKE)
+    sampled = sum(sum(t.per_call) for t in got.values())
+    assert 5.0 <= sampled <= 5.0 + max(NOISY)  # budget 2 x 2.5 s, overrun by one sample
+    assert all(t.samples < 4 * 3 for t in got.values())
+    # A budget spent by the first sample still leaves every fn one sample.
+    clock = FakeClock()
+    fns = {k: clock.fn(k, NOISY) for k in "abc"}
+    got = time_interleaved(fns, max_time=0.01, clock=clock, **FAKE)
+    assert [t.samples for t in got.values()] == [1, 1, 1]
+
+
+def test_time_interleaved_drops_a_fn_that_raises():
+    clock = FakeClock()
+    fns = {
+        "ok": clock.fn("ok", NOISY),
+        "late": clock.fn("late", [1.0], fail_on_call=3),  # in its second sample
+        "early": clock.fn("early", [1.0], fail_on_call=1),  # in the warm-up
+    }
+    errors = {}
+    got = time_interleaved(fns, max_time=100, clock=clock, errors=errors, **FAKE)
+    assert list(got) == ["ok"] and got["ok"].samples == 4 * 3
+    assert sorted(errors) == ["early", "late"] and "late boom" in str(errors["late"])
+    assert clock.log.count("late") == 2
+    with pytest.raises(RuntimeError, match="late boom"):  # without errors=, it propagates
+        clock = FakeClock()
+        time_interleaved({"late": clock.fn("late", [1.0], fail_on_call=3)}, clock=clock, **FAKE)
+
+
+def test_time_interleaved_settles_between_different_fns_outside_the_budget():
+    clock = FakeClock()
+    slept = []
+
+    def sleep(seconds):
+        slept.append(len(clock.log))  # where in the call log the pause fell
+        clock.now += seconds  # a pause the budget must not count
+
+    fns = {"a": clock.fn("a", [1.0]), "b": clock.fn("b", [1.0])}
+    time_interleaved(fns, max_time=100, clock=clock, settle=7.0, sleep=sleep, **FAKE)
+    # Warm-ups a b, then rounds a b | b a | a b: a pause before every sample that follows
+    # the other fn's call, none between two calls of the same fn.
+    assert clock.log == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert slept == [2, 3, 5, 7]
+    clock, slept = FakeClock(), []
+    fns = {k: clock.fn(k, NOISY) for k in "ab"}
+    got = time_interleaved(fns, max_time=2.5, clock=clock, settle=7.0, sleep=sleep, **FAKE)
+    sampled = sum(sum(t.per_call) for t in got.values())
+    assert 5.0 <= sampled <= 5.0 + max(NOISY)
+    assert len(slept) >= 2
+    # One fn: nothing to settle from.
+    clock, slept = FakeClock(), []
+    time_interleaved({"a": clock.fn("a", [1.0])}, clock=clock, settle=7.0, sleep=sleep, **FAKE)
+    assert slept == []
+
+
+class Logged(FunctionalBackend):
+    """A functional backend whose prepared callable logs its name on every call."""
+
+    def __init__(self, which: str, log: list) -> None:
+        super().__init__(which)
+        self.log = log
+
+    def prepare(self, case, mode, p):
+        fn = super().prepare(case, mode, p)
+
+        def logged():
+            self.log.append(self.name)
+            return fn()
+
+        return logged
+
+
+def test_reference_is_timed_alone_after_the_interleaved_backends():
+    log: list[str] = []
+    backends = [Logged("reference", log), Logged("native", log)]
+    assert [b.interleave for b in backends] == [False, True]
+    opts = Options(repeat=2, min_time=0.001, max_time=0.05, measure_memory=False, settle=0.0)
+    res = run_benchmarks([Case("rnn", 2, 1, 3, 3)], backends, opts, {})
+    assert all(r["status"] == OK for r in res.rows)
+    # Per mode: every native call (warm-up and samples), then every reference call.
+    runs = [name for name, _ in itertools.groupby(log)]
+    assert runs == ["native", "reference", "native", "reference"]
+
+
 def test_memory_peaks_see_a_numpy_allocation():
     from fastrnn.bench.measure import memory_peaks
 
@@ -382,6 +519,50 @@ def test_backend_exceptions(exc, status, code, tmp_path):
     rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["raiser"]["status"] == status and "boom" in rows["raiser"]["reason"]
     assert rows["reference"]["status"] == OK
+
+
+class FailsWhenTimed(FunctionalBackend):
+    """Passes the check, but its prepared callable raises from its second call on."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("reference")
+        self.name = name
+
+    def prepare(self, case, mode, p):
+        fn, calls = super().prepare(case, mode, p), itertools.count(1)
+
+        def flaky():
+            if next(calls) >= 2:
+                raise RuntimeError("boom in timing")
+            return fn()
+
+        return flaky
+
+
+def test_backend_failing_while_timed_gets_an_error_row_and_the_others_are_timed():
+    backends = [
+        FunctionalBackend("reference"),
+        FailsWhenTimed("flaky"),
+        FunctionalBackend("native"),
+    ]
+    progress = io.StringIO()
+    opts = Options(repeat=2, min_time=0.001, max_time=0.05, baseline="reference")
+    res = run_benchmarks([Case("rnn", 2, 1, 3, 3)], backends, opts, {}, progress=progress)
+    assert [(r["mode"], r["backend"]) for r in res.rows] == [
+        (m, b) for m in ("inference", "training") for b in ("reference", "flaky", "native")
+    ]
+    assert len({tuple(r) for r in res.rows}) == 1  # same keys, same order, in every row
+    for r in res.rows:
+        if r["backend"] == "flaky":
+            assert r["status"] == ERROR and "boom in timing" in r["reason"]
+            assert r["median_ms"] is None
+        else:
+            assert r["status"] == OK and r["median_ms"] > 0 and r["samples"] >= 1
+            assert r["speedup"] > 0
+    text = progress.getvalue()
+    assert "[2/6] rnn T=2" in text and "flaky: ERROR RuntimeError: boom in timing" in text
+    assert "[3/6]" in text and "GFLOP/s" in text
+    assert res.failed
 
 
 def test_reference_is_skipped_when_too_slow():

@@ -102,6 +102,9 @@ class Backend:
 
     name = "?"
     numpy_memory = False  # True when its buffers come from NumPy (tracemalloc sees them)
+    # False: timed on its own after the others instead of interleaved with them (see
+    # fastrnn.bench.run).
+    interleave = True
 
     def unavailable(self) -> str | None:
         """None when usable here, else the reason it is not."""
@@ -128,6 +131,9 @@ class FunctionalBackend(Backend):
 
     def __init__(self, which: str) -> None:
         self.name = which
+        # The reference's per-step NumPy products leave the BLAS worker threads spinning
+        # for up to ~0.1 s after each call, which would slow whichever backend comes next.
+        self.interleave = which != "reference"
         self.which = which
 
     def unavailable(self) -> str | None:

@@ -43,6 +43,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v}")
+    return v
+
+
 def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(_csv_list(text))
     bad = [m for m in modes if m not in MODES]
@@ -147,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="S",
         help="time budget per case, backend and mode (default: the suite's)",
+    )
+    m.add_argument(
+        "--settle",
+        type=_nonnegative_float,
+        default=0.03,
+        metavar="S",
+        help="pause between samples of different backends, so that the thread pool of "
+        "one is idle before the next is timed (default 0.03)",
     )
     m.add_argument(
         "--baseline",
@@ -318,7 +336,12 @@ def _run(args, cases, suites, backends, status, baseline, command) -> int:  # ty
         gemm_peak_note=peak.note,
         numpy_gemm_gflops=peak.numpy_gflops or peak.gflops,
         memory_method=[] if args.no_memory else [ALLOC_METHOD, rss_method() or "rss+ n/a here"],
-        timing={"repeat": args.repeat, "min_time": args.min_time, "max_time": max_time},
+        timing={
+            "repeat": args.repeat,
+            "min_time": args.min_time,
+            "max_time": max_time,
+            "settle": args.settle,
+        },
         tolerance=TOLERANCE[args.dtype],
         backends=status,
         notes=notes,
@@ -329,6 +352,7 @@ def _run(args, cases, suites, backends, status, baseline, command) -> int:  # ty
         repeat=args.repeat,
         min_time=args.min_time,
         max_time=max_time,
+        settle=args.settle,
         reference_max_seconds=args.reference_max_seconds,
         measure_memory=not args.no_memory,
         seed=args.seed,

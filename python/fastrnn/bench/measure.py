@@ -6,6 +6,13 @@ samples are taken until ``repeat`` of them agree within ``stable_spread`` (relat
 inter-quartile range) or the ``max_time`` budget is spent. Reported per call: median,
 min, max, spread.
 
+The backends of one case are timed together, interleaved: each round takes one sample
+of every callable still being timed, in an order that rotates from round to round. On a
+shared machine the load drifts over seconds; timed one after another, two backends
+would see different machine states and their ratio would drift with it, whereas
+interleaved samples share the same conditions, so the ratios stay steady even when the
+absolute times do not.
+
 Memory, two figures from one extra call:
 
 - ``alloc``: the ``tracemalloc`` peak: everything NumPy and Python allocate during the
@@ -23,11 +30,15 @@ import math
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+K = TypeVar("K")
+T = TypeVar("T")
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -49,16 +60,8 @@ def _quartile_spread(xs: list[float]) -> float:
     return (q[2] - q[0]) / med if med > 0 else 0.0
 
 
-def time_callable(
-    fn: Callable[[], Any],
-    *,
-    repeat: int = 5,
-    min_time: float = 0.02,
-    max_time: float = 3.0,
-    stable_spread: float = 0.03,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Timing:
-    """Time ``fn`` (see the module doc). Always at least one sample after the warm-up."""
+def _calls_per_sample(fn: Callable[[], Any], min_time: float, clock: Clock) -> int:
+    """Warm ``fn`` up, then choose how many calls make a sample of at least ``min_time``."""
     t0 = clock()
     fn()  # warm-up (first-call costs: allocation, JIT compilation, packing)
     first = clock() - t0
@@ -69,20 +72,26 @@ def time_callable(
             fn()
         est = (clock() - t1) / min(calls, 1000)
         calls = max(1, math.ceil(min_time / max(est, 1e-7)))
-    start = clock()
-    per_call: list[float] = []
-    while True:
-        s = clock()
-        for _ in range(calls):
-            fn()
-        per_call.append((clock() - s) / calls)
-        n = len(per_call)
-        if clock() - start >= max_time:
-            break
-        if n >= repeat and _quartile_spread(per_call[-repeat:]) <= stable_spread:
-            break
-        if n >= 4 * repeat:
-            break
+    return calls
+
+
+def _sample(fn: Callable[[], Any], calls: int, clock: Clock) -> float:
+    """Seconds per call, averaged over one sample of ``calls`` calls."""
+    s = clock()
+    for _ in range(calls):
+        fn()
+    return (clock() - s) / calls
+
+
+def _done(per_call: list[float], repeat: int, stable_spread: float) -> bool:
+    """Stable (the last ``repeat`` samples agree), or enough samples taken anyway."""
+    n = len(per_call)
+    if n >= repeat and _quartile_spread(per_call[-repeat:]) <= stable_spread:
+        return True
+    return n >= 4 * repeat
+
+
+def _timing(per_call: list[float], calls: int) -> Timing:
     return Timing(
         median=statistics.median(per_call),
         min=min(per_call),
@@ -92,6 +101,106 @@ def time_callable(
         calls_per_sample=calls,
         per_call=per_call,
     )
+
+
+def _attempt(
+    errors: dict[K, Exception] | None, key: K, f: Callable[..., T], *args: Any
+) -> T | None:
+    """``f(*args)``; if it raises and ``errors`` is given, the exception goes there
+    under ``key`` and the result is None."""
+    try:
+        return f(*args)
+    except Exception as exc:
+        if errors is None:
+            raise
+        errors[key] = exc
+        return None
+
+
+def _rotated(keys: list[K], shift: int) -> list[K]:
+    shift %= len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+def time_interleaved(
+    fns: Mapping[K, Callable[[], Any]],
+    *,
+    repeat: int = 5,
+    min_time: float = 0.02,
+    max_time: float = 3.0,
+    stable_spread: float = 0.03,
+    clock: Clock = time.perf_counter,
+    errors: dict[K, Exception] | None = None,
+    settle: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[K, Timing]:
+    """Time every callable in ``fns``, interleaved (see the module doc).
+
+    A callable stops being sampled once its last ``repeat`` samples agree within
+    ``stable_spread``, or after ``4 * repeat`` samples; all stop once
+    ``max_time * len(fns)`` seconds have gone into sampling, but only after each has at
+    least one sample. Returns a ``Timing`` per key, in the order of ``fns``.
+
+    ``settle``: seconds to ``sleep`` before a sample whenever the call before it was
+    another callable's (not counted in the budget). Thread pools keep their workers
+    spinning for a while after a parallel region (GNU OpenMP for up to ~20 ms on a
+    recent x86 CPU), and a sample taken meanwhile would share the cores with them.
+
+    Without ``errors``, an exception from a callable propagates. With it, a callable
+    that raises is dropped and its exception stored in ``errors`` under its key; the
+    others go on, and the result leaves that key out.
+    """
+    calls: dict[K, int] = {}
+    for key, fn in fns.items():
+        n = _attempt(errors, key, _calls_per_sample, fn, min_time, clock)
+        if n is not None:
+            calls[key] = n
+    per_call: dict[K, list[float]] = {key: [] for key in calls}
+    budget = max_time * len(fns)
+    spent = 0.0
+    active, rnd = list(calls), 0
+    last: K | None = list(fns)[-1] if len(fns) > 1 else None  # the last warm-up
+    while active:
+        # The order rotates each round, so that no callable always runs first or always
+        # follows the same other one (inheriting its cache and thread-pool state).
+        for key in _rotated(active, rnd):
+            if settle > 0 and last is not None and last != key:
+                sleep(settle)
+            last = key
+            start = clock()
+            t = _attempt(errors, key, _sample, fns[key], calls[key], clock)
+            spent += clock() - start
+            if t is None:
+                del per_call[key]
+            else:
+                per_call[key].append(t)
+            if spent >= budget and all(per_call.values()):
+                return {k: _timing(v, calls[k]) for k, v in per_call.items()}
+        active = [
+            k for k in active if k in per_call and not _done(per_call[k], repeat, stable_spread)
+        ]
+        rnd += 1
+    return {k: _timing(v, calls[k]) for k, v in per_call.items()}
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    repeat: int = 5,
+    min_time: float = 0.02,
+    max_time: float = 3.0,
+    stable_spread: float = 0.03,
+    clock: Clock = time.perf_counter,
+) -> Timing:
+    """Time ``fn`` alone (see the module doc). Always at least one sample after the warm-up."""
+    return time_interleaved(
+        {0: fn},
+        repeat=repeat,
+        min_time=min_time,
+        max_time=max_time,
+        stable_spread=stable_spread,
+        clock=clock,
+    )[0]
 
 
 # --------------------------------------------------------------------------------------

@@ -125,7 +125,9 @@ def header_lines(h: dict[str, Any]) -> list[str]:
         t = h["timing"]
         lines.append(
             f"  timing      : warm-up, samples >= {t['min_time']:g} s, until {t['repeat']} "
-            f"agree within 3% or {t['max_time']:g} s per case/backend/mode; median per call"
+            f"agree within 3% or {t['max_time']:g} s per case/backend/mode; backends of a "
+            f"case interleaved sample by sample ({t.get('settle', 0):g} s pause between "
+            "backends; the reference alone, after them); median per call"
         )
     for name, status in (h.get("backends") or {}).items():
         if status != "available":

@@ -1,21 +1,25 @@
-"""The benchmark loop: check each backend against the reference, then time it.
+"""The benchmark loop: check each backend against the reference, then time them together.
 
 For every case and mode the float64 NumPy reference is computed once on a small
 instance (same cell, I and H; tiny T and N). Each backend computes the same instance in
 the benchmark's dtype; if any output (or, in training mode, any gradient) disagrees, the
-backend is reported as ``FAILED CHECK`` for that case and mode and is not timed.
+backend is reported as ``FAILED CHECK`` for that case and mode and is not timed. The
+backends that pass are prepared, then timed interleaved (see
+:func:`~fastrnn.bench.measure.time_interleaved`), so that their speed ratios do not
+depend on how the machine's load drifts between separate timing windows.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from fastrnn.bench.backends import Backend, make_params, reference_outputs
 from fastrnn.bench.cases import Case
-from fastrnn.bench.measure import TOLERANCE, compare, memory_peaks, time_callable
+from fastrnn.bench.measure import TOLERANCE, Timing, compare, memory_peaks, time_interleaved
 
 OK, FAILED, SKIPPED, ERROR = "ok", "FAILED CHECK", "skipped", "error"
 
@@ -34,7 +38,7 @@ def reference_seconds(case: Case, mode: str) -> float:
 
 @dataclass
 class Options:
-    """How to run: dtype, threads, the timing budget (see :func:`time_callable`), when to
+    """How to run: dtype, threads, the timing budget (see :func:`time_interleaved`), when to
     skip the reference, memory on/off, input seed, the baseline backend, a modes override
     and the GEMM peak (GFLOP/s) that ``peak_fraction`` divides by."""
 
@@ -43,6 +47,7 @@ class Options:
     repeat: int = 5
     min_time: float = 0.02
     max_time: float = 3.0
+    settle: float = 0.03  # pause between samples of different backends (time_interleaved)
     reference_max_seconds: float = 2.0
     measure_memory: bool = True
     seed: int = 0
@@ -95,81 +100,150 @@ def run_benchmarks(
     res = Results(header)
     work = [(c, m) for c in cases for m in (opts.modes or c.modes)]
     total = len(work) * len(backends)
-    tol = TOLERANCE[opts.dtype]
-    k = 0
-    for case, mode in work:
-        small = case.small()
-        p_small = make_params(small, opts.dtype, opts.seed + 1)
-        want = reference_outputs(small, mode, p_small)
-        params = None
-        rows = []
-        for b in backends:
-            k += 1
-            prefix = f"[{k}/{total}] {case.label} {mode} {b.name}"
-            if b.name == "reference" and reference_seconds(case, mode) > opts.reference_max_seconds:
-                est = reference_seconds(case, mode)
-                why = (
-                    f"reference too slow here (est. {est:.1f} s/call > "
-                    f"--reference-max-seconds {opts.reference_max_seconds:g})"
-                )
-                rows.append(_row(case, mode, b.name, SKIPPED, why))
-                _say(progress, f"{prefix}: skipped ({why})")
-                continue
-            try:
-                got = b.compute(small, mode, p_small)
-            except NotImplementedError as exc:
-                rows.append(_row(case, mode, b.name, SKIPPED, f"not implemented: {exc}"))
-                _say(progress, f"{prefix}: skipped (not implemented)")
-                continue
-            except Exception as exc:
-                rows.append(_row(case, mode, b.name, ERROR, f"{type(exc).__name__}: {exc}"))
-                _say(progress, f"{prefix}: ERROR {type(exc).__name__}: {exc}")
-                continue
-            chk = compare(got, want, tol)
-            if not chk.ok:
-                row = _row(case, mode, b.name, FAILED, chk.detail)
-                row["check_err"] = chk.max_err
-                rows.append(row)
-                _say(progress, f"{prefix}: FAILED CHECK ({chk.detail})")
-                continue
-            if params is None:
-                params = make_params(case, opts.dtype, opts.seed)
-            row = _row(case, mode, b.name, OK)
-            row["check_err"] = chk.max_err
-            try:
-                fn = b.prepare(case, mode, params)
-                t = time_callable(
-                    fn, repeat=opts.repeat, min_time=opts.min_time, max_time=opts.max_time
-                )
-                alloc = rss = None
-                if opts.measure_memory:
-                    alloc, rss = memory_peaks(fn, traced=b.numpy_memory)
-            except Exception as exc:
-                rows.append(_row(case, mode, b.name, ERROR, f"{type(exc).__name__}: {exc}"))
-                _say(progress, f"{prefix}: ERROR {type(exc).__name__}: {exc}")
-                continue
-            gflops = case.flops(mode) / t.median / 1e9
-            row.update(
-                median_ms=t.median * 1e3,
-                min_ms=t.min * 1e3,
-                max_ms=t.max * 1e3,
-                spread=t.spread,
-                samples=t.samples,
-                calls_per_sample=t.calls_per_sample,
-                gflops=gflops,
-                peak_fraction=gflops / opts.peak_gflops if opts.peak_gflops else None,
-                alloc_mib=alloc,
-                rss_mib=rss,
-            )
-            rows.append(row)
-            _say(progress, f"{prefix}: {t.median * 1e3:.3f} ms, {gflops:.2f} GFLOP/s")
-        base = next((r for r in rows if r["backend"] == opts.baseline), None)
-        if base is not None and base["median_ms"]:
-            for r in rows:
-                if r["median_ms"]:
-                    r["speedup"] = base["median_ms"] / r["median_ms"]
+    for i, (case, mode) in enumerate(work):
+        first = i * len(backends) + 1
+        prefixes = [
+            f"[{first + j}/{total}] {case.label} {mode} {b.name}" for j, b in enumerate(backends)
+        ]
+        rows = _run_case(case, mode, backends, opts, prefixes, progress)
+        _add_speedups(rows, opts.baseline)
         res.rows.extend(rows)
     return res
+
+
+def _run_case(
+    case: Case,
+    mode: str,
+    backends: Sequence[Backend],
+    opts: Options,
+    prefixes: list[str],
+    progress: TextIO | None,
+) -> list[dict[str, Any]]:
+    """One row per backend: check and prepare each, time the prepared ones together,
+    then measure their memory one by one (each figure needs a call of its own)."""
+    rows, fns = _check_and_prepare(case, mode, backends, opts, prefixes, progress)
+    errors: dict[int, Exception] = {}
+    budget = {"repeat": opts.repeat, "min_time": opts.min_time, "max_time": opts.max_time}
+    together = {j: fn for j, fn in fns.items() if backends[j].interleave}
+    timings = time_interleaved(together, errors=errors, settle=opts.settle, **budget)
+    for j, fn in fns.items():
+        if j not in together:  # after the others, alone, once their pools have settled
+            time.sleep(opts.settle)
+            timings.update(time_interleaved({j: fn}, errors=errors, **budget))
+    for j, fn in fns.items():
+        b = backends[j]
+        if j in errors:
+            rows[j] = _error_row(case, mode, b.name, errors[j], prefixes[j], progress)
+            continue
+        alloc = rss = None
+        try:
+            if opts.measure_memory:
+                alloc, rss = memory_peaks(fn, traced=b.numpy_memory)
+        except Exception as exc:
+            rows[j] = _error_row(case, mode, b.name, exc, prefixes[j], progress)
+            continue
+        t = timings[j]
+        gflops = _fill(rows[j], case.flops(mode), t, alloc, rss, opts.peak_gflops)
+        _say(progress, f"{prefixes[j]}: {t.median * 1e3:.3f} ms, {gflops:.2f} GFLOP/s")
+    return rows
+
+
+def _check_and_prepare(
+    case: Case,
+    mode: str,
+    backends: Sequence[Backend],
+    opts: Options,
+    prefixes: list[str],
+    progress: TextIO | None,
+) -> tuple[list[dict[str, Any]], dict[int, Callable[[], Any]]]:
+    """A row for every backend (final unless the backend passed), and the prepared
+    callables of those that passed the check, keyed by their position in ``backends``."""
+    small = case.small()
+    p_small = make_params(small, opts.dtype, opts.seed + 1)
+    want = reference_outputs(small, mode, p_small)
+    tol = TOLERANCE[opts.dtype]
+    params = None  # the full-size inputs, made once and only when some backend needs them
+    rows: list[dict[str, Any]] = []
+    fns: dict[int, Callable[[], Any]] = {}
+    for j, b in enumerate(backends):
+        prefix = prefixes[j]
+        if b.name == "reference" and reference_seconds(case, mode) > opts.reference_max_seconds:
+            est = reference_seconds(case, mode)
+            why = (
+                f"reference too slow here (est. {est:.1f} s/call > "
+                f"--reference-max-seconds {opts.reference_max_seconds:g})"
+            )
+            rows.append(_row(case, mode, b.name, SKIPPED, why))
+            _say(progress, f"{prefix}: skipped ({why})")
+            continue
+        try:
+            got = b.compute(small, mode, p_small)
+        except NotImplementedError as exc:
+            rows.append(_row(case, mode, b.name, SKIPPED, f"not implemented: {exc}"))
+            _say(progress, f"{prefix}: skipped (not implemented)")
+            continue
+        except Exception as exc:
+            rows.append(_error_row(case, mode, b.name, exc, prefix, progress))
+            continue
+        chk = compare(got, want, tol)
+        if not chk.ok:
+            row = _row(case, mode, b.name, FAILED, chk.detail)
+            row["check_err"] = chk.max_err
+            rows.append(row)
+            _say(progress, f"{prefix}: FAILED CHECK ({chk.detail})")
+            continue
+        if params is None:
+            params = make_params(case, opts.dtype, opts.seed)
+        try:
+            fns[j] = b.prepare(case, mode, params)
+        except Exception as exc:
+            rows.append(_error_row(case, mode, b.name, exc, prefix, progress))
+            continue
+        row = _row(case, mode, b.name, OK)
+        row["check_err"] = chk.max_err
+        rows.append(row)
+    return rows, fns
+
+
+def _fill(
+    row: dict[str, Any],
+    flops: float,
+    t: Timing,
+    alloc: float | None,
+    rss: float | None,
+    peak_gflops: float | None,
+) -> float:
+    """Put the timing and memory figures into an OK row; returns its GFLOP/s."""
+    gflops = flops / t.median / 1e9
+    row.update(
+        median_ms=t.median * 1e3,
+        min_ms=t.min * 1e3,
+        max_ms=t.max * 1e3,
+        spread=t.spread,
+        samples=t.samples,
+        calls_per_sample=t.calls_per_sample,
+        gflops=gflops,
+        peak_fraction=gflops / peak_gflops if peak_gflops else None,
+        alloc_mib=alloc,
+        rss_mib=rss,
+    )
+    return gflops
+
+
+def _error_row(
+    case: Case, mode: str, backend: str, exc: Exception, prefix: str, progress: TextIO | None
+) -> dict[str, Any]:
+    why = f"{type(exc).__name__}: {exc}"
+    _say(progress, f"{prefix}: ERROR {why}")
+    return _row(case, mode, backend, ERROR, why)
+
+
+def _add_speedups(rows: list[dict[str, Any]], baseline: str | None) -> None:
+    base = next((r for r in rows if r["backend"] == baseline), None)
+    if base is not None and base["median_ms"]:
+        for r in rows:
+            if r["median_ms"]:
+                r["speedup"] = base["median_ms"] / r["median_ms"]
 
 
 def _say(stream: TextIO | None, text: str) -> None:
