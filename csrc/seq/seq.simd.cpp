@@ -185,6 +185,21 @@ struct StepBarrier {
   }
 };
 
+// What a thread of the time loops' team owns for the whole sequence: blocks [b0, b1)
+// and hidden units [j0, j1). join_team also sets the step barrier's count (thread 0,
+// before the barrier that follows the packing).
+struct Owned {
+  i64 b0, b1, j0, j1;
+};
+
+inline Owned join_team(StepBarrier& bar, i64 nb, int U, i64 H) {
+  int tid = 0, nth = 1;
+  thread_id(tid, nth);
+  if (tid == 0) bar.count = nth;
+  const i64 b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
+  return {b0, b1, std::min(H, b0 * U), std::min(H, b1 * U)};
+}
+
 // dst[k*ldd + u] = src[(r0 + u)*K + k] for u < valid, and 0 for valid <= u < U (k < K):
 // U rows of a row-major (.., K) matrix, transposed into U adjacent columns. Done in
 // 16-column tiles so that both the rows read and the rows written stay in L1 (a plain
@@ -245,12 +260,8 @@ void forward(const SeqForward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    int tid = 0, nth = 1;
-    thread_id(tid, nth);
-    if (tid == 0) bar.count = nth;
+    const auto [b0, b1, j0, j1] = join_team(bar, g.nb, U, H);
     auto barrier = [&bar] { bar.wait(); };
-    const i64 b0 = g.nb * tid / nth, b1 = g.nb * (tid + 1) / nth;
-    const i64 j0 = std::min(H, b0 * U), j1 = std::min(H, b1 * U);
 
     // Pack this thread's blocks: [b][k][gate*U + u] = W[gate*H + b*U + u][k].
     for (i64 b = b0; b < b1; ++b) {
@@ -464,12 +475,8 @@ void backward(const SeqBackward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    int tid = 0, nth = 1;
-    thread_id(tid, nth);
-    if (tid == 0) bar.count = nth;
+    const auto [b0, b1, j0, j1] = join_team(bar, g.nb, U, H);
     auto barrier = [&bar] { bar.wait(); };
-    const i64 b0 = g.nb * tid / nth, b1 = g.nb * (tid + 1) / nth;
-    const i64 j0 = std::min(H, b0 * U), j1 = std::min(H, b1 * U);
     // W_hh (G*H x H) packed by runs of up to SB owned blocks ("superblocks", from b0 in
     // steps of SB): superblock sb of w blocks is [k][w*U] at wbk + sb*GH*U, i.e.
     // [sb][k][(b - sb)*U + u] = W_hh[k][b*U + u]; a wide tile per step product.
