@@ -142,6 +142,8 @@ def test_argument_parsing():
     assert args.backends == ["native", "torch"]
     cases, suites = cli.collect_cases(cli.build_parser().parse_args([]))
     assert suites == ["quick"] and cases == list(SUITES["quick"].cases)
+    assert cli.build_parser().parse_args([]).settle == 0.03
+    assert cli.build_parser().parse_args(["--settle", "0"]).settle == 0.0
 
 
 @pytest.mark.parametrize(
@@ -152,6 +154,9 @@ def test_argument_parsing():
         ["--suite", "huge"],
         ["--dtype", "float16"],
         ["--min-time", "-1"],
+        ["--settle", "-0.1"],
+        ["--settle", "inf"],
+        ["--settle", "soon"],
         ["--backends", "nonesuch"],
         ["--backends", "reference", "--baseline", "torch"],
         ["--filter", "no-such-case"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from fastrnn.bench.backends import Backend, all_backends
 from fastrnn.bench.cases import MODES, Case, cases_from_toml, parse_case_spec
@@ -33,24 +33,23 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _positive_float(text: str) -> float:
+def _float_where(text: str, ok: Callable[[float], bool], expected: str) -> float:
+    """``float(text)`` if ``ok`` of it, else an argparse error saying what was expected."""
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    return _float_where(text, lambda v: v > 0, "a positive number")
 
 
 def _nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v}")
-    return v
+    return _float_where(text, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def _modes(text: str) -> tuple[str, ...]:
