@@ -121,6 +121,17 @@ void pack_sliver(Trans ta, const T* a, std::int64_t lda, std::int64_t r0, std::i
   }
 }
 
+// pack_a with ta == yes: stored rows per pass over the slivers, and how far ahead
+// (in rows) to prefetch.
+#ifndef FASTRNN_PACK_ROWS
+#define FASTRNN_PACK_ROWS 8
+#endif
+#ifndef FASTRNN_PACK_AHEAD
+#define FASTRNN_PACK_AHEAD 16
+#endif
+constexpr std::int64_t kPackRows = FASTRNN_PACK_ROWS;
+constexpr std::int64_t kPackAhead = FASTRNN_PACK_AHEAD;
+
 // pack_sliver for a runtime r in 1..MR, through a table of the MR instantiations.
 template <class T, std::size_t... I>
 void pack_sliver_r(int r, Trans ta, const T* a, std::int64_t lda, std::int64_t r0,
@@ -136,9 +147,25 @@ template <class T>
 void pack_a(Trans ta, const T* a, std::int64_t lda, std::int64_t i0, std::int64_t mb,
             std::int64_t p0, std::int64_t kc, std::int64_t mr, T* dst) {
   const RowSplit sp = split_rows(mb, mr);
-  for (std::int64_t s = 0; s < sp.count; ++s) {
-    pack_sliver_r<T>(static_cast<int>(sp.size(s)), ta, a, lda, i0 + sp.start(s), p0, kc,
-                     dst + sp.start(s) * kc, std::make_index_sequence<kMR>());
+  // ta == yes reads row p of the stored matrix as mb adjacent values: go through
+  // the rows a few at a time for every sliver, prefetching rows further on, so
+  // each stored row is streamed once (the rows are usually far apart, e.g. the
+  // T*N x G*H gate gradients, where one sliver per pass was bound by misses).
+  const std::int64_t step = ta == Trans::yes ? kPackRows : kc;
+  for (std::int64_t q0 = 0; q0 < kc; q0 += step) {
+    const std::int64_t qn = kc - q0 < step ? kc - q0 : step;
+    if (ta == Trans::yes) {
+      const std::int64_t q1 = q0 + kPackAhead, qe = q1 + qn < kc ? q1 + qn : kc;
+      for (std::int64_t q = q1; q < qe; ++q) {
+        const T* row = a + (p0 + q) * lda + i0;
+        for (std::int64_t e = 0; e < mb; e += 64 / static_cast<std::int64_t>(sizeof(T)))
+          __builtin_prefetch(row + e, 0, 3);
+      }
+    }
+    for (std::int64_t s = 0; s < sp.count; ++s) {
+      pack_sliver_r<T>(static_cast<int>(sp.size(s)), ta, a, lda, i0 + sp.start(s), p0 + q0, qn,
+                       dst + sp.start(s) * kc + q0 * sp.size(s), std::make_index_sequence<kMR>());
+    }
   }
 }
 
