@@ -11,5 +11,6 @@ void register_runtime(pybind11::module_& m);
 void register_gemm(pybind11::module_& m);
 void register_math(pybind11::module_& m);
 void register_seq(pybind11::module_& m);
+void register_pool(pybind11::module_& m);
 
 }  // namespace fastrnn::bindings

@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   fastrnn::bindings::register_gemm(m);
   fastrnn::bindings::register_math(m);
   fastrnn::bindings::register_seq(m);
+  fastrnn::bindings::register_pool(m);
 }

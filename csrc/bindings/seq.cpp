@@ -22,11 +22,8 @@
 #include <string>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "bindings/bindings.h"
+#include "bindings/pool.h"
 #include "runtime/checked.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
@@ -75,35 +72,6 @@ py::array_t<T, py::array::c_style> need(const py::handle& o, const char* name,
   }
   return py::array_t<T, py::array::c_style>::ensure(arr);
 }
-
-// 64-byte aligned scratch memory owned by the binding for one call. Left uninitialised:
-// the kernels write every element before reading it (the tests poison it with NaN to
-// check), and zero-filling megabytes per call dominated short sequences. Buffers of 4 MiB
-// and more (the backward's gate gradients: T*N*G*H elements) are 2 MiB aligned and
-// advised to use transparent huge pages, as NumPy does for its own large arrays: the
-// first touch of fresh memory then costs one fault per 2 MiB instead of per 4 KiB.
-template <class T>
-struct Scratch {
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
-  std::unique_ptr<T, Free> buf;
-  T* data = nullptr;
-  explicit Scratch(i64 n) {
-    const i64 bytes =
-        checked_mul(checked_add(n, 1, "workspace"), static_cast<i64>(sizeof(T)), "workspace");
-    constexpr i64 kHuge = i64{1} << 21;
-    const i64 align = bytes >= 2 * kHuge ? kHuge : 64;
-    const i64 rounded = checked_mul((bytes + align - 1) / align, align, "workspace");
-    void* p = std::aligned_alloc(static_cast<size_t>(align), static_cast<size_t>(rounded));
-    buf.reset(static_cast<T*>(p));
-    if (!buf) throw std::bad_alloc();
-    data = buf.get();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align == kHuge) madvise(data, static_cast<size_t>(rounded), MADV_HUGEPAGE);  // advice only
-#endif
-  }
-};
 
 Cell parse_cell(const std::string& s) {
   if (s == "rnn") return Cell::rnn;
@@ -222,19 +190,20 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   py::array_t<std::int64_t> lens;
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
 
-  py::array_t<T, py::array::c_style> y({Tn, N, H}), hn({N, H}), cn;
+  auto y = pooled_array<T>({Tn, N, H});
+  py::array_t<T, py::array::c_style> hn({N, H}), cn;
   if (cell == Cell::lstm) cn = py::array_t<T, py::array::c_style>({N, H});
   py::array_t<T, py::array::c_style> hprev, gates, cprev, tc, aux;
   if (training) {
-    hprev = py::array_t<T, py::array::c_style>({Tn, N, H});
-    gates = py::array_t<T, py::array::c_style>({Tn, N, GH});
+    hprev = pooled_array<T>({Tn, N, H});
+    gates = pooled_array<T>({Tn, N, GH});
     if (cell == Cell::lstm) {
-      cprev = py::array_t<T, py::array::c_style>({Tn, N, H});
-      tc = py::array_t<T, py::array::c_style>({Tn, N, H});
+      cprev = pooled_array<T>({Tn, N, H});
+      tc = pooled_array<T>({Tn, N, H});
     }
-    if (cell == Cell::gru) aux = py::array_t<T, py::array::c_style>({Tn, N, H});
+    if (cell == Cell::gru) aux = pooled_array<T>({Tn, N, H});
   }
-  Scratch<T> ws(work);
+  PoolBuffer<T> ws(work);
   const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
   const bool has_bih = !bih_o.is_none(), has_bhh = !bhh_o.is_none(), has_len = !len_o.is_none();
   if (poison_out) {
@@ -247,7 +216,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
       if (lstm) poison(cprev), poison(tc);
       if (gru) poison(aux);
     }
-    std::fill(ws.data, ws.data + work, std::numeric_limits<T>::quiet_NaN());
+    std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
 
   SeqForward<T> a;
@@ -271,7 +240,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     a.tape.tc = lstm ? tc.mutable_data() : nullptr;
     a.tape.aux = gru ? aux.mutable_data() : nullptr;
   }
-  a.work = ws.data;
+  a.work = ws.data();
   a.work_size = work;
   a.num_threads = get_num_threads();
   {
@@ -339,12 +308,12 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   const bool has_bih = tape["has_bias_ih"].cast<bool>();
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
 
-  py::array_t<T, py::array::c_style> dx({Tn, N, I}), dh0({N, H}), dc0, dwih({GH, I}), dwhh({GH, H}),
-      dbih, dbhh;
+  auto dx = pooled_array<T>({Tn, N, I});
+  py::array_t<T, py::array::c_style> dh0({N, H}), dc0, dwih({GH, I}), dwhh({GH, H}), dbih, dbhh;
   if (cell == Cell::lstm) dc0 = py::array_t<T, py::array::c_style>({N, H});
   if (has_bih) dbih = py::array_t<T, py::array::c_style>({GH});
   if (has_bhh) dbhh = py::array_t<T, py::array::c_style>({GH});
-  Scratch<T> ws(work);
+  PoolBuffer<T> ws(work);
   const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
   const bool has_len = !len_o.is_none(), has_dy = !dy_o.is_none(), has_dhn = !dhn_o.is_none();
   const bool has_dcn = lstm && !dcn_o.is_none();
@@ -353,7 +322,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
     if (lstm) poison(dc0);
     if (has_bih) poison(dbih);
     if (has_bhh) poison(dbhh);
-    std::fill(ws.data, ws.data + work, std::numeric_limits<T>::quiet_NaN());
+    std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
   SeqBackward<T> a;
   a.d = d;
@@ -376,7 +345,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.dw_hh = dwhh.mutable_data();
   a.db_ih = has_bih ? dbih.mutable_data() : nullptr;
   a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
-  a.work = ws.data;
+  a.work = ws.data();
   a.work_size = work;
   a.num_threads = get_num_threads();
   {

@@ -31,7 +31,16 @@ from fastrnn import (
     reference,
     training,
 )
-from fastrnn._runtime import build_info, get_isa, get_num_threads, set_isa, set_num_threads
+from fastrnn._runtime import (
+    build_info,
+    cache_info,
+    empty_cache,
+    get_isa,
+    get_num_threads,
+    set_cache_limit,
+    set_isa,
+    set_num_threads,
+)
 from fastrnn.cells import GRUCell, LSTMCell, RNNCell
 from fastrnn.diagnostics import gradient_norms, plot_gradient_norms
 from fastrnn.layers import GRU, LSTM, RNN, load_module
@@ -59,9 +68,11 @@ __all__ = [
     "Sequential",
     "__version__",
     "build_info",
+    "cache_info",
     "clip_grad_norm",
     "clip_grad_value",
     "diagnostics",
+    "empty_cache",
     "functional",
     "get_isa",
     "get_num_threads",
@@ -76,6 +87,7 @@ __all__ = [
     "optim",
     "plot_gradient_norms",
     "reference",
+    "set_cache_limit",
     "set_isa",
     "set_num_threads",
     "softmax_cross_entropy",

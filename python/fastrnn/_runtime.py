@@ -51,3 +51,35 @@ def set_isa(name: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"set_isa: name must be a str, got {type(name).__name__}")
     _core.set_isa(name)
+
+
+def cache_info() -> dict[str, int]:
+    """The buffer cache: ``bytes`` and ``blocks`` held now, and its ``limit`` in bytes.
+
+    Large outputs, training tapes and workspaces (1 MiB and more) are reused across
+    calls instead of being allocated and faulted in afresh each time: a training loop
+    that repeats the same shapes then touches fresh memory only on its first step.
+    Memory is cached only once NumPy has freed the arrays that used it.
+    """
+    return {k: int(v) for k, v in dict(_core.cache_info()).items()}
+
+
+def empty_cache() -> int:
+    """Return the cached buffers to the system; returns the bytes freed.
+
+    Arrays still in use are not affected.
+    """
+    return int(_core.empty_cache())
+
+
+def set_cache_limit(nbytes: int) -> None:
+    """Most bytes the buffer cache keeps (default 1 GiB, at most 64 blocks).
+
+    ``0`` turns caching off (and frees what is cached). Lowering the limit frees the
+    least recently used blocks beyond it.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"set_cache_limit: nbytes must be an int, got {type(nbytes).__name__}")
+    if not 0 <= nbytes < 2**63:
+        raise ValueError(f"set_cache_limit: nbytes must be in [0, 2**63), got {nbytes}")
+    _core.set_cache_limit(nbytes)

@@ -1,0 +1,103 @@
+"""The buffer cache behind large outputs, tapes and workspaces (csrc/bindings/pool.cpp).
+
+Arrays of 1 MiB and more come from blocks that earlier calls released. These tests check
+that reused blocks never leak old values into results (every call is compared with the
+reference after a call on other inputs has filled the same blocks), that arrays still in
+use are never handed out again, and the cache controls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import functional as F
+from helpers import assert_allclose_named, random_case, random_upstream, split_output
+
+# y is T*N*H*8 bytes = 1.06 MiB and the gate tape 4x that: every big array is cached.
+T, N, I, H = 8, 64, 40, 260
+TOL64 = {"rtol": 1e-11, "atol": 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def default_limit():
+    limit = fastrnn.cache_info()["limit"]
+    fastrnn.empty_cache()
+    yield
+    fastrnn.set_cache_limit(limit)
+
+
+def run(kind: str, seed: int, backend: str) -> tuple[dict, dict]:
+    rng = np.random.default_rng(seed)
+    case = random_case(kind, T, N, I, H, np.float64, rng)
+    y, states, tape = split_output(kind, getattr(F, kind)(**case, training=True, backend=backend))
+    up = random_upstream(kind, T, N, H, np.float64, rng)
+    grads = getattr(F, kind + "_backward")(tape, **up)
+    return {"y": y, **states}, grads
+
+
+def check_same(kind: str, got: tuple[dict, dict], want: tuple[dict, dict]) -> None:
+    assert set(got[0]) == set(want[0])
+    for name, w in want[0].items():
+        assert_allclose_named(f"{kind} {name}", got[0][name], w, **TOL64)
+    assert set(got[1]) == set(want[1])
+    for name, w in want[1].items():
+        if w is not None:
+            assert_allclose_named(f"{kind} {name}", got[1][name], w, **TOL64)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_reused_blocks_give_the_reference_results(kind: str) -> None:
+    for seed in (1, 2, 3):
+        got = run(kind, seed, "native")
+        check_same(kind, got, run(kind, seed, "reference"))
+        assert fastrnn.cache_info()["bytes"] > 0 or seed == 1
+        del got
+
+
+def test_steady_state_needs_no_new_memory() -> None:
+    run("lstm", 1, "native")
+    first = fastrnn.cache_info()
+    assert first["blocks"] >= 4 and first["bytes"] >= 4 * T * N * H * 8
+    for seed in (2, 3):
+        run("lstm", seed, "native")
+        assert fastrnn.cache_info() == first
+
+
+def test_arrays_in_use_are_not_reused() -> None:
+    rng = np.random.default_rng(0)
+    case = random_case("gru", T, N, I, H, np.float64, rng)
+    y1 = F.gru(**case)[0]
+    keep = y1.copy()
+    y2 = F.gru(**{**case, "x": case["x"][::-1].copy()})[0]
+    assert y1.ctypes.data != y2.ctypes.data
+    fastrnn.empty_cache()
+    np.testing.assert_array_equal(y1, keep)
+    assert y1.flags.c_contiguous and y1.flags.writeable
+
+
+def test_empty_cache_and_limit() -> None:
+    run("rnn", 1, "native")
+    held = fastrnn.cache_info()["bytes"]
+    assert held > 0
+    assert fastrnn.empty_cache() == held
+    assert fastrnn.cache_info()["bytes"] == 0 and fastrnn.empty_cache() == 0
+    run("rnn", 1, "native")
+    fastrnn.set_cache_limit(1)  # below every block: all freed, nothing kept afterwards
+    assert fastrnn.cache_info() == {"bytes": 0, "blocks": 0, "limit": 1}
+    got = run("rnn", 2, "native")
+    assert fastrnn.cache_info()["bytes"] == 0
+    check_same("rnn", got, run("rnn", 2, "reference"))
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63])
+def test_set_cache_limit_range(bad: int) -> None:
+    with pytest.raises(ValueError, match=r"nbytes must be in \[0, 2\*\*63\)"):
+        fastrnn.set_cache_limit(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "1"])
+def test_set_cache_limit_type(bad: object) -> None:
+    with pytest.raises(TypeError, match="nbytes must be an int"):
+        fastrnn.set_cache_limit(bad)  # type: ignore[arg-type]
