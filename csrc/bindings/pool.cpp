@@ -39,13 +39,17 @@ Cache& cache() {
   return *c;
 }
 
+// Blocks from 4 MiB on are 2 MiB aligned (huge pages), the rest 64-byte aligned.
+std::size_t align_for(std::size_t bytes) { return bytes >= 2 * kHuge ? kHuge : 64; }
+
 std::size_t rounded(std::size_t bytes) {
-  const std::size_t align = bytes >= 2 * kHuge ? kHuge : 64;
+  const std::size_t align = align_for(bytes);
   return (bytes + align - 1) / align * align;
 }
 
+// size: a rounded() size.
 void* fresh(std::size_t size) {
-  const std::size_t align = size >= 2 * kHuge ? kHuge : 64;
+  const std::size_t align = align_for(size);
   void* p = std::aligned_alloc(align, size);
   if (p == nullptr) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
