@@ -8,6 +8,8 @@ use are never handed out again, and the cache controls.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -85,10 +87,59 @@ def test_empty_cache_and_limit() -> None:
     assert fastrnn.cache_info()["bytes"] == 0 and fastrnn.empty_cache() == 0
     run("rnn", 1, "native")
     fastrnn.set_cache_limit(1)  # below every block: all freed, nothing kept afterwards
-    assert fastrnn.cache_info() == {"bytes": 0, "blocks": 0, "limit": 1}
+    assert fastrnn.cache_info() == {"bytes": 0, "blocks": 0, "limit": 1, "in_use": 0}
     got = run("rnn", 2, "native")
     assert fastrnn.cache_info()["bytes"] == 0
     check_same("rnn", got, run("rnn", 2, "reference"))
+
+
+# What an LSTM training forward keeps alive, in float64: y, and the tape's hprev, gates
+# (4H wide), cprev and tanh(c) (the arrays of 1 MiB and more; all from the cache).
+LSTM_TRAIN_BYTES = T * N * H * 8 * (1 + 1 + 4 + 1 + 1)
+
+
+def lstm_training_forward(seed: int) -> tuple:
+    case = random_case("lstm", T, N, I, H, np.float64, np.random.default_rng(seed))
+    return F.lstm(**case, training=True)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_blocks_in_use_are_counted(cached: bool) -> None:
+    if cached:  # the second call's blocks all come from the cache
+        lstm_training_forward(1)
+        assert fastrnn.cache_info()["bytes"] >= LSTM_TRAIN_BYTES
+    before = fastrnn.cache_info()["in_use"]
+    out = lstm_training_forward(2)
+    live = fastrnn.cache_info()["in_use"] - before
+    assert LSTM_TRAIN_BYTES <= live < 1.3 * LSTM_TRAIN_BYTES
+    del out
+    assert fastrnn.cache_info()["in_use"] == before
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_tracemalloc_sees_blocks_in_use(cached: bool) -> None:
+    # Memory measurements (the benchmark's "alloc" column among them) rely on this: the
+    # cache's blocks must show up like the NumPy arrays they stand in for.
+    if cached:
+        lstm_training_forward(1)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = lstm_training_forward(2)
+        held = tracemalloc.get_traced_memory()[0] - base
+        assert held >= LSTM_TRAIN_BYTES
+        del out
+        assert tracemalloc.get_traced_memory()[0] - base < 0.05 * LSTM_TRAIN_BYTES
+    finally:
+        tracemalloc.stop()
+
+
+def test_benchmark_memory_includes_cached_blocks() -> None:
+    from fastrnn.bench.measure import memory_peaks
+
+    lstm_training_forward(1)  # fills the cache
+    alloc, _ = memory_peaks(lambda: lstm_training_forward(2))
+    assert alloc is not None and alloc >= LSTM_TRAIN_BYTES / 2**20
 
 
 @pytest.mark.parametrize("bad", [-1, 2**63])

@@ -1,6 +1,8 @@
 // The buffer cache behind pool.h, and _core.{empty_cache, cache_info, set_cache_limit}.
 #include "bindings/pool.h"
 
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <list>
 #include <mutex>
@@ -15,12 +17,18 @@
 
 namespace py = pybind11;
 
+// csrc/bindings/trace.c
+extern "C" int fastrnn_trace_track(unsigned int domain, std::uintptr_t ptr, std::size_t size);
+extern "C" int fastrnn_trace_untrack(unsigned int domain, std::uintptr_t ptr);
+
 namespace fastrnn::bindings {
 namespace {
 
 constexpr std::size_t kHuge = std::size_t{1} << 21;
 constexpr std::size_t kMaxBlocks = 64;
 constexpr std::size_t kDefaultLimit = std::size_t{1} << 30;
+// tracemalloc domain of the blocks handed out (NumPy's arrays use 389047).
+constexpr unsigned int kTraceDomain = 0x66726e6e;
 
 struct Block {
   void* p;
@@ -32,6 +40,7 @@ struct Cache {
   std::list<Block> blocks;  // most recently released first
   std::size_t bytes = 0;
   std::size_t limit = kDefaultLimit;
+  std::atomic<std::size_t> in_use{0};  // bytes handed out and not yet released
 };
 
 Cache& cache() {
@@ -74,7 +83,9 @@ std::size_t shrink(Cache& c, std::size_t bytes, std::size_t blocks) {
 
 }  // namespace
 
-void* pool_acquire(std::size_t bytes, std::size_t* got) {
+namespace {
+
+void* take(std::size_t bytes, std::size_t* got) {
   const std::size_t size = rounded(bytes == 0 ? 1 : bytes);
   if (size >= kPoolMinBytes) {
     Cache& c = cache();
@@ -106,8 +117,23 @@ void* pool_acquire(std::size_t bytes, std::size_t* got) {
   return p;
 }
 
+}  // namespace
+
+// Blocks in use are reported to tracemalloc (as NumPy does for its arrays), so that
+// tracemalloc-based measurements see fastrnn's outputs, tapes and workspaces whether
+// they came from the cache or not. Called without the cache lock held: tracking takes
+// the GIL, and a thread holding the GIL may be waiting for that lock.
+void* pool_acquire(std::size_t bytes, std::size_t* got) {
+  void* p = take(bytes, got);
+  cache().in_use.fetch_add(*got, std::memory_order_relaxed);
+  fastrnn_trace_track(kTraceDomain, reinterpret_cast<std::uintptr_t>(p), *got);
+  return p;
+}
+
 void pool_release(void* p, std::size_t bytes) noexcept {
   if (p == nullptr) return;
+  fastrnn_trace_untrack(kTraceDomain, reinterpret_cast<std::uintptr_t>(p));
+  cache().in_use.fetch_sub(bytes, std::memory_order_relaxed);
   if (bytes < kPoolMinBytes) {
     std::free(p);
     return;
@@ -126,7 +152,7 @@ void pool_release(void* p, std::size_t bytes) noexcept {
 PoolStats pool_stats() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
-  return PoolStats{c.bytes, c.blocks.size(), c.limit};
+  return PoolStats{c.bytes, c.blocks.size(), c.limit, c.in_use.load(std::memory_order_relaxed)};
 }
 
 void pool_set_limit(std::size_t bytes) {
@@ -191,9 +217,10 @@ void register_pool(py::module_& m) {
         d["bytes"] = s.cached_bytes;
         d["blocks"] = s.cached_blocks;
         d["limit"] = s.limit;
+        d["in_use"] = s.in_use;
         return d;
       },
-      "Bytes and blocks held by the buffer cache, and its limit.");
+      "Bytes and blocks held by the buffer cache, its limit, and the bytes in use.");
   m.def(
       "set_cache_limit", [](std::size_t bytes) { pool_set_limit(bytes); }, py::arg("bytes"),
       "Most bytes the buffer cache keeps (0 turns it off).");

@@ -7,7 +7,8 @@
 // T*N*H >= 2M. Buffers of at least kMinBytes therefore come from a small cache of
 // released blocks; the cache keeps at most 64 blocks and `limit` bytes
 // (fastrnn.set_cache_limit; fastrnn.empty_cache frees it). Blocks are 64-byte aligned,
-// 2 MiB aligned and advised to use transparent huge pages from 4 MiB on.
+// 2 MiB aligned and advised to use transparent huge pages from 4 MiB on. Blocks in use
+// are reported to tracemalloc (domain 0x66726e6e), like NumPy's own arrays.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -29,6 +30,7 @@ void pool_release(void* p, std::size_t bytes) noexcept;
 
 struct PoolStats {
   std::size_t cached_bytes, cached_blocks, limit;
+  std::size_t in_use;  // bytes of blocks handed out and not yet released
 };
 PoolStats pool_stats();
 void pool_set_limit(std::size_t bytes);

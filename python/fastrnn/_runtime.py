@@ -54,12 +54,14 @@ def set_isa(name: str) -> None:
 
 
 def cache_info() -> dict[str, int]:
-    """The buffer cache: ``bytes`` and ``blocks`` held now, and its ``limit`` in bytes.
+    """The buffer cache: ``bytes`` and ``blocks`` held now, its ``limit`` in bytes, and
+    ``in_use``: the bytes of fastrnn's outputs, tapes and workspaces alive right now.
 
     Large outputs, training tapes and workspaces (1 MiB and more) are reused across
     calls instead of being allocated and faulted in afresh each time: a training loop
     that repeats the same shapes then touches fresh memory only on its first step.
-    Memory is cached only once NumPy has freed the arrays that used it.
+    Memory is cached only once NumPy has freed the arrays that used it. Blocks in use
+    are reported to ``tracemalloc`` like NumPy's own arrays, so its figures include them.
     """
     return {k: int(v) for k, v in dict(_core.cache_info()).items()}
 

@@ -101,7 +101,8 @@ class Backend:
     """Base class: ``name``, availability, versions, thread control, the two entry points."""
 
     name = "?"
-    numpy_memory = False  # True when its buffers come from NumPy (tracemalloc sees them)
+    # True when tracemalloc sees its buffers (NumPy arrays, fastrnn's buffer cache)
+    numpy_memory = False
     # False: timed on its own after the others instead of interleaved with them (see
     # fastrnn.bench.run).
     interleave = True

@@ -17,7 +17,8 @@ Memory, two figures from one extra call:
 
 - ``alloc``: the ``tracemalloc`` peak: everything NumPy and Python allocate during the
   call (exact, but blind to C++ ``new``/``malloc``, PyTorch and XLA buffers); shown only
-  for backends whose memory comes from NumPy.
+  for backends whose memory comes from NumPy or from fastrnn's buffer cache (which
+  reports the blocks it hands out to ``tracemalloc``).
 - ``rss+``: the growth of the process's peak resident set during the call (Linux: the
   heap is trimmed, then the kernel's high-water mark is reset through
   ``/proc/self/clear_refs``), which sees every allocator but not memory an allocator had
