@@ -141,6 +141,36 @@ def test_thread_count_is_bitwise_invisible(kind, variant, isa, rng):
                 np.testing.assert_array_equal(g[key], g0[key])
 
 
+@pytest.mark.parametrize("only", ["bias_ih", "bias_hh"])
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
+def test_one_bias_and_threaded_bias_sums(kind, variant, only, rng):
+    # Either bias alone (the other None): the backward computes the two bias gradients
+    # with one pass when both exist, so each alone must still be right. T*N*G*H is large
+    # enough here for the bias sums to split their columns between two threads.
+    T, N, I, H = 20, 40, 9, 130
+    case = random_case(kind, T, N, I, H, np.float64, rng)
+    case["bias_hh" if only == "bias_ih" else "bias_ih"] = None
+    up = random_upstream(kind, T, N, H, np.float64, rng)
+    _, _, tape_w = split_output(kind, _call(REF, kind, variant, case, training=True))
+    want = _backward(REF, kind, tape_w, up)
+    before = fastrnn.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            _, _, tape = split_output(kind, _call(NAT, kind, variant, case, training=True))
+            got.append(_backward(NAT, kind, tape, up, _poison=True))
+    finally:
+        fastrnn.set_num_threads(before)
+    for key, w in want.items():
+        if w is None:
+            assert got[0][key] is None and got[1][key] is None, key
+            continue
+        assert_allclose_named(f"grad {key}", got[0][key], w, **TOL64)
+        np.testing.assert_array_equal(got[1][key], got[0][key])
+    assert want[only] is not None
+
+
 def test_concurrent_python_threads(rng):
     cases = [random_case(k, 6, 4, 5, 40, np.float64, rng) for k in ("lstm", "gru", "rnn")]
     kinds = ["lstm", "gru", "rnn"]

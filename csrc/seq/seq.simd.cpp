@@ -440,11 +440,29 @@ void forward(const SeqForward<T>& a) {
   }
 }
 
+// out[c] = sum over r of m[r*ld + c], each column summed in row order from 0 (the same
+// bits whatever the thread count). Columns in strips of up to kStrip, one thread per
+// strip: each row adds a contiguous run to accumulators that stay in L1.
 template <class T>
-void col_sums(i64 rows, i64 cols, const T* m, i64 ld, T* out) {
-  for (i64 c = 0; c < cols; ++c) out[c] = T(0);
-  for (i64 r = 0; r < rows; ++r)
-    for (i64 c = 0; c < cols; ++c) out[c] += m[r * ld + c];
+void col_sums(i64 rows, i64 cols, const T* m, i64 ld, T* out, int threads) {
+  constexpr i64 kStrip = 1024;
+  const i64 want = std::max<i64>(1, std::min<i64>(threads, rows * cols / 65536));
+  const i64 width = std::max<i64>(16, std::min(kStrip, (cols + want - 1) / want + 15) / 16 * 16);
+  const i64 strips = (cols + width - 1) / width;
+  const int nt = static_cast<int>(std::min<i64>(strips, want));
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+  for (i64 sidx = 0; sidx < strips; ++sidx) {
+    const i64 c0 = sidx * width, w = std::min(width, cols - c0);
+    alignas(64) T acc[kStrip];
+    for (i64 c = 0; c < w; ++c) acc[c] = T(0);
+    for (i64 r = 0; r < rows; ++r) {
+      const T* row = m + r * ld + c0;
+      for (i64 c = 0; c < w; ++c) acc[c] += row[c];
+    }
+    std::memcpy(out + c0, acc, sizeof(T) * static_cast<std::size_t>(w));
+  }
 }
 
 template <class T>
@@ -605,14 +623,17 @@ void backward(const SeqBackward<T>& a) {
               a.dw_hh + 2 * H * H, H, th);
     }
   }
-  if (a.db_ih) col_sums(TN, GH, dG, GH, a.db_ih);
+  // Both biases sit on the same pre-activations, except GRU's b_hn (reset after), which
+  // sits inside r * (...): one pass over dG serves both.
+  const i64 shared = gru && d.reset_after ? 2 * H : GH;
+  if (a.db_ih) col_sums(TN, GH, dG, GH, a.db_ih, th);
   if (a.db_hh) {
-    if (gru && d.reset_after) {
-      col_sums(TN, 2 * H, dG, GH, a.db_hh);
-      col_sums(TN, H, dhn, H, a.db_hh + 2 * H);
+    if (a.db_ih) {
+      std::memcpy(a.db_hh, a.db_ih, sizeof(T) * static_cast<std::size_t>(shared));
     } else {
-      col_sums(TN, GH, dG, GH, a.db_hh);
+      col_sums(TN, shared, dG, GH, a.db_hh, th);
     }
+    if (shared < GH) col_sums(TN, H, dhn, H, a.db_hh + 2 * H, th);
   }
 }
 
