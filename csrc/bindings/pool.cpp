@@ -81,10 +81,7 @@ std::size_t shrink(Cache& c, std::size_t bytes, std::size_t blocks) {
   return freed;
 }
 
-}  // namespace
-
-namespace {
-
+// A block of at least `bytes` bytes: a cached one that fits, else a fresh one.
 void* take(std::size_t bytes, std::size_t* got) {
   const std::size_t size = rounded(bytes == 0 ? 1 : bytes);
   if (size >= kPoolMinBytes) {
