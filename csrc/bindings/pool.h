@@ -4,7 +4,7 @@
 // activations and more), the backward's gate gradients, dx. Fresh memory costs a page
 // fault and a zero-fill per page on first touch; for arrays past glibc's mmap threshold
 // (32 MiB) that happens on every call and took ~10-25% of an LSTM training step at
-// T*N*H >= 2M. Buffers of at least kMinBytes therefore come from a small cache of
+// T*N*H >= 2M. Buffers of at least kPoolMinBytes therefore come from a small cache of
 // released blocks; the cache keeps at most 64 blocks and `limit` bytes
 // (fastrnn.set_cache_limit; fastrnn.empty_cache frees it). Blocks are 64-byte aligned,
 // 2 MiB aligned and advised to use transparent huge pages from 4 MiB on. Blocks in use

@@ -102,7 +102,7 @@ class Backend:
 
     name = "?"
     # True when tracemalloc sees its buffers (NumPy arrays, fastrnn's buffer cache)
-    numpy_memory = False
+    traced_memory = False
     # False: timed on its own after the others instead of interleaved with them (see
     # fastrnn.bench.run).
     interleave = True
@@ -128,7 +128,7 @@ class Backend:
 class FunctionalBackend(Backend):
     """``fastrnn.functional`` with ``backend="native"`` or ``"reference"``."""
 
-    numpy_memory = True
+    traced_memory = True
 
     def __init__(self, which: str) -> None:
         self.name = which

@@ -138,7 +138,7 @@ def _run_case(
         alloc = rss = None
         try:
             if opts.measure_memory:
-                alloc, rss = memory_peaks(fn, traced=b.numpy_memory)
+                alloc, rss = memory_peaks(fn, traced=b.traced_memory)
         except Exception as exc:
             rows[j] = _error_row(case, mode, b.name, exc, prefixes[j], progress)
             continue
