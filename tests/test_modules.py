@@ -53,6 +53,49 @@ def test_linear_gradients_fd(rng, shape, bias):
     assert not lin.grads["weight"].any()
 
 
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-4)])
+def test_linear_products_any_layout_and_threads(rng, dtype, tol):
+    """The products run in fastrnn's GEMM: sizes that leave partial register tiles and
+    split between threads, inputs that are views (copied once) or empty, the same bits for
+    1 and 2 threads. float32 vs float64 products of the same float32 inputs: sums of up
+    to 517 rounded terms, typically off by ~sqrt(517) * 2**-24 of their scale; 1e-4 still
+    catches any wrong index or layout (errors of order 1)."""
+    import fastrnn
+
+    lin = Linear(131, 517, dtype=dtype, seed=3)
+    w64 = lin.params["weight"].astype(np.float64)
+    b64 = lin.params["bias"].astype(np.float64)
+    wide = rng.uniform(-1, 1, (2, 37, 262)).astype(dtype)
+    x = wide[..., ::2]  # not contiguous along the features
+    dy = rng.uniform(-1, 1, (2, 37, 517)).astype(dtype)
+    before = fastrnn.get_num_threads()
+    got = {}
+    try:
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            lin.zero_grad()
+            y, tape = lin.forward(x)
+            dx = lin.backward(tape, dy)
+            got[threads] = (y, dx, lin.grads["weight"].copy(), lin.grads["bias"].copy())
+    finally:
+        fastrnn.set_num_threads(before)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    want = (
+        x64 @ w64.T + b64,
+        dy64 @ w64,
+        dy64.reshape(-1, 517).T @ x64.reshape(-1, 131),
+        dy64.sum(axis=(0, 1)),
+    )
+    for g, w in zip(got[1], want):
+        assert g.dtype == np.dtype(dtype) and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=0, atol=tol * max(1.0, np.abs(w).max()))
+    for one, two in zip(got[1], got[2]):
+        np.testing.assert_array_equal(one, two)
+    empty, tape = lin.forward(np.zeros((0, 4, 131), dtype))
+    assert empty.shape == (0, 4, 517)
+    assert lin.backward(tape, np.zeros((0, 4, 517), dtype)).shape == (0, 4, 131)
+
+
 def test_linear_init_and_protocol():
     lin = Linear(16, 8, seed=0)
     assert lin.params["weight"].shape == (8, 16) and lin.params["bias"].shape == (8,)
