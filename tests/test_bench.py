@@ -452,6 +452,20 @@ def test_gemm_peak_falls_back_to_numpy_and_says_so(monkeypatch):
     assert peak.source == "numpy.matmul" and "wrong" in peak.note
 
 
+def test_gemm_peak_times_fastrnn_before_numpy(monkeypatch):
+    """NumPy's BLAS workers keep spinning after a product: fastrnn's GEMM is timed first."""
+    import fastrnn.ops
+    from fastrnn.bench import measure
+
+    calls = []
+    monkeypatch.setattr(fastrnn.ops, "matmul", lambda a, b: calls.append("fastrnn") or a @ b)
+    real = np.matmul
+    monkeypatch.setattr(measure.np, "matmul", lambda a, b: calls.append("numpy") or real(a, b))
+    measure.gemm_peak(8, repeat=2)
+    assert calls.count("fastrnn") >= 3 and calls.count("numpy") == 3
+    assert "fastrnn" not in calls[calls.index("numpy") :]
+
+
 def test_compare_flags_shape_nan_and_error():
     want = {"y": np.ones((2, 3)), "h_n": np.ones(3)}
     assert compare({"y": np.ones((2, 3)), "h_n": np.ones(3)}, want, 1e-6).ok

@@ -48,6 +48,10 @@ class Options:
     min_time: float = 0.02
     max_time: float = 3.0
     settle: float = 0.03  # pause between samples of different backends (time_interleaved)
+    # Pause before each case's timing: the check that precedes it (and the previous case's
+    # reference) ran NumPy's BLAS, whose OpenBLAS workers spin for ~0.1 s (2**28 cycles)
+    # before they sleep; the first samples would otherwise share the cores with them.
+    blas_idle: float = 0.2
     reference_max_seconds: float = 2.0
     measure_memory: bool = True
     seed: int = 0
@@ -125,6 +129,7 @@ def _run_case(
     errors: dict[int, Exception] = {}
     budget = {"repeat": opts.repeat, "min_time": opts.min_time, "max_time": opts.max_time}
     together = {j: fn for j, fn in fns.items() if backends[j].interleave}
+    time.sleep(opts.blas_idle)
     timings = time_interleaved(together, errors=errors, settle=opts.settle, **budget)
     for j, fn in fns.items():
         if j not in together:  # after the others, alone, once their pools have settled
