@@ -152,3 +152,34 @@ def test_set_cache_limit_range(bad: int) -> None:
 def test_set_cache_limit_type(bad: object) -> None:
     with pytest.raises(TypeError, match="nbytes must be an int"):
         fastrnn.set_cache_limit(bad)  # type: ignore[arg-type]
+
+
+def test_empty_and_matmul_outputs_come_from_the_cache() -> None:
+    from fastrnn import ops
+    from fastrnn._runtime import _empty
+
+    base = fastrnn.cache_info()["in_use"]
+    big = (300, 1000)  # 1.2 MB as float32, 2.4 MB as float64
+    for dtype in (np.float32, np.float64):
+        a = _empty(big, np.dtype(dtype))
+        assert a.shape == big and a.dtype == dtype and a.flags.c_contiguous
+        assert a.flags.writeable and fastrnn.cache_info()["in_use"] >= base + a.nbytes
+        del a
+    assert fastrnn.cache_info()["in_use"] == base
+    small = _empty((3, 4), np.dtype(np.float32))  # below 1 MiB: plain NumPy memory
+    assert small.shape == (3, 4) and fastrnn.cache_info()["in_use"] == base
+    half = _empty(big, np.dtype(np.float16))  # a dtype the kernels never make
+    assert half.dtype == np.float16 and fastrnn.cache_info()["in_use"] == base
+    assert _empty((0, 7), np.dtype(np.float64)).shape == (0, 7)
+    with pytest.raises(ValueError, match="negative"):
+        _empty((2, -1), np.dtype(np.float32))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 50)).astype(np.float32)
+    w = rng.standard_normal((1000, 50)).astype(np.float32)
+    first = ops.matmul(x, w, transpose_b=True)
+    assert fastrnn.cache_info()["in_use"] >= base + first.nbytes
+    kept = first.copy()
+    second = ops.matmul(2 * x, w, transpose_b=True)  # while `first` is alive: other memory
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_allclose(second, 2 * kept, rtol=1e-6, atol=1e-5)

@@ -81,6 +81,30 @@ def test_cross_entropy_matches_torch(rng):
     np.testing.assert_allclose(grad, z.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_large_vocabulary_against_float64(rng, dtype):
+    """Logits over 1 MiB (their gradient comes from fastrnn's buffer cache and is
+    computed in place): loss and gradient against a float64 softmax, with a mask, for
+    two calls in a row (the first gradient must survive the second call)."""
+    logits = (3 * rng.standard_normal((7, 5, 9001))).astype(dtype)
+    targets = rng.integers(0, 9001, (7, 5))
+    mask = rng.uniform(0, 1, (7, 5)) * (rng.uniform(0, 1, (7, 5)) > 0.2)
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    per = -np.log(np.take_along_axis(p, targets[..., None], -1)[..., 0])
+    onehot = np.zeros_like(p)
+    np.put_along_axis(onehot, targets[..., None], 1.0, -1)
+    want_grad = (p - onehot) * mask[..., None] / mask.sum()
+    tol = 1e-12 if dtype == np.float64 else 2e-6  # float32: a few ulp of each quantity
+    loss, grad = softmax_cross_entropy(logits, targets, mask=mask, reduction="mean")
+    _, other = softmax_cross_entropy(-logits, targets, mask=mask, reduction="mean")
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    assert loss == pytest.approx((per * mask).sum() / mask.sum(), rel=tol)
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=tol * np.abs(want_grad).max())
+    assert not np.shares_memory(grad, other)
+
+
 def test_cross_entropy_is_stable_for_huge_logits():
     logits = np.array([[1e4, 0.0, -1e4], [-1e30, 1e30, 0.0]], dtype=np.float32)
     loss, grad = softmax_cross_entropy(logits, np.array([0, 0]))

@@ -1,5 +1,7 @@
-// The buffer cache behind pool.h, and _core.{empty_cache, cache_info, set_cache_limit}.
+// The buffer cache behind pool.h, and _core.{empty, empty_cache, cache_info, set_cache_limit}.
 #include "bindings/pool.h"
+
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <cstdint>
@@ -221,6 +223,18 @@ void register_pool(py::module_& m) {
   m.def(
       "set_cache_limit", [](std::size_t bytes) { pool_set_limit(bytes); }, py::arg("bytes"),
       "Most bytes the buffer cache keeps (0 turns it off).");
+  m.def(
+      "empty",
+      [](const std::vector<std::int64_t>& shape, const py::dtype& dtype) -> py::array {
+        for (std::int64_t s : shape) {
+          if (s < 0) throw py::value_error("empty: negative dimension");
+        }
+        if (dtype.is(py::dtype::of<float>())) return pooled_array<float>(shape);
+        if (dtype.is(py::dtype::of<double>())) return pooled_array<double>(shape);
+        throw py::type_error("empty: dtype must be float32 or float64");
+      },
+      py::arg("shape"), py::arg("dtype"),
+      "Uninitialised C-contiguous array; from the buffer cache when >= 1 MiB.");
 }
 
 }  // namespace fastrnn::bindings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastrnn import _core
+from fastrnn._runtime import _empty
 
 __all__ = ["matmul"]
 
@@ -109,7 +110,7 @@ def matmul(
             f"inner dimensions differ: {ta} has shape {(m, k)} and {tb} has shape {(kb, n)}"
         )
     if out is None:
-        out = np.empty((m, n), dtype=a.dtype)
+        out = _empty((m, n), a.dtype)
     else:
         out = _check_out(out, (m, n), a.dtype, a, b)
     _core.gemm(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from fastrnn import _core
 
 
@@ -57,8 +59,9 @@ def cache_info() -> dict[str, int]:
     """The buffer cache: ``bytes`` and ``blocks`` held now, its ``limit`` in bytes, and
     ``in_use``: the bytes of fastrnn's outputs, tapes and workspaces alive right now.
 
-    Large outputs, training tapes and workspaces (1 MiB and more) are reused across
-    calls instead of being allocated and faulted in afresh each time: a training loop
+    Large outputs, training tapes and workspaces (1 MiB and more: of the recurrent
+    kernels, ``ops.matmul`` and ``Linear``, and the cross-entropy gradient) are reused
+    across calls instead of being allocated and faulted in afresh each time: a training loop
     that repeats the same shapes then touches fresh memory only on its first step.
     Memory is cached only once NumPy has freed the arrays that used it. Blocks in use
     are reported to ``tracemalloc`` like NumPy's own arrays, so its figures include them.
@@ -72,6 +75,18 @@ def empty_cache() -> int:
     Arrays still in use are not affected.
     """
     return int(_core.empty_cache())
+
+
+_CACHED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)``, from the buffer cache for float32/float64 arrays of
+    1 MiB and more: for outputs made afresh on every step of a loop (logits, their
+    gradient), whose pages would otherwise be faulted in and zeroed each time."""
+    if dtype in _CACHED_DTYPES:
+        return _core.empty(tuple(int(s) for s in shape), dtype)
+    return np.empty(shape, dtype)
 
 
 def set_cache_limit(nbytes: int) -> None:
