@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from fastrnn import optim
 from fastrnn.modules import Linear
 from fastrnn.optim import SGD, Adam, clip_grad_norm, clip_grad_value
 
@@ -106,6 +107,84 @@ def test_adam_matches_torch(kw, dtype, rtol):
         dtype,
         rtol,
     )
+
+
+def _adam_numpy(p, g, m, v, t, lr, b1, b2, eps, wd):
+    """The update as NumPy array expressions (the rule in Adam's docstring)."""
+    T = p.dtype.type
+    d = g if not wd else g + T(wd) * p
+    m *= T(b1)
+    m += T(1.0 - b1) * d
+    v *= T(b2)
+    v += T(1.0 - b2) * d * d
+    denom = np.sqrt(v) / T(math.sqrt(1.0 - b2**t)) + T(eps)
+    p -= T(lr / (1.0 - b1**t)) * (m / denom)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("wd", [0.0, 0.03])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [1, 37, 300_001])  # the last one splits between threads
+def test_fused_adam_equals_the_numpy_expressions_bitwise(dtype, wd, threads, size):
+    import fastrnn
+
+    rng = np.random.default_rng(size)
+    mod = Params(rng.standard_normal(size), 0.0)
+    mod.params["w"] = mod.params["w"].astype(dtype)
+    mod.grads["w"] = np.zeros(size, dtype)
+    p, m, v = mod.params["w"].copy(), np.zeros(size, dtype), np.zeros(size, dtype)
+    opt = Adam(mod, lr=3e-2, betas=(0.8, 0.995), eps=1e-6, weight_decay=wd)
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        for t in (1, 2, 3):
+            g = (rng.standard_normal(size) * 10.0 ** rng.integers(-6, 2, size)).astype(dtype)
+            mod.grads["w"][...] = g
+            opt.step()
+            _adam_numpy(p, g, m, v, t, 3e-2, 0.8, 0.995, 1e-6, wd)
+            np.testing.assert_array_equal(mod.params["w"], p)
+            np.testing.assert_array_equal(opt.state[(0, "w")]["exp_avg"], m)
+            np.testing.assert_array_equal(opt.state[(0, "w")]["exp_avg_sq"], v)
+        st = opt.state[(0, "w")]
+        assert optim._fused_ok(mod.params["w"], mod.grads["w"], st["exp_avg"], st["exp_avg_sq"])
+    finally:
+        fastrnn.set_num_threads(before)
+
+
+def test_adam_on_views_and_other_dtypes_takes_the_numpy_path():
+    assert not optim._fused_ok(np.zeros((4, 4))[:, ::2], np.zeros((4, 2)))
+    rng = np.random.default_rng(1)
+    for p0 in (rng.standard_normal((6, 8))[:, ::2], rng.standard_normal(7).astype(np.float16)):
+        mod = Params(0.0, 0.0)
+        mod.params["w"], mod.grads["w"] = p0.copy() if p0.dtype == np.float16 else p0, p0 * 0.5
+        p, m, v = mod.params["w"].copy(), np.zeros_like(p0), np.zeros_like(p0)
+        opt = Adam(mod, lr=1e-2)
+        opt.step()
+        _adam_numpy(p, mod.grads["w"], m, v, 1, 1e-2, 0.9, 0.999, 1e-8, 0.0)
+        np.testing.assert_array_equal(mod.params["w"], p)
+
+
+def test_fused_adam_rejects_bad_arrays():
+    from fastrnn import _core
+
+    f = np.float32
+    ok = [np.zeros(5, f) for _ in range(4)]
+    scalars = (False, f(0), f(0.9), f(0.1), f(0.999), f(0.001), f(1.0), f(1e-8), f(1e-3))
+    _core.adam_step(*ok, *scalars)
+    with pytest.raises(TypeError, match="p: expected dtype"):
+        _core.adam_step(np.zeros(5, np.int32), *ok[1:], *scalars)
+    with pytest.raises(TypeError, match="m: dtype must match p"):
+        _core.adam_step(ok[0], ok[1], np.zeros(5), ok[3], *scalars)
+    with pytest.raises(ValueError, match="v: must have as many elements as p"):
+        _core.adam_step(*ok[:3], np.zeros(6, f), *scalars)
+    with pytest.raises(ValueError, match="g: must be C-contiguous"):
+        _core.adam_step(ok[0], np.zeros(10, f)[::2], *ok[2:], *scalars)
+    ro = np.zeros(5, f)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="m: read-only"):
+        _core.adam_step(ok[0], ok[1], ro, ok[3], *scalars)
+    with pytest.raises(ValueError, match="p and m overlap"):
+        _core.adam_step(ok[0], ok[1], ok[0], ok[3], *scalars)
 
 
 def test_optimizer_updates_in_place_and_zero_grad():

