@@ -84,8 +84,9 @@ def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``np.empty(shape, dtype)``, from the buffer cache for float32/float64 arrays of
     1 MiB and more: for outputs made afresh on every step of a loop (logits, their
     gradient), whose pages would otherwise be faulted in and zeroed each time."""
-    if dtype in _CACHED_DTYPES:
-        return _core.empty(tuple(int(s) for s in shape), dtype)
+    for cached in _CACHED_DTYPES:
+        if dtype == cached:  # the canonical dtype object is what _core.empty recognises
+            return _core.empty(tuple(int(s) for s in shape), cached)
     return np.empty(shape, dtype)
 
 
