@@ -16,12 +16,15 @@ namespace tile {
 
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
-constexpr int kAccRegs = 24;  // 32 vector registers
+constexpr int kVecRegs = 32;
+constexpr int kAccRegs = 24;
 #elif defined(__AVX__)
 constexpr int kVecBytes = 32;
-constexpr int kAccRegs = 12;  // 16 vector registers
+constexpr int kVecRegs = 16;
+constexpr int kAccRegs = 12;
 #else
 constexpr int kVecBytes = 16;
+constexpr int kVecRegs = 16;
 constexpr int kAccRegs = 12;
 #endif
 
@@ -30,9 +33,15 @@ constexpr int lanes() {
   return kVecBytes / static_cast<int>(sizeof(T));
 }
 
-// Rows per micro-tile for a tile CV vectors wide.
+// Rows per micro-tile for a tile CV vectors wide: at most kAccRegs accumulators, and
+// they, the CV weight vectors of one k and the broadcast row value must all fit in
+// registers. (With 16 registers a 3 x 4 tile needs 17: its accumulators spilled to
+// the stack on every k, and the AVX2 LSTM forward ran at half speed.)
 constexpr int max_rows(int cv) {
-  return kAccRegs / cv < 1 ? 1 : (kAccRegs / cv > 8 ? 8 : kAccRegs / cv);
+  const int by_acc = kAccRegs / cv;
+  const int by_regs = (kVecRegs - 1 - cv) / cv;
+  const int r = by_acc < by_regs ? by_acc : by_regs;
+  return r < 1 ? 1 : (r > 8 ? 8 : r);
 }
 
 template <class T>
