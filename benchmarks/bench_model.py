@@ -5,9 +5,9 @@ Model: ``Embedding(V, E) -> LSTM(E, H) -> Linear(H, V)``, softmax cross-entropy 
 T x N positions (mean), Adam. One training step is: zero the gradients, forward, loss,
 backward, optimizer step; inference is the forward to the logits. Both libraries get the
 same weights and tokens; their losses and gradients are compared before anything is
-timed. Times are medians over ``--repeat`` samples, the two libraries alternated sample
-by sample with a pause between them (thread pools keep spinning for a while after a
-call), on ``--threads`` threads each.
+timed. Times come from the benchmark runner's ``time_interleaved``: the two libraries
+alternated sample by sample with a pause between them (thread pools keep spinning for a
+while after a call), medians once ``--repeat`` samples agree, ``--threads`` threads each.
 
 This is the benchmark for what a NumPy user sees: the recurrent kernel is most of a
 step, but the output layer, the loss and the optimizer count too, and so does anything
@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import numpy as np
 
 import fastrnn
 from fastrnn import modules, optim
+from fastrnn.bench.measure import time_interleaved
 from fastrnn.layers import LSTM
 from fastrnn.losses import softmax_cross_entropy
 
@@ -134,17 +133,6 @@ def check(model: modules.Sequential, tokens, targets, torch_grads) -> float:
     return worst
 
 
-def sample_ms(fn: Callable[[], Any], min_time: float = 0.05) -> float:
-    """Mean time of back-to-back calls over at least ``min_time`` seconds."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return 1e3 * elapsed / calls
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab", type=int, default=10000)
@@ -188,15 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in ("training", "inference"):
         fns = {name: r[mode] for name, r in runs.items()}
-        for fn in fns.values():
-            fn()  # warm-up
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for i in range(args.repeat):
-            order = list(fns) if i % 2 == 0 else list(fns)[::-1]
-            for name in order:
-                time.sleep(PAUSE_S)
-                samples[name].append(sample_ms(fns[name]))
-        med = {name: statistics.median(v) for name, v in samples.items()}
+        timings = time_interleaved(fns, repeat=args.repeat, min_time=0.05, settle=PAUSE_S)
+        med = {name: 1e3 * t.median for name, t in timings.items()}
         for name, ms in med.items():
             ratio = med["torch"] / ms if "torch" in med else None
             rows.append({"mode": mode, "library": name, "median_ms": round(ms, 3),
