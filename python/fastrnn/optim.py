@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn import _core
-from fastrnn._runtime import _empty
+from fastrnn._runtime import _NATIVE_DTYPES, _empty
 
 __all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm", "clip_grad_value"]
 
@@ -155,13 +155,10 @@ class Optimizer:
         }
 
 
-_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _fused_ok(p: np.ndarray, *others: np.ndarray) -> bool:
     """Whether the native fused update can run on these arrays: float32/float64,
     C-contiguous, one dtype and size, writable state, no two sharing memory."""
-    if p.dtype not in _FUSED_DTYPES or not p.flags.c_contiguous or not p.flags.writeable:
+    if p.dtype not in _NATIVE_DTYPES or not p.flags.c_contiguous or not p.flags.writeable:
         return False
     for a in others:
         if a.dtype != p.dtype or a.size != p.size or not a.flags.c_contiguous:
