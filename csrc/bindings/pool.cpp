@@ -227,7 +227,7 @@ void register_pool(py::module_& m) {
       "empty",
       [](const std::vector<std::int64_t>& shape, const py::dtype& dtype) -> py::array {
         for (std::int64_t s : shape) {
-          if (s < 0) throw py::value_error("empty: negative dimension");
+          if (s < 0) throw py::value_error("empty: shape has a negative dimension");
         }
         if (dtype.is(py::dtype::of<float>())) return pooled_array<float>(shape);
         if (dtype.is(py::dtype::of<double>())) return pooled_array<double>(shape);
