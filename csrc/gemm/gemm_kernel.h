@@ -20,12 +20,14 @@
 // not depend on how the work is partitioned.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <utility>
 
 #include "gemm/gemm.h"
 #include "runtime/target.h"
+#include "simd/transpose.h"
 
 FASTRNN_TARGET_NS_BEGIN
 namespace gemm_detail {
@@ -176,6 +178,7 @@ void pack_b_panels(Trans tb, const T* b, std::int64_t ldb, std::int64_t p0, std:
                    std::int64_t j0, std::int64_t nc, std::int64_t panel_begin,
                    std::int64_t panel_end, std::int64_t bps, T* dst) {
   constexpr std::int64_t NR = Cfg<T>::NR;
+  constexpr std::int64_t kTB = simd::transpose_block<T>();
   for (std::int64_t q = panel_begin; q < panel_end; ++q) {
     T* d = dst + q * bps;
     const std::int64_t jq = q * NR;
@@ -184,15 +187,26 @@ void pack_b_panels(Trans tb, const T* b, std::int64_t ldb, std::int64_t p0, std:
       for (std::int64_t p = 0; p < kc; ++p) {
         const T* src = b + (p0 + p) * ldb + j0 + jq;
         T* dp = d + p * NR;
-        std::int64_t j = 0;
-        for (; j < w; ++j) dp[j] = src[j];
-        for (; j < NR; ++j) dp[j] = T(0);
+        std::memcpy(dp, src, sizeof(T) * static_cast<std::size_t>(w));
+        std::fill(dp + w, dp + NR, T(0));
       }
     } else {
-      // Transpose in blocks of 64 k-rows so the strided writes stay in L1.
+      // Columns in B x B blocks transposed in registers (simd/transpose.h), then the
+      // rest (and the zero padding) in blocks of 64 k-rows so the strided writes stay in L1.
+      std::int64_t jt = 0;
+      if constexpr (kTB > 1) {
+        const std::int64_t kb = kc / kTB * kTB;
+        for (; jt + kTB <= w; jt += kTB) {
+          const T* src = b + (j0 + jq + jt) * ldb + p0;
+          for (std::int64_t p = 0; p < kb; p += kTB)
+            simd::transpose(src + p, ldb, d + p * NR + jt, NR);
+          for (std::int64_t p = kb; p < kc; ++p)
+            for (std::int64_t j = 0; j < kTB; ++j) d[p * NR + jt + j] = src[j * ldb + p];
+        }
+      }
       for (std::int64_t pb = 0; pb < kc; pb += 64) {
         const std::int64_t pe = pb + 64 < kc ? pb + 64 : kc;
-        for (std::int64_t j = 0; j < NR; ++j) {
+        for (std::int64_t j = jt; j < NR; ++j) {
           if (j < w) {
             const T* src = b + (j0 + jq + j) * ldb + p0;
             for (std::int64_t p = pb; p < pe; ++p) d[p * NR + j] = src[p];
