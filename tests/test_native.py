@@ -114,6 +114,16 @@ def test_matches_reference(kind, variant, dtype, isa, threads, rng):
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
+def test_streamed_tape_matches_reference(kind, variant, dtype, isa, threads, rng):
+    # A training tape of >= 1 MiB of gate activations is written with streaming stores
+    # (seq.simd.cpp, tape_units); H = 64 makes every tape row whole, aligned vectors on
+    # every target, so that path carries the whole tape (the sizes above are too small).
+    _check_case(kind, variant, (64, 64, 5, 64), dtype, rng, True, False, False)
+    _check_case(kind, variant, (64, 64, 5, 64), dtype, rng, True, True, True)
+
+
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
 def test_thread_count_is_bitwise_invisible(kind, variant, isa, rng):
     T, N, I, H = 5, 6, 7, 130

@@ -121,6 +121,10 @@ struct Vec {
   void store(T* p) const { std::memcpy(p, &v, sizeof(raw)); }
   // Writes the first r lanes to p[0 .. r-1] and nothing else (0 <= r <= lanes).
   void store_partial(T* p, int r) const;
+  // Writes lanes to p[0 .. lanes-1], p aligned to the vector size, with a non-temporal
+  // store on x86: the line goes to memory without being read into the cache first (for
+  // data read much later). Call stream_fence() before another thread reads it.
+  void stream(T* p) const;
   // Lane i (0 <= i < lanes), for tests and scalar wrappers.
   T lane(int i) const { return v[i]; }
 
@@ -245,6 +249,50 @@ inline T reduce_add(Vec<T> a) {
   T s = a.v[0];
   for (int i = 1; i < Vec<T>::lanes; ++i) s += a.v[i];
   return s;
+}
+
+// ---------------------------------------------------------------------------
+// Non-temporal stores.
+// ---------------------------------------------------------------------------
+#if defined(__AVX512F__)
+template <>
+inline void Vec<float>::stream(float* p) const {
+  _mm512_stream_ps(p, __m512(v));
+}
+template <>
+inline void Vec<double>::stream(double* p) const {
+  _mm512_stream_pd(p, __m512d(v));
+}
+#elif defined(__AVX__)
+template <>
+inline void Vec<float>::stream(float* p) const {
+  _mm256_stream_ps(p, __m256(v));
+}
+template <>
+inline void Vec<double>::stream(double* p) const {
+  _mm256_stream_pd(p, __m256d(v));
+}
+#elif defined(__SSE2__)
+template <>
+inline void Vec<float>::stream(float* p) const {
+  _mm_stream_ps(p, __m128(v));
+}
+template <>
+inline void Vec<double>::stream(double* p) const {
+  _mm_stream_pd(p, __m128d(v));
+}
+#else
+template <class T>
+inline void Vec<T>::stream(T* p) const {
+  store(p);
+}
+#endif
+
+// Orders this thread's earlier stream() stores before its later stores.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 // ---------------------------------------------------------------------------
