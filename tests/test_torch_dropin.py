@@ -633,3 +633,19 @@ def test_results_never_alias_each_other_or_the_inputs():
     t3.zero_()
     assert torch.equal(t2, torch.arange(6.0, dtype=torch.float64))
     assert np.all(given == 1) and np.all(a == 2 * np.arange(6.0))  # t1 is a's memory
+
+
+@pytest.mark.parametrize("what", ["input", "weight_hh_l0", "weight_ih_l1"])
+def test_in_place_changes_to_inputs_before_backward_raise(what):
+    """The tape keeps the input and parameters without copying them (the tensors are saved
+    for backward instead): an in-place edit between forward and backward must make PyTorch
+    raise, as with torch.nn, rather than give gradients of the edited values."""
+    fast, _ = make_pair("lstm", num_layers=2)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    inp = x * 1.0  # a non-leaf input, so that it may be edited in place
+    y, _ = fast(inp)
+    target = inp if what == "input" else getattr(fast, what)
+    with torch.no_grad():
+        target.add_(0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

@@ -9,13 +9,17 @@ before the kernels run, so an element they fail to write shows up.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from fastrnn import _core
 from fastrnn import reference as _ref
+from fastrnn._runtime import _empty
 
 __all__ = ["NativeTape", "gru", "gru_backward", "lstm", "lstm_backward", "rnn", "rnn_backward"]
 
@@ -43,6 +47,31 @@ class NativeTape:
     has_bias_hh: bool
     data: dict[str, Any] | None
     backend: str = "native"
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def _tape_shares_inputs() -> Iterator[None]:
+    """Training forwards in this block (this thread only) keep ``x`` and the weights in the
+    tape as given, without private copies. For callers that themselves guarantee those
+    arrays stay unchanged until the backward: the PyTorch drop-ins, whose saved tensors'
+    version counters make PyTorch raise on any in-place edit in between."""
+    before = getattr(_local, "share", False)
+    _local.share = True
+    try:
+        yield
+    finally:
+        _local.share = before
+
+
+def _private_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` in a buffer of the cache when large: the tape's copies
+    of x and the weights are made afresh on every training step."""
+    out = _empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
 
 
 def _forward(
@@ -73,8 +102,9 @@ def _forward(
         data = None
     else:
         xs, wih, whh = inp.x, inp.weight_ih, inp.weight_hh
-        if training:  # the tape must not see later in-place edits by the caller
-            xs, wih, whh = (np.array(a, order="C", copy=True) for a in (xs, wih, whh))
+        if training and not getattr(_local, "share", False):
+            # the tape must not see later in-place edits by the caller
+            xs, wih, whh = (_private_copy(a) for a in (xs, wih, whh))
         y, h_n, c_n, data = _core.seq_forward(
             kind,
             xs,

@@ -271,7 +271,12 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, *params):  # type: ignore[override]
-        outs, tape = _run_stack(cfg, x, h0, c0, params, training=True)
+        from fastrnn import _native
+
+        # x and the parameters are saved below: PyTorch raises if they change before
+        # backward, so the tape needs no private copies of them.
+        with _native._tape_shares_inputs():
+            outs, tape = _run_stack(cfg, x, h0, c0, params, training=True)
         ctx.cfg = cfg
         ctx.tape = tape
         ctx.has_c = c0 is not None
