@@ -31,7 +31,8 @@ class NativeTape:
     ``data`` holds the kernel's arrays, indexed by time step ``t``: ``hprev`` (T, N, H)
     the state entering step t, ``gates`` (T, N, G*H) the gate activations, ``cprev`` and
     ``tc`` (LSTM: c entering step t and tanh(c_t)), ``aux`` (GRU: ``W_hn h + b_hn`` with
-    ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights.
+    ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights (the
+    arrays as given inside :func:`_tape_shares_inputs`).
     """
 
     kind: str
