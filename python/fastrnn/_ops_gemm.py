@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from fastrnn import _core
-from fastrnn._runtime import _NATIVE_DTYPES, _empty
+from fastrnn._runtime import _empty
+from fastrnn.reference import FLOAT_DTYPES
 
 __all__ = ["matmul"]
 
@@ -26,7 +27,7 @@ def _operand(x: object, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
-    if x.dtype not in _NATIVE_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     item = x.itemsize
     rows, cols = x.shape
@@ -95,7 +96,7 @@ def matmul(
         raise ValueError(f"a must be 2-D, got shape {a.shape}")
     if b.ndim != 2:
         raise ValueError(f"b must be 2-D, got shape {b.shape}")
-    if a.dtype not in _NATIVE_DTYPES:
+    if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
     if b.dtype != a.dtype:
         raise TypeError(f"a and b must have the same dtype, got a: {a.dtype}, b: {b.dtype}")

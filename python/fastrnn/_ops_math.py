@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastrnn import _core
-from fastrnn._runtime import _NATIVE_DTYPES
+from fastrnn.reference import FLOAT_DTYPES
 
 __all__ = ["MAX_ERROR_ULP", "exp", "max_error", "sigmoid", "tanh"]
 
@@ -53,7 +53,7 @@ def max_error(name: str, dtype: object, isa: str | None = None) -> float:
     if name not in _FUNCTIONS:
         raise ValueError(f"max_error: name must be one of {_FUNCTIONS}, got {name!r}")
     dt = np.dtype(dtype)  # type: ignore[call-overload]
-    if dt not in _NATIVE_DTYPES:
+    if dt not in FLOAT_DTYPES:
         raise TypeError(f"max_error: dtype must be float32 or float64, got {dt}")
     if isa is not None and not isinstance(isa, str):
         raise TypeError(f"max_error: isa must be a str or None, got {type(isa).__name__}")

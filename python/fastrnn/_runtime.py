@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn import _core
+from fastrnn.reference import FLOAT_DTYPES
 
 
 def build_info() -> dict[str, Any]:
@@ -77,15 +78,11 @@ def empty_cache() -> int:
     return int(_core.empty_cache())
 
 
-# The dtypes the native kernels compute in (canonical dtype objects).
-_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``np.empty(shape, dtype)``, from the buffer cache for float32/float64 arrays of
     1 MiB and more: for outputs made afresh on every step of a loop (logits, their
     gradient), whose pages would otherwise be faulted in and zeroed each time."""
-    for native in _NATIVE_DTYPES:
+    for native in FLOAT_DTYPES:
         if dtype == native:  # the canonical dtype object is what _core.empty recognises
             return _core.empty(tuple(int(s) for s in shape), native)
     return np.empty(shape, dtype)

@@ -41,6 +41,7 @@ from typing import Any, Union
 import numpy as np
 
 from fastrnn import functional
+from fastrnn.reference import FLOAT_DTYPES
 
 __all__ = [
     "GATES",
@@ -56,7 +57,6 @@ __all__ = [
 #: Gates G per mode: weights have ``G*H`` rows.
 GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 MODES: tuple[str, ...] = tuple(GATES)
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 State = Union[np.ndarray, tuple[np.ndarray, np.ndarray], None]
 
@@ -199,7 +199,7 @@ def stack_forward(
     _check_mode(mode)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x: expected a numpy array of shape (T, N, I), got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x: expected a 3-D array of shape (T, N, I), got shape {x.shape}")

@@ -24,6 +24,7 @@ import numpy as np
 
 from fastrnn._module import Module
 from fastrnn._ops_gemm import matmul
+from fastrnn.reference import FLOAT_DTYPES
 
 DTypeLike = Union[str, np.dtype, type]
 SeedLike = Union[int, np.random.Generator, None]
@@ -33,7 +34,7 @@ __all__ = ["Embedding", "Linear", "Module", "Recurrent", "Sequential"]
 
 def _float_dtype(dtype: DTypeLike) -> np.dtype:
     dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from fastrnn import _core
-from fastrnn._runtime import _NATIVE_DTYPES, _empty
+from fastrnn._runtime import _empty
+from fastrnn.reference import FLOAT_DTYPES
 
 __all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm", "clip_grad_value"]
 
@@ -158,7 +159,7 @@ class Optimizer:
 def _fused_ok(p: np.ndarray, *others: np.ndarray) -> bool:
     """Whether the native fused update can run on these arrays: float32/float64,
     C-contiguous, one dtype and size, writable state, no two sharing memory."""
-    if p.dtype not in _NATIVE_DTYPES or not p.flags.c_contiguous or not p.flags.writeable:
+    if p.dtype not in FLOAT_DTYPES or not p.flags.c_contiguous or not p.flags.writeable:
         return False
     for a in others:
         if a.dtype != p.dtype or a.size != p.size or not a.flags.c_contiguous:
