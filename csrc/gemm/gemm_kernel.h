@@ -178,7 +178,6 @@ void pack_b_panels(Trans tb, const T* b, std::int64_t ldb, std::int64_t p0, std:
                    std::int64_t j0, std::int64_t nc, std::int64_t panel_begin,
                    std::int64_t panel_end, std::int64_t bps, T* dst) {
   constexpr std::int64_t NR = Cfg<T>::NR;
-  constexpr std::int64_t kTB = simd::transpose_block<T>();
   for (std::int64_t q = panel_begin; q < panel_end; ++q) {
     T* d = dst + q * bps;
     const std::int64_t jq = q * NR;
@@ -191,30 +190,10 @@ void pack_b_panels(Trans tb, const T* b, std::int64_t ldb, std::int64_t p0, std:
         std::fill(dp + w, dp + NR, T(0));
       }
     } else {
-      // Columns in B x B blocks transposed in registers (simd/transpose.h), then the
-      // rest (and the zero padding) in blocks of 64 k-rows so the strided writes stay in L1.
-      std::int64_t jt = 0;
-      if constexpr (kTB > 1) {
-        const std::int64_t kb = kc / kTB * kTB;
-        for (; jt + kTB <= w; jt += kTB) {
-          const T* src = b + (j0 + jq + jt) * ldb + p0;
-          for (std::int64_t p = 0; p < kb; p += kTB)
-            simd::transpose(src + p, ldb, d + p * NR + jt, NR);
-          for (std::int64_t p = kb; p < kc; ++p)
-            for (std::int64_t j = 0; j < kTB; ++j) d[p * NR + jt + j] = src[j * ldb + p];
-        }
-      }
-      for (std::int64_t pb = 0; pb < kc; pb += 64) {
-        const std::int64_t pe = pb + 64 < kc ? pb + 64 : kc;
-        for (std::int64_t j = jt; j < NR; ++j) {
-          if (j < w) {
-            const T* src = b + (j0 + jq + j) * ldb + p0;
-            for (std::int64_t p = pb; p < pe; ++p) d[p * NR + j] = src[p];
-          } else {
-            for (std::int64_t p = pb; p < pe; ++p) d[p * NR + j] = T(0);
-          }
-        }
-      }
+      // Stored n x k: w stored rows transposed into the panel's columns (register blocks
+      // with AVX, simd/transpose.h), the columns past w zero.
+      simd::transpose_rect(b + (j0 + jq) * ldb + p0, ldb, w, kc, d, NR);
+      for (std::int64_t p = 0; p < kc; ++p) std::fill(d + p * NR + w, d + p * NR + NR, T(0));
     }
   }
 }

@@ -202,33 +202,14 @@ inline Owned join_team(StepBarrier& bar, i64 nb, int U, i64 H) {
 }
 
 // dst[k*ldd + u] = src[(r0 + u)*K + k] for u < valid, and 0 for valid <= u < U (k < K):
-// U rows of a row-major (.., K) matrix, transposed into U adjacent columns. Whole
-// B x B blocks go through registers (simd::transpose; B = 8 floats / 4 doubles with
-// AVX). Element by element, this packing was most of a short sequence's time: LSTM
-// (1,1,512,512) inference is 5.5x faster with the blocks, (25,16,512,512) 1.13x. The
-// rest goes in 16-column tiles so that both the rows read and the rows written stay in L1 (a
-// plain k-inner loop writes with a stride of ldd and is several times slower for large K).
+// U rows of a row-major (.., K) matrix, transposed into U adjacent columns
+// (simd::transpose_rect: B x B register blocks with AVX). Element by element, this
+// packing was most of a short sequence's time: with the blocks, LSTM (1,1,512,512)
+// inference is 5.5x faster, (25,16,512,512) 1.13x.
 template <class T>
 void pack_transposed(const T* src, i64 K, i64 r0, int valid, int U, T* dst, i64 ldd) {
-  constexpr int B = simd::transpose_block<T>();
-  int u0 = 0;
-  if constexpr (B > 1) {
-    for (; u0 + B <= valid; u0 += B) {
-      const T* rows = src + (r0 + u0) * K;
-      i64 k = 0;
-      for (; k + B <= K; k += B) simd::transpose(rows + k, K, dst + k * ldd + u0, ldd);
-      for (; k < K; ++k)
-        for (int u = 0; u < B; ++u) dst[k * ldd + u0 + u] = rows[u * K + k];
-    }
-  }
-  constexpr i64 kTile = 16;
-  for (i64 k0 = 0; k0 < K; k0 += kTile) {
-    const i64 k1 = std::min(K, k0 + kTile);
-    for (int u = u0; u < U; ++u) {
-      const T* row = u < valid ? src + (r0 + u) * K : nullptr;
-      for (i64 k = k0; k < k1; ++k) dst[k * ldd + u] = row ? row[k] : T(0);
-    }
-  }
+  simd::transpose_rect(src + r0 * K, K, valid, K, dst, ldd);
+  for (i64 k = 0; k < K; ++k) std::fill(dst + k * ldd + valid, dst + k * ldd + U, T(0));
 }
 
 // dst[0:len] = src[0:len]; a whole vector (the usual LSTM/GRU block) is a fixed-size

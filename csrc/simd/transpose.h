@@ -7,6 +7,9 @@
 //   transpose(src, lds, dst, ldd)
 //                         dst[c*ldd + r] = src[r*lds + c] for r, c < B: B row loads,
 //                         3*B (float) / 2*B (double) shuffles, B row stores.
+//   transpose_rect(src, lds, rows, cols, dst, ldd)
+//                         the same for r < rows, c < cols: whole B x B blocks through
+//                         transpose(), the edges element by element.
 //
 // Packing a row-major weight matrix into column panels (the sequence kernels' W_ih and
 // W_hh, once per call) element by element ran at ~1.5 ns per element: one scalar load
@@ -74,6 +77,30 @@ inline void transpose(const T* src, std::int64_t, T* dst, std::int64_t) {
   dst[0] = src[0];
 }
 #endif
+
+// dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols. The rows left over by the
+// blocks (all of them without AVX) go in 16-column tiles, so that both the rows read and
+// the columns written stay in L1 (one row at a time writes with a stride of ldd across
+// all of dst, several times slower for long rows).
+template <class T>
+inline void transpose_rect(const T* src, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                           T* dst, std::int64_t ldd) {
+  constexpr int B = transpose_block<T>();
+  const std::int64_t rb = B > 1 ? rows / B * B : 0;  // rows done in blocks
+  const std::int64_t cb = cols / B * B;
+  for (std::int64_t r = 0; r < rb; r += B) {
+    const T* s = src + r * lds;
+    for (std::int64_t c = 0; c < cb; c += B) transpose(s + c, lds, dst + c * ldd + r, ldd);
+    for (std::int64_t c = cb; c < cols; ++c)
+      for (int i = 0; i < B; ++i) dst[c * ldd + r + i] = s[i * lds + c];
+  }
+  constexpr std::int64_t kTile = 16;
+  for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
+    const std::int64_t c1 = c0 + kTile < cols ? c0 + kTile : cols;
+    for (std::int64_t r = rb; r < rows; ++r)
+      for (std::int64_t c = c0; c < c1; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
 
 }  // namespace simd
 FASTRNN_TARGET_NS_END
