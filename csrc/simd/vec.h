@@ -254,39 +254,19 @@ inline T reduce_add(Vec<T> a) {
 // ---------------------------------------------------------------------------
 // Non-temporal stores.
 // ---------------------------------------------------------------------------
-#if defined(__AVX512F__)
-template <>
-inline void Vec<float>::stream(float* p) const {
-  _mm512_stream_ps(p, __m512(v));
-}
-template <>
-inline void Vec<double>::stream(double* p) const {
-  _mm512_stream_pd(p, __m512d(v));
-}
-#elif defined(__AVX__)
-template <>
-inline void Vec<float>::stream(float* p) const {
-  _mm256_stream_ps(p, __m256(v));
-}
-template <>
-inline void Vec<double>::stream(double* p) const {
-  _mm256_stream_pd(p, __m256d(v));
-}
-#elif defined(__SSE2__)
-template <>
-inline void Vec<float>::stream(float* p) const {
-  _mm_stream_ps(p, __m128(v));
-}
-template <>
-inline void Vec<double>::stream(double* p) const {
-  _mm_stream_pd(p, __m128d(v));
-}
-#else
+// Through the integer form of the instruction: one store for float and double alike.
 template <class T>
 inline void Vec<T>::stream(T* p) const {
+#if defined(__AVX512F__)
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), __m512i(v));
+#elif defined(__AVX__)
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), __m256i(v));
+#elif defined(__SSE2__)
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), __m128i(v));
+#else
   store(p);
-}
 #endif
+}
 
 // Orders this thread's earlier stream() stores before its later stores.
 inline void stream_fence() {
