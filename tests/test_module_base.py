@@ -121,6 +121,8 @@ def test_linear_load_state_dict_strict_and_staged():
 
 def test_linear_load_state_dict_torch_tensors():
     torch = pytest.importorskip("torch")
+    # Seeded: unseeded, an output near 0 now and then failed the relative tolerance below.
+    torch.manual_seed(0)
     tl = torch.nn.Linear(3, 2, dtype=torch.float64)
     lin = modules.Linear(3, 2, seed=0)
     lin.load_state_dict(dict(tl.named_parameters()))  # requires_grad tensors
