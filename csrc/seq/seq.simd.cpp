@@ -187,18 +187,34 @@ struct StepBarrier {
 };
 
 // What a thread of the time loops' team owns for the whole sequence: blocks [b0, b1)
-// and hidden units [j0, j1). join_team also sets the step barrier's count (thread 0,
-// before the barrier that follows the packing).
+// (hidden units [j0, j1)) for all N rows, and rows [n0, n1) of the shared blocks
+// [bs, nb), the nb % nth left over when whole blocks cannot be dealt out evenly. Without
+// them one thread would do a block more than another every step: 13 blocks as 7 + 6
+// make a step 8% longer than 6.5 + 6.5 (H = 200, LSTM/GRU float); a left-over block
+// split by rows keeps every thread equally busy. Blocks are shared only when every
+// thread gets at least kMinSharedRows rows (fewer leave the weights' trips from L2 as
+// the cost of a step); every product of two or more rows sums each row in plain k order
+// (tile.h: the forward's tiles are 3 or 4 vectors wide, the backward uses panel_fixed),
+// so the bits do not depend on the split. GRU with the reset gate before the matmul
+// shares nothing (its one-vector tiles keep partial sums).
+// join_team also sets the step barrier's count (thread 0, before the barrier that
+// follows the packing).
 struct Owned {
-  i64 b0, b1, j0, j1;
+  i64 b0, b1, j0, j1, bs, n0, n1;
+  int tid, nth;
 };
 
-inline Owned join_team(StepBarrier& bar, i64 nb, int U, i64 H) {
+constexpr i64 kMinSharedRows = 3;
+
+inline Owned join_team(StepBarrier& bar, i64 nb, int U, i64 H, i64 N, bool may_share) {
   int tid = 0, nth = 1;
   thread_id(tid, nth);
   if (tid == 0) bar.count = nth;
-  const i64 b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
-  return {b0, b1, std::min(H, b0 * U), std::min(H, b1 * U)};
+  const i64 shared = (may_share && N / nth >= kMinSharedRows) ? nb % nth : 0;
+  const i64 bs = nb - shared;
+  const i64 b0 = bs * tid / nth, b1 = bs * (tid + 1) / nth;
+  const i64 n0 = N * tid / nth, n1 = N * (tid + 1) / nth;
+  return {b0, b1, std::min(H, b0 * U), std::min(H, b1 * U), bs, n0, n1, tid, nth};
 }
 
 // dst[k*ldd + u] = src[(r0 + u)*K + k] for u < valid, and 0 for valid <= u < U (k < K):
@@ -276,11 +292,15 @@ void forward(const SeqForward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    const auto [b0, b1, j0, j1] = join_team(bar, g.nb, U, H);
+    const auto [b0, b1, j0, j1, bs, n0, n1, tid, nth] =
+        join_team(bar, g.nb, U, H, N, !gru_before);
     auto barrier = [&bar] { bar.wait(); };
 
-    // Pack this thread's blocks: [b][k][gate*U + u] = W[gate*H + b*U + u][k].
-    for (i64 b = b0; b < b1; ++b) {
+    // Pack this thread's blocks and its turn of the shared ones:
+    // [b][k][gate*U + u] = W[gate*H + b*U + u][k].
+    auto packs = [&](i64 b) { return b < b1 ? b >= b0 : b >= bs && (b - bs) % nth == tid; };
+    for (i64 b = b0; b < g.nb; ++b) {
+      if (!packs(b)) continue;
       const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
       for (int gt = 0; gt < G; ++gt) {
         const i64 r0 = gt * H + b * U;
@@ -302,12 +322,17 @@ void forward(const SeqForward<T>& a) {
       }
     }
     const i64 t_first = d.reverse ? Tn - 1 : 0;
-    for (i64 n = 0; n < N; ++n) {
-      for (i64 j = j0; j < j1; ++j) {
-        if (tr) tp.hprev[(t_first * N + n) * H + j] = a.h0[n * H + j];
-        if (lstm) (tr ? tp.cprev[(t_first * N + n) * H + j] : a.c_n[n * H + j]) = a.c0[n * H + j];
+    const i64 js = std::min(H, bs * U);  // first unit of the shared blocks
+    auto init_state = [&](i64 r0, i64 r1, i64 ja, i64 jb) {
+      for (i64 n = r0; n < r1; ++n) {
+        for (i64 j = ja; j < jb; ++j) {
+          if (tr) tp.hprev[(t_first * N + n) * H + j] = a.h0[n * H + j];
+          if (lstm) (tr ? tp.cprev[(t_first * N + n) * H + j] : a.c_n[n * H + j]) = a.c0[n * H + j];
+        }
       }
-    }
+    };
+    init_state(0, N, j0, j1);
+    init_state(n0, n1, js, H);
     omp_barrier();
 
     alignas(64) T tl[kMaxTile];
@@ -321,6 +346,14 @@ void forward(const SeqForward<T>& a) {
     // 5-12% faster than 16 KiB slices for LSTM at N >= 16.
     const i64 kc = std::max<i64>(16, 65536 / (GU * static_cast<i64>(sizeof(T))));
     i64 tlo = 0;
+    // Gx of block b for the `rows` rows of x from row r (all in the current chunk), biases
+    // added.
+    auto input_projection = [&](i64 b, i64 r, i64 rows) {
+      T* C = gx + (b * TcN + r - tlo * N) * GU;
+      tile::panel<T>(cvx, rows, I, kc, a.x + r * I, I, wih + b * I * GU, GU, C, GU);
+      for (i64 q = 0; q < rows; ++q)
+        for (i64 c = 0; c < GU; ++c) C[q * GU + c] += bias[b * GU + c];
+    };
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? Tn - 1 - s : s;
       const i64 tnext = d.reverse ? t - 1 : t + 1;
@@ -328,75 +361,71 @@ void forward(const SeqForward<T>& a) {
         // Input projection for steps [s, s1) on this thread's columns.
         const i64 s1 = std::min(Tn, s + g.Tc);
         tlo = d.reverse ? Tn - s1 : s;
-        const i64 rows = (s1 - s) * N;
-        const T* A = a.x + tlo * N * I;
-        for (i64 b = b0; b < b1; ++b) {
-          T* C = gx + b * TcN * GU;
-          tile::panel<T>(cvx, rows, I, kc, A, I, wih + b * I * GU, GU, C, GU);
-          for (i64 r = 0; r < rows; ++r)
-            for (i64 c = 0; c < GU; ++c) C[r * GU + c] += bias[b * GU + c];
-        }
+        for (i64 b = b0; b < b1; ++b) input_projection(b, tlo * N, (s1 - s) * N);
       }
+      // The shared blocks' rows of this step only.
+      for (i64 b = bs; b < g.nb; ++b) input_projection(b, t * N + n0, n1 - n0);
       const T* hin = tr ? tp.hprev + t * N * H : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
       T* hout = s == Tn - 1 ? a.h_n : (tr ? tp.hprev + tnext * N * H : hbuf + (s & 1) * N * H);
 
       if (!gru_before) {
         const int cv = G * g.UB;
-        for (i64 b = b0; b < b1; ++b) {
+        // Block b, rows [r0, r1): its column panel (K slices of ~64 KiB), then the gate
+        // math row by row on it while it is still in L1.
+        auto step_block = [&](i64 b, i64 r0, i64 r1) {
           const int len = static_cast<int>(std::min<i64>(U, H - b * U));
           const i64 jb = b * U;
-          // The block's whole column panel for all N rows (K slices of ~64 KiB), then the
-          // gate math row by row on it while it is still in L1.
-          tile::panel<T>(cv, N, H, kc, hin, H, whh + b * H * GU, GU, ghs + b * N * GU, GU);
-          {
-            for (i64 n = 0; n < N; ++n) {
-              const i64 tn = t * N + n;
-              T* p = ghs + (b * N + n) * GU;
-              const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
-              const bool active = !a.lengths || t < a.lengths[n];
-              const T* hi = hin + n * H + jb;
-              T* ho = hout + n * H + jb;
-              T* yo = a.y + tn * H + jb;
-              const T* hv = p;  // new state values
-              if (d.cell == Cell::rnn) {
-                cells::rnn_fwd(d.act, len, p, gxr);
-                if (tr) tape_units(tp.gates + tn * GH + jb, p, len, stream);
-              } else if (lstm) {
-                const T* cin = (tr ? tp.cprev + tn * H : a.c_n + n * H) + jb;
-                T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * H)
-                              : a.c_n + n * H) +
-                          jb;
-                cells::lstm_fwd(len, U, p, gxr, cin, cnew, tcv, hnew);
-                if (tr) {
-                  for (int gt = 0; gt < 4; ++gt)
-                    tape_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len, stream);
-                  tape_units(tp.tc + tn * H + jb, tcv, len, stream);
-                }
-                if (active) {
-                  copy_units(cout, cnew, len);
-                } else if (cout != cin) {
-                  copy_units(cout, cin, len);
-                }
-                hv = hnew;
-              } else {
-                cells::gru_fwd(len, U, p, gxr, bhn + jb, hi, hnv, hnew);
-                if (tr) {
-                  for (int gt = 0; gt < 3; ++gt)
-                    tape_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len, stream);
-                  tape_units(tp.aux + tn * H + jb, hnv, len, stream);
-                }
-                hv = hnew;
+          tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * H, H, whh + b * H * GU, GU,
+                         ghs + (b * N + r0) * GU, GU);
+          for (i64 n = r0; n < r1; ++n) {
+            const i64 tn = t * N + n;
+            T* p = ghs + (b * N + n) * GU;
+            const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
+            const bool active = !a.lengths || t < a.lengths[n];
+            const T* hi = hin + n * H + jb;
+            T* ho = hout + n * H + jb;
+            T* yo = a.y + tn * H + jb;
+            const T* hv = p;  // new state values
+            if (d.cell == Cell::rnn) {
+              cells::rnn_fwd(d.act, len, p, gxr);
+              if (tr) tape_units(tp.gates + tn * GH + jb, p, len, stream);
+            } else if (lstm) {
+              const T* cin = (tr ? tp.cprev + tn * H : a.c_n + n * H) + jb;
+              T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * H)
+                            : a.c_n + n * H) +
+                        jb;
+              cells::lstm_fwd(len, U, p, gxr, cin, cnew, tcv, hnew);
+              if (tr) {
+                for (int gt = 0; gt < 4; ++gt)
+                  tape_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len, stream);
+                tape_units(tp.tc + tn * H + jb, tcv, len, stream);
               }
               if (active) {
-                copy_units(ho, hv, len);
-                copy_units(yo, hv, len);
-              } else {
-                copy_units(ho, hi, len);
-                std::fill(yo, yo + len, T(0));
+                copy_units(cout, cnew, len);
+              } else if (cout != cin) {
+                copy_units(cout, cin, len);
               }
+              hv = hnew;
+            } else {
+              cells::gru_fwd(len, U, p, gxr, bhn + jb, hi, hnv, hnew);
+              if (tr) {
+                for (int gt = 0; gt < 3; ++gt)
+                  tape_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len, stream);
+                tape_units(tp.aux + tn * H + jb, hnv, len, stream);
+              }
+              hv = hnew;
+            }
+            if (active) {
+              copy_units(ho, hv, len);
+              copy_units(yo, hv, len);
+            } else {
+              copy_units(ho, hi, len);
+              std::fill(yo, yo + len, T(0));
             }
           }
-        }
+        };
+        for (i64 b = b0; b < b1; ++b) step_block(b, 0, N);
+        for (i64 b = bs; b < g.nb; ++b) step_block(b, n0, n1);
       } else {
         // GRU, reset before the matmul: r, z first; then n needs W_hn (r*h) over all units.
         T* rh = tr ? tp.aux + t * N * H : rhb;
@@ -510,38 +539,48 @@ void backward(const SeqBackward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    const auto [b0, b1, j0, j1] = join_team(bar, g.nb, U, H);
+    const auto [b0, b1, j0, j1, bs, n0, n1, tid, nth] =
+        join_team(bar, g.nb, U, H, N, !gru_before);
     auto barrier = [&bar] { bar.wait(); };
     // W_hh (G*H x H) packed by runs of up to SB owned blocks ("superblocks", from b0 in
     // steps of SB): superblock sb of w blocks is [k][w*U] at wbk + sb*GH*U, i.e.
     // [sb][k][(b - sb)*U + u] = W_hh[k][b*U + u]; a wide tile per step product.
     // Row copies (the element loop this replaces reloaded a.w_hh on every element: it
     // may alias wbk as far as the compiler knows; LSTM (1,1,512,512) backward 1.55x faster).
+    // A shared block is a superblock of its own, packed by one thread (its turn).
     const T* whh = a.w_hh;
-    for (i64 sb = b0; sb < b1; sb += SB) {
-      const i64 wU = std::min<i64>(SB, b1 - sb) * U;
+    auto pack = [&](i64 sb, i64 w) {
+      const i64 wU = w * U;
       const i64 in_h = std::min(wU, H - sb * U);
       for (i64 k = 0; k < GH; ++k) {
         T* dst = wbk + sb * GH * U + k * wU;
         std::memcpy(dst, whh + k * H + sb * U, sizeof(T) * static_cast<std::size_t>(in_h));
         std::fill(dst + in_h, dst + wU, T(0));
       }
-    }
-    for (i64 n = 0; n < N; ++n)
-      for (i64 j = j0; j < j1; ++j) {
-        a.dh0[n * H + j] = a.dh_n ? a.dh_n[n * H + j] : T(0);
-        if (lstm) a.dc0[n * H + j] = a.dc_n ? a.dc_n[n * H + j] : T(0);
-      }
+    };
+    for (i64 sb = b0; sb < b1; sb += SB) pack(sb, std::min<i64>(SB, b1 - sb));
+    for (i64 b = bs; b < g.nb; ++b)
+      if ((b - bs) % nth == tid) pack(b, 1);
+    auto init_grads = [&](i64 r0, i64 r1, i64 ja, i64 jb) {
+      for (i64 n = r0; n < r1; ++n)
+        for (i64 j = ja; j < jb; ++j) {
+          a.dh0[n * H + j] = a.dh_n ? a.dh_n[n * H + j] : T(0);
+          if (lstm) a.dc0[n * H + j] = a.dc_n ? a.dc_n[n * H + j] : T(0);
+        }
+    };
+    init_grads(0, N, j0, j1);
+    init_grads(n0, n1, std::min(H, bs * U), H);
     omp_barrier();  // publishes bar.count
 
     alignas(64) T tl[kMaxTile];
     alignas(64) T gb[kMaxU];
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? s : Tn - 1 - s;
-      for (i64 b = b0; b < b1; ++b) {
+      // Block b, rows [r0, r1): the pointwise step, dh_t -> dG_t (and dh, dc through it).
+      auto pointwise = [&](i64 b, i64 r0, i64 r1) {
         const int len = static_cast<int>(std::min<i64>(U, H - b * U));
         const i64 jb = b * U;
-        for (i64 n = 0; n < N; ++n) {
+        for (i64 n = r0; n < r1; ++n) {
           const i64 tn = t * N + n;
           T* dgr = dG + tn * GH + jb;
           if (a.lengths && t >= a.lengths[n]) {
@@ -571,7 +610,9 @@ void backward(const SeqBackward<T>& a) {
             cells::gru_zn_bwd(len, H, gb, act, tp.hprev + tn * H + jb, dgr, dh);
           }
         }
-      }
+      };
+      for (i64 b = b0; b < b1; ++b) pointwise(b, 0, N);
+      for (i64 b = bs; b < g.nb; ++b) pointwise(b, n0, n1);
       if (gru_before) {
         barrier();
         // dL/d(r*h) = dA_n W_hn on the owned units, then the r gate.
@@ -601,29 +642,34 @@ void backward(const SeqBackward<T>& a) {
       barrier();
       // dh_{t-1} += dG_t W_hh on the owned units (K in L1-sized slices over all N rows).
       const i64 K1 = gru ? 2 * H : GH;
-      for (i64 sb = b0; sb < b1; sb += SB) {
-        const int w = static_cast<int>(std::min<i64>(SB, b1 - sb));
+      // Superblock sb of w blocks, rows [r0, r1).
+      auto product = [&](i64 sb, int w, i64 r0, i64 r1) {
         const i64 wU = i64{w} * U;
         const i64 jb = sb * U;
         const i64 len = std::min<i64>(wU, H - jb);
         const int cv = g.UB * w;
+        const i64 rows = r1 - r0;
         const T* B = wbk + sb * GH * U;
-        T* C = dts + sb * N * U;  // (N, w*U)
+        T* C = dts + sb * N * U + r0 * wU;  // (N, w*U), from row r0
+        const T* dGt = dG + (t * N + r0) * GH;
         if (SB == 1) {  // RNN: one width, the plain tiles
-          tile::panel<T>(cv, N, K1, kc, dG + t * N * GH, GH, B, wU, C, wU);
+          tile::panel<T>(cv, rows, K1, kc, dGt, GH, B, wU, C, wU);
         } else {
-          tile::panel_fixed<T>(cv, mr_bwd, N, K1, kc, dG + t * N * GH, GH, B, wU, C, wU, false);
+          tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, wU, C, wU, false);
         }
         if (gru && d.reset_after) {
-          tile::panel_fixed<T>(cv, mr_bwd, N, H, kc, dhn + t * N * H, H, B + 2 * H * wU, wU, C,
-                               wU, true);
+          tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
+                               B + 2 * H * wU, wU, C, wU, true);
         }
-        for (i64 n = 0; n < N; ++n) {
-          T* dh = a.dh0 + n * H + jb;
-          const T* src = C + n * wU;
+        for (i64 q = 0; q < rows; ++q) {
+          T* dh = a.dh0 + (r0 + q) * H + jb;
+          const T* src = C + q * wU;
           for (i64 u = 0; u < len; ++u) dh[u] += src[u];
         }
-      }
+      };
+      for (i64 sb = b0; sb < b1; sb += SB)
+        product(sb, static_cast<int>(std::min<i64>(SB, b1 - sb)), 0, N);
+      for (i64 b = bs; b < g.nb; ++b) product(b, 1, n0, n1);
     }
   }
 

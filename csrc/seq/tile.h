@@ -63,21 +63,20 @@ inline void store(T* p, typename V<T>::type v) {
 // C[r*ldc + j] = sum_k A[r*lda + k] * B[k*ldb + j], r < MR, j < CV*L.
 // With few accumulators the K loop keeps KS partial sums (k mod KS), added at
 // the end in a fixed order, so the FMA latency chain is not the limit. KS is
-// 4/(MR*CV) by default; with FixedKS it depends on MR only (partial_sums), so a
-// column's sum is the same whatever tile width it sits in.
-constexpr int partial_sums(int mr) {
-  const int cap = kAccRegs / (4 * mr) > 1 ? kAccRegs / (4 * mr) : 1;
-  return mr >= 4 ? 1 : (4 / mr < cap ? 4 / mr : cap);
+// 4/(MR*CV) when KSF = 0 (1 whenever MR*CV >= 4), and KSF otherwise.
+// The partial sums of a one-row product whose sum must not depend on the tile width.
+constexpr int one_row_sums() {
+  return kAccRegs / 4 < 4 ? (kAccRegs / 4 > 1 ? kAccRegs / 4 : 1) : 4;
 }
 
 // pf (may be null): a B panel of the same shape to bring into L2 meanwhile (the next K
 // slice, or the next block's weights), one cache line per vector per k.
-template <class T, int MR, int CV, bool FixedKS>
+template <class T, int MR, int CV, int KSF>
 inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
                    std::int64_t ldc, bool accumulate, const T* pf) {
   using Vt = typename V<T>::type;
   constexpr int L = lanes<T>();
-  constexpr int KS = FixedKS ? partial_sums(MR) : (MR * CV >= 4 ? 1 : 4 / (MR * CV));
+  constexpr int KS = KSF > 0 ? KSF : (MR * CV >= 4 ? 1 : 4 / (MR * CV));
   Vt acc[KS][MR][CV];
   for (int s = 0; s < KS; ++s)
     for (int r = 0; r < MR; ++r)
@@ -130,7 +129,7 @@ inline void kernel(std::int64_t K, const T* A, std::int64_t lda, const T* B, std
     for (int c = 0; c < CV; ++c) store(C + r * ldc + c * L, acc[0][r][c]);
 }
 
-template <class T, int CV, bool F>
+template <class T, int CV, int F>
 inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
                  T* C, std::int64_t ldc, bool acc, const T* pf) {
   switch (mr) {
@@ -162,24 +161,43 @@ inline void rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* 
 }
 
 // One micro-tile of mr <= max_rows(cv) rows and cv (1..4) vectors; with acc,
-// C += A*B (C + the new sum, in that order) instead of C = A*B. Fixed = true gives a
-// summation order that does not depend on cv (KS from mr alone).
-template <class T, bool Fixed = false>
+// C += A*B (C + the new sum, in that order) instead of C = A*B. KSF as for kernel.
+template <class T, int KSF = 0>
 inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, const T* B,
                 std::int64_t ldb, T* C, std::int64_t ldc, bool acc = false,
                 const T* pf = nullptr) {
   switch (cv) {
     case 1:
-      rows<T, 1, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
+      rows<T, 1, KSF>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
       break;
     case 2:
-      rows<T, 2, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
+      rows<T, 2, KSF>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
       break;
     case 3:
-      rows<T, 3, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
+      rows<T, 3, KSF>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
       break;
     default:
-      rows<T, 4, Fixed>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
+      rows<T, 4, KSF>(mr, K, A, lda, B, ldb, C, ldc, acc, pf);
+      break;
+  }
+}
+
+// One row of cv vectors with KS partial sums.
+template <class T, int KS>
+inline void run_row(int cv, std::int64_t K, const T* A, const T* B, std::int64_t ldb, T* C,
+                    bool acc) {
+  switch (cv) {
+    case 1:
+      kernel<T, 1, 1, KS>(K, A, 0, B, ldb, C, 0, acc, nullptr);
+      break;
+    case 2:
+      kernel<T, 1, 2, KS>(K, A, 0, B, ldb, C, 0, acc, nullptr);
+      break;
+    case 3:
+      kernel<T, 1, 3, KS>(K, A, 0, B, ldb, C, 0, acc, nullptr);
+      break;
+    default:
+      kernel<T, 1, 4, KS>(K, A, 0, B, ldb, C, 0, acc, nullptr);
       break;
   }
 }
@@ -187,20 +205,23 @@ inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, co
 // C (M x cv*L) = A (M x K) * B (K x cv*L) for any M: K in slices of kc rows (so a
 // slice of the B panel stays in cache while every row group uses it), rows in
 // ceil(M / mrmax) groups of balanced sizes (mrmax <= max_rows(cv) at most), each a
-// run<T, Fixed> tile. Balanced, because a last group of one or two rows streams the
+// run<T, KSF> tile. Balanced, because a last group of one or two rows streams the
 // whole B slice for few multiply-adds (N = 13 as 5+4+4 rows instead of 6+6+1: LSTM
-// inference 4% faster; no slower anywhere measured). The summation order depends only
-// on (M, K, kc, cv, mrmax); with Fixed, only on (M, K, kc, mrmax).
+// inference 4% faster; no slower anywhere measured). The K slices do not depend on M,
+// and with KS = 1 a row's sum runs in plain k order whatever group it sits in, so it
+// gets the same bits whichever rows it is computed with (the sequence kernels' shared
+// blocks rely on it: KS = 1 whenever mr*cv >= 4, and always in panel_fixed for M >= 2).
+// KSF = -1: a single row (M = 1) with one_row_sums() partial sums.
 // With acc, the first slice also adds to C (C + sum, in that order).
 // With several row groups, the first group of each slice also prefetches the next slice
 // into L2 (after the last slice: whatever follows B in memory, which for the sequence
 // kernels' packed weights is the next block): weights that do not fit in L2 then come
 // from L3 ahead of use (LSTM H = 1024: 11% faster, H = 512: 4%; no change when they fit).
-template <class T, bool Fixed>
+template <class T, int KSF>
 inline void panel_rows(int cv, int mrmax, std::int64_t M, std::int64_t K, std::int64_t kc,
                        const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
                        std::int64_t ldc, bool acc) {
-  const std::int64_t step = (M <= mrmax || K <= kc) ? (K > 0 ? K : 1) : kc;
+  const std::int64_t step = K <= kc ? (K > 0 ? K : 1) : kc;
   const std::int64_t groups = (M + mrmax - 1) / mrmax;
   std::int64_t k0 = 0;
   do {
@@ -208,8 +229,12 @@ inline void panel_rows(int cv, int mrmax, std::int64_t M, std::int64_t K, std::i
     std::int64_t r0 = 0;
     for (std::int64_t gi = 0; gi < groups; ++gi) {
       const int mr = static_cast<int>(M / groups + (gi < M % groups ? 1 : 0));
-      run<T, Fixed>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
+      if constexpr (KSF < 0) {
+        run_row<T, one_row_sums()>(cv, kn, A + k0, B + k0 * ldb, ldb, C, acc || k0 > 0);
+      } else {
+        run<T, KSF>(cv, mr, kn, A + r0 * lda + k0, lda, B + k0 * ldb, ldb, C + r0 * ldc, ldc,
                     acc || k0 > 0, r0 == 0 && M > mrmax ? B + (k0 + kn) * ldb : nullptr);
+      }
       r0 += mr;
     }
     k0 += step;
@@ -221,15 +246,21 @@ template <class T>
 inline void panel(int cv, std::int64_t M, std::int64_t K, std::int64_t kc, const T* A,
                   std::int64_t lda, const T* B, std::int64_t ldb, T* C, std::int64_t ldc,
                   bool acc = false) {
-  panel_rows<T, false>(cv, max_rows(cv), M, K, kc, A, lda, B, ldb, C, ldc, acc);
+  panel_rows<T, 0>(cv, max_rows(cv), M, K, kc, A, lda, B, ldb, C, ldc, acc);
 }
 
-// Row groups of a given mrmax and run<T, true>: any tile width cv gives the same bits.
+// Row groups of a given mrmax, every row summed in plain k order (one row alone: with
+// one_row_sums() partial sums): any tile width cv and any split of the M rows into
+// several panels of two or more rows give the same bits.
 template <class T>
 inline void panel_fixed(int cv, int mrmax, std::int64_t M, std::int64_t K, std::int64_t kc,
                         const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T* C,
                         std::int64_t ldc, bool acc) {
-  panel_rows<T, true>(cv, mrmax, M, K, kc, A, lda, B, ldb, C, ldc, acc);
+  if (M == 1) {
+    panel_rows<T, -1>(cv, mrmax, M, K, kc, A, lda, B, ldb, C, ldc, acc);
+  } else {
+    panel_rows<T, 1>(cv, mrmax, M, K, kc, A, lda, B, ldb, C, ldc, acc);
+  }
 }
 
 }  // namespace tile
