@@ -337,6 +337,34 @@ def test_inference_paths(ctx):
         torch.testing.assert_close(a.detach(), b.detach(), **TOL64)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["time-major", "batch_first", "packed", "unbatched"])
+def test_no_grad_without_hx_matches_torch_and_outputs_are_separate(mode, layout):
+    """Without autograd and without hx the zero states never become tensors (the engine
+    takes None); the results still match torch.nn's and share no memory."""
+    fast, ref = make_pair(
+        mode, num_layers=2, bidirectional=True, batch_first=layout == "batch_first"
+    )
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    if layout == "packed":
+        x = pack_padded_sequence(x, torch.tensor([6, 2, 4]), enforce_sorted=False)
+    elif layout == "unbatched":
+        x = x[:, 0]
+    with torch.no_grad():
+        y, hidden = fast(x)
+        y_ref, hidden_ref = ref(x)
+    if layout == "packed":
+        y, y_ref = y.data, y_ref.data
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    states_ref = hidden_ref if isinstance(hidden_ref, tuple) else (hidden_ref,)
+    for a, b in zip((y, *states), (y_ref, *states_ref)):
+        torch.testing.assert_close(a, b, **TOL64)
+    arrays = [t.numpy() for t in (y, *states)]
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1 :]:
+            assert not np.shares_memory(a, b)
+
+
 def test_nothing_requires_grad_gives_plain_tensors():
     fast, _ = make_pair("rnn_tanh")
     fast.requires_grad_(False)
