@@ -255,6 +255,19 @@ inline void tape_units(T* dst, const T* src, i64 len, bool stream) {
   }
 }
 
+// One row of a block at the end of its step: h_t (hv) into the state and into y, or, for a
+// row past its length, the state carried over (hi) and y = 0.
+template <class T>
+inline void finish_row(bool active, const T* hv, const T* hi, T* ho, T* yo, i64 len) {
+  if (active) {
+    copy_units(ho, hv, len);
+    copy_units(yo, hv, len);
+  } else {
+    copy_units(ho, hi, len);
+    std::fill(yo, yo + len, T(0));
+  }
+}
+
 // Tapes whose gate activations take at least this many bytes are streamed (tape_units); a
 // smaller one may still be in the caches when the backward reads it.
 constexpr i64 kStreamTapeBytes = i64{1} << 20;
@@ -298,9 +311,7 @@ void forward(const SeqForward<T>& a) {
 
     // Pack this thread's blocks and its turn of the shared ones:
     // [b][k][gate*U + u] = W[gate*H + b*U + u][k].
-    auto packs = [&](i64 b) { return b < b1 ? b >= b0 : b >= bs && (b - bs) % nth == tid; };
-    for (i64 b = b0; b < g.nb; ++b) {
-      if (!packs(b)) continue;
+    auto pack = [&](i64 b) {
       const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
       for (int gt = 0; gt < G; ++gt) {
         const i64 r0 = gt * H + b * U;
@@ -320,7 +331,10 @@ void forward(const SeqForward<T>& a) {
           if (gt == 2 && gru) bhn[b * U + u] = (in && a.b_hh && d.reset_after) ? a.b_hh[row] : T(0);
         }
       }
-    }
+    };
+    for (i64 b = b0; b < b1; ++b) pack(b);
+    for (i64 b = bs; b < g.nb; ++b)
+      if ((b - bs) % nth == tid) pack(b);
     const i64 t_first = d.reverse ? Tn - 1 : 0;
     const i64 js = std::min(H, bs * U);  // first unit of the shared blocks
     auto init_state = [&](i64 r0, i64 r1, i64 ja, i64 jb) {
@@ -415,13 +429,7 @@ void forward(const SeqForward<T>& a) {
               }
               hv = hnew;
             }
-            if (active) {
-              copy_units(ho, hv, len);
-              copy_units(yo, hv, len);
-            } else {
-              copy_units(ho, hi, len);
-              std::fill(yo, yo + len, T(0));
-            }
+            finish_row(active, hv, hi, ho, yo, len);
           }
         };
         for (i64 b = b0; b < b1; ++b) step_block(b, 0, N);
@@ -467,15 +475,7 @@ void forward(const SeqForward<T>& a) {
                                hnew);
               if (tr) copy_units(tp.gates + tn * GH + 2 * H + jb, pn, len);
               const bool active = !a.lengths || t < a.lengths[n];
-              T* ho = hout + n * H + jb;
-              T* yo = a.y + tn * H + jb;
-              if (active) {
-                copy_units(ho, hnew, len);
-                copy_units(yo, hnew, len);
-              } else {
-                copy_units(ho, hi, len);
-                std::fill(yo, yo + len, T(0));
-              }
+              finish_row(active, hnew, hi, hout + n * H + jb, a.y + tn * H + jb, len);
             }
           }
         }

@@ -66,7 +66,8 @@ inline void store(T* p, typename V<T>::type v) {
 // 4/(MR*CV) when KSF = 0 (1 whenever MR*CV >= 4), and KSF otherwise.
 // The partial sums of a one-row product whose sum must not depend on the tile width.
 constexpr int one_row_sums() {
-  return kAccRegs / 4 < 4 ? (kAccRegs / 4 > 1 ? kAccRegs / 4 : 1) : 4;
+  constexpr int by_regs = kAccRegs / 4;  // up to 4 vectors per partial sum
+  return by_regs < 1 ? 1 : (by_regs > 4 ? 4 : by_regs);
 }
 
 // pf (may be null): a B panel of the same shape to bring into L2 meanwhile (the next K
@@ -182,7 +183,8 @@ inline void run(int cv, int mr, std::int64_t K, const T* A, std::int64_t lda, co
   }
 }
 
-// One row of cv vectors with KS partial sums.
+// One row of cv vectors with KS partial sums (a switch over cv only: run<T, KS> would build
+// the kernel for every row count).
 template <class T, int KS>
 inline void run_row(int cv, std::int64_t K, const T* A, const T* B, std::int64_t ldb, T* C,
                     bool acc) {
