@@ -27,12 +27,14 @@ from fastrnn.ops import matmul
 DTYPES = [np.float64, np.float32]
 
 # (M, N, K): a spread of odd sizes around the register tiles (MR up to 14, NR 4..32)
-# and the cache blocks (KC = 256), not the full cube.
+# and the cache blocks (KC = 256), not the full cube. N = 40 ends a group of two
+# panels with a half (one-vector) panel.
 SHAPES = [
     (1, 1, 1),
     (2, 3, 7),
     (3, 17, 2),
     (7, 31, 33),
+    (7, 40, 33),
     (17, 65, 129),
     (33, 257, 31),
     (65, 7, 1000),

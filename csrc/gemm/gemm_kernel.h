@@ -113,7 +113,23 @@ void pack_sliver(Trans ta, const T* a, std::int64_t lda, std::int64_t r0, std::i
                  std::int64_t kc, T* d) {
   if (ta == Trans::no) {
     const T* src = a + r0 * lda + p0;
-    for (std::int64_t p = 0; p < kc; ++p) {
+    // B x B register transposes (simd/transpose.h) where the target has them: the
+    // sliver's rows in blocks of B, the last block overlapping the one before when B
+    // does not divide R (its shared rows are written twice with the same values).
+    // Element by element, packing was ~30% of a product with n = 100 (dX of a
+    // sequence's backward: each sliver feeds only 4 panels).
+    constexpr int B = simd::transpose_block<T>();
+    std::int64_t p = 0;
+    if constexpr (B > 1 && R >= B) {
+      for (; p + B <= kc; p += B) {
+        for (int i = 0;; i += B) {
+          const int ib = i + B <= R ? i : R - B;
+          simd::transpose(src + ib * lda + p, lda, d + p * R + ib, R);
+          if (ib + B >= R) break;
+        }
+      }
+    }
+    for (; p < kc; ++p) {
 #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) d[p * R + i] = src[i * lda + p];
     }
@@ -220,17 +236,19 @@ inline void write_vec(T* cp, typename VecOf<T>::type acc, const Update<T>& u) {
   vstore(cp, r);
 }
 
-// C[0:R, 0:ncols] (+)= A_sliver (R x kc, packed) * B (P panels of kc x NR).
-// ncols <= P*NR; columns past ncols are computed (B is zero-padded) but not
-// written. The tail goes through a staging row so it sees exactly the same
-// arithmetic as full vectors.
-template <class T, int R, int P>
+// C[0:R, 0:ncols] (+)= A_sliver (R x kc, packed) * B (the first NV vectors of
+// ceil(NV / 2) panels of kc x NR). ncols <= NV*L; columns past ncols are computed
+// (B is zero-padded) but not written. The tail goes through a staging row so it
+// sees exactly the same arithmetic as full vectors. NV = 1 is the last panel of a
+// matrix whose width leaves at most one vector in it (n = 100: 3 panels and 4
+// columns), which would otherwise cost a whole panel's FMAs.
+template <class T, int R, int NV>
 void micro_kernel(std::int64_t kc, const T* __restrict a, const T* __restrict b, std::int64_t bps,
                   T* __restrict c, std::int64_t ldc, std::int64_t ncols, const Update<T>& u) {
   using V = typename VecOf<T>::type;
   constexpr int L = Cfg<T>::L;
   constexpr int NR = Cfg<T>::NR;
-  constexpr int NV = 2 * P;
+  constexpr int P = (NV + 1) / 2;
   V acc[R][NV];
   // Start fetching the C tile now; it is needed only after the k loop.
   constexpr int kLines = (P * NR * static_cast<int>(sizeof(T)) + 63) / 64;
@@ -248,17 +266,23 @@ void micro_kernel(std::int64_t kc, const T* __restrict a, const T* __restrict b,
     const T* bp = b + p * NR;
 #pragma GCC unroll 4
     for (int q = 0; q < P; ++q) {
-      const V b0 = vload(bp + q * bps);
-      const V b1 = vload(bp + q * bps + L);
+      if constexpr (NV == 1) {
+        const V b0 = vload(bp);
 #pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        const T ai = a[p * R + i];
-        acc[i][2 * q] += b0 * ai;
-        acc[i][2 * q + 1] += b1 * ai;
+        for (int i = 0; i < R; ++i) acc[i][0] += b0 * a[p * R + i];
+      } else {
+        const V b0 = vload(bp + q * bps);
+        const V b1 = vload(bp + q * bps + L);
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+          const T ai = a[p * R + i];
+          acc[i][2 * q] += b0 * ai;
+          acc[i][2 * q + 1] += b1 * ai;
+        }
       }
     }
   }
-  if (ncols == P * NR) {
+  if (ncols == NV * L) {
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 16
@@ -284,19 +308,22 @@ template <class T>
 using MicroFn = void (*)(std::int64_t, const T*, const T*, std::int64_t, T*, std::int64_t,
                          std::int64_t, const Update<T>&);
 
-// Kernel for a sliver of r rows (1..MR) and p panels (1 or panels_for(largest)).
+// Kernel for a sliver of r rows (1..MR) and p panels (1 or panels_for(largest)); p = 0
+// is half a panel (one vector, NV = 1).
 template <class T, int R>
 MicroFn<T> pick_r(int p) {
   constexpr int PMAX = panels_for(R);
   switch (p) {
-    case 1:
+    case 0:
       return &micro_kernel<T, R, 1>;
+    case 1:
+      return &micro_kernel<T, R, 2>;
     case 2:
-      return PMAX >= 2 ? &micro_kernel<T, R, (PMAX >= 2 ? 2 : 1)> : nullptr;
+      return PMAX >= 2 ? &micro_kernel<T, R, (PMAX >= 2 ? 4 : 2)> : nullptr;
     case 3:
-      return PMAX >= 3 ? &micro_kernel<T, R, (PMAX >= 3 ? 3 : 1)> : nullptr;
+      return PMAX >= 3 ? &micro_kernel<T, R, (PMAX >= 3 ? 6 : 2)> : nullptr;
     case 4:
-      return PMAX >= 4 ? &micro_kernel<T, R, (PMAX >= 4 ? 4 : 1)> : nullptr;
+      return PMAX >= 4 ? &micro_kernel<T, R, (PMAX >= 4 ? 8 : 2)> : nullptr;
     default:
       return nullptr;
   }
@@ -350,13 +377,15 @@ void macro_kernel(const Block<T>& blk, const T* apack, const T* bpanels, bool sl
   const RowSplit sp = split_rows(blk.mb, Cfg<T>::MR);
   if (sp.count == 0) return;
   const int P = panels_for(static_cast<int>(sp.largest()));
-  MicroFn<T> fn_big[2], fn_one[2];
+  MicroFn<T> fn_big[2], fn_one[2], fn_half[2];
   const int r_big = static_cast<int>(sp.base + (sp.extra > 0 ? 1 : 0));
   const int r_small = static_cast<int>(sp.base);
   fn_big[0] = pick<T>(r_big, P);
   fn_big[1] = pick<T>(r_small, P);
   fn_one[0] = pick<T>(r_big, 1);
   fn_one[1] = pick<T>(r_small, 1);
+  fn_half[0] = pick<T>(r_big, 0);
+  fn_half[1] = pick<T>(r_small, 0);
   const std::int64_t npan = (blk.ncols + NR - 1) / NR;
   // One micro-tile: sliver s, panels [g, g+P).
   auto tile = [&](std::int64_t s, std::int64_t g) {
@@ -367,12 +396,13 @@ void macro_kernel(const Block<T>& blk, const T* apack, const T* bpanels, bool sl
     const int which = sp.size(s) == r_big ? 0 : 1;
     const T* as = apack + sp.start(s) * blk.kc;
     T* cs = blk.c + sp.start(s) * blk.ldc + col;
-    if (gp == P) {
+    if (gp == P && gcols > (P - 1) * NR + Cfg<T>::L) {
       fn_big[which](blk.kc, as, bg, blk.bps, cs, blk.ldc, gcols, blk.u);
     } else {
       for (std::int64_t q = 0; q < gp; ++q) {
         const std::int64_t qc = gcols - q * NR < NR ? gcols - q * NR : NR;
-        fn_one[which](blk.kc, as, bg + q * blk.bps, blk.bps, cs + q * NR, blk.ldc, qc, blk.u);
+        MicroFn<T> fn = qc > Cfg<T>::L ? fn_one[which] : fn_half[which];
+        fn(blk.kc, as, bg + q * blk.bps, blk.bps, cs + q * NR, blk.ldc, qc, blk.u);
       }
     }
   };
