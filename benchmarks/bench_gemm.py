@@ -5,7 +5,8 @@
 
 Shapes (M x K) @ (K x N), float32 by default:
   * 2048 x 2048 x 2048 and (6400 x 512) @ (512 x 2048): ``fastrnn.ops.matmul`` (packs
-    both operands on every call) against ``numpy.matmul``;
+    both operands on every call) against ``numpy.matmul``; (3200 x 400) @ (400 x 100)
+    likewise: a narrow product whose last panel holds 4 columns;
   * (64 x 512) @ (512 x 2048) and (1 x 512) @ (512 x 2048) with B packed once and
     reused (``PackedB.matmul``), as the recurrent step of an RNN uses it, against
     ``numpy.matmul`` (which has no packed reuse).
@@ -17,7 +18,8 @@ variables read when the BLAS loads, so each thread count runs in a child process
 started with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set.
 
 Method: results are checked against a float64 product before timing; ours and NumPy's
-calls alternate, and each figure is the median of the repeats (the best is shown too;
+calls alternate in blocks, each after a pause that lets the other's threads go idle,
+and each figure is the median of the repeats (the best is shown too;
 GFLOP/s = 2 M N K / time). On a shared machine, compare the two columns of one run, not
 runs with each other.
 """
@@ -36,21 +38,33 @@ SHAPES = [
     # (M, N, K, packed B reused)
     (2048, 2048, 2048, False),
     (6400, 2048, 512, False),
+    (3200, 100, 400, False),  # an LSTM backward's dX at T*N = 3200, H = I = 100
     (64, 2048, 512, True),
     (1, 2048, 512, True),
 ]
 
 
-def _time_pair(f_ours, f_ref, repeats: int) -> tuple[float, float, float, float]:
-    """Median and best time of each function, calls alternating."""
+def _time_pair(f_ours, f_ref, repeats: int, rounds: int = 5) -> tuple[float, float, float, float]:
+    """Median and best time of each function over `repeats` calls each, in `rounds`
+    alternating blocks, each after a pause: an OpenBLAS call leaves its worker threads
+    spinning for ~0.1 s, which on a 2-core machine took a core from the next call and
+    halved our 2-thread figures when calls alternated one by one (OpenMP's idle threads
+    spin too, more briefly)."""
     t_ours, t_ref = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f_ours()
-        t_ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
+    per_round = -(-repeats // rounds)
+    for _ in range(rounds):
+        time.sleep(0.15)
+        f_ours()  # untimed: the first call after a pause wakes the threads
+        for _ in range(per_round):
+            t = time.perf_counter()
+            f_ours()
+            t_ours.append(time.perf_counter() - t)
+        time.sleep(0.15)  # the same for NumPy after our OpenMP threads
         f_ref()
-        t_ref.append(time.perf_counter() - t)
+        for _ in range(per_round):
+            t = time.perf_counter()
+            f_ref()
+            t_ref.append(time.perf_counter() - t)
     t_ours.sort()
     t_ref.sort()
     return t_ours[len(t_ours) // 2], t_ref[len(t_ref) // 2], t_ours[0], t_ref[0]
