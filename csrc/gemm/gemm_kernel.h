@@ -105,41 +105,18 @@ inline RowSplit split_rows(std::int64_t mb, std::int64_t mr) {
 }
 
 // One sliver of R rows: d[p*R + i] = op(A)[r0 + i, p0 + p]. R is a compile-time
-// constant so each p is a fixed-size copy (ta == yes: R adjacent values) or R loads
-// from R row streams (ta == no), with no inner loop (measured: pack_a was ~15% of an
-// LSTM backward, whose GEMMs have k = T*N or m = T*N, with a runtime R).
+// constant so each p of ta == yes is a fixed-size copy of R adjacent values, with no
+// inner loop (measured: pack_a was ~15% of an LSTM backward, whose GEMMs have k = T*N
+// or m = T*N, with a runtime R); ta == no transposes R rows.
 template <class T, int R>
 void pack_sliver(Trans ta, const T* a, std::int64_t lda, std::int64_t r0, std::int64_t p0,
                  std::int64_t kc, T* d) {
   if (ta == Trans::no) {
-    const T* src = a + r0 * lda + p0;
-    // B x B register transposes (simd/transpose.h) where the target has them: the
-    // sliver's rows in blocks of B, the last block overlapping the one before when B
-    // does not divide R (its shared rows are written twice with the same values).
-    // Each row's lines are fetched four ahead (the loads were the packing's stalls).
-    // Element by element, packing was ~30% of a product with n = 100 (dX of a
-    // sequence's backward: each sliver feeds only 4 panels); with both, 1 thread:
-    // 54 -> 64 GF/s at (m, n, k) = (3200, 100, 400), 84 -> 88 at (700, 650, 2600).
-    constexpr int B = simd::transpose_block<T>();
-    constexpr int kLine = 64 / static_cast<int>(sizeof(T));
-    std::int64_t p = 0;
-    if constexpr (B > 1 && R >= B) {
-      for (; p + B <= kc; p += B) {
-        if (p % kLine == 0) {
-#pragma GCC unroll 16
-          for (int i = 0; i < R; ++i) __builtin_prefetch(src + i * lda + p + 4 * kLine, 0, 3);
-        }
-        for (int i = 0;; i += B) {
-          const int ib = i + B <= R ? i : R - B;
-          simd::transpose(src + ib * lda + p, lda, d + p * R + ib, R);
-          if (ib + B >= R) break;
-        }
-      }
-    }
-    for (; p < kc; ++p) {
-#pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) d[p * R + i] = src[i * lda + p];
-    }
+    // R rows into kc groups of R (simd::transpose_rect: register blocks with AVX, rows
+    // fetched ahead). Element by element, packing was ~30% of a product with n = 100
+    // (dX of a sequence's backward: each sliver feeds only 4 panels); 1 thread: 54 -> 64
+    // GF/s at (m, n, k) = (3200, 100, 400), 84 -> 88 at (700, 650, 2600).
+    simd::transpose_rect(a + r0 * lda + p0, lda, R, kc, d, R);
   } else {
     for (std::int64_t p = 0; p < kc; ++p)
       std::memcpy(d + p * R, a + (p0 + p) * lda + r0, sizeof(T) * R);

@@ -258,10 +258,10 @@ inline void tape_units(T* dst, const T* src, i64 len, bool stream) {
 // Asks for the cache lines of p[0:len) to be brought into L2 (len >= 1).
 template <class T>
 inline void prefetch_units(const T* p, i64 len) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const char* e = reinterpret_cast<const char*>(p + len - 1);
-  for (; c <= e; c += 64) __builtin_prefetch(c, 0, 2);
-  __builtin_prefetch(e, 0, 2);
+  const std::uintptr_t last = reinterpret_cast<std::uintptr_t>(p + len - 1);
+  for (std::uintptr_t c = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63}; c <= last;
+       c += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(c), 0, 2);
 }
 
 // One row of a block at the end of its step: h_t (hv) into the state and into y, or, for a
@@ -581,27 +581,27 @@ void backward(const SeqBackward<T>& a) {
     init_grads(n0, n1, std::min(H, bs * U), H);
     omp_barrier();  // publishes bar.count
 
+    // What the pointwise step of row tn, units [jb, jb + len) reads from memory: the
+    // tape (mostly streamed past the caches by the forward) and dy. Fetched a step
+    // ahead, towards L2: the pointwise step of LSTM (80,16,300,300) took 4.6-5.8 Mcyc
+    // per call waiting on these loads, 3.8-4.2 with them fetched (2.4 vs 5.3 when
+    // the tape is wholly in memory).
+    auto prefetch_row = [&](i64 tn, i64 jb, int len) {
+      for (int gt = 0; gt < G; ++gt) prefetch_units(tp.gates + tn * GH + gt * H + jb, len);
+      if (lstm) {
+        prefetch_units(tp.cprev + tn * H + jb, len);
+        prefetch_units(tp.tc + tn * H + jb, len);
+      } else if (gru) {
+        prefetch_units(tp.hprev + tn * H + jb, len);
+        if (d.reset_after) prefetch_units(tp.aux + tn * H + jb, len);
+      }
+      if (a.dy) prefetch_units(a.dy + tn * H + jb, len);
+    };
     alignas(64) T tl[kMaxTile];
     alignas(64) T gb[kMaxU];
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? s : Tn - 1 - s;
       const i64 t_next = d.reverse ? t + 1 : t - 1;  // the next step's time
-      // What the pointwise step of row tn, units [jb, jb + len) reads from memory: the
-      // tape (mostly streamed past the caches by the forward) and dy. Fetched a step
-      // ahead, towards L2: the pointwise step of LSTM (80,16,300,300) took 4.6-5.8 Mcyc
-      // per call waiting on these loads, 3.8-4.2 with them fetched (2.4 vs 5.3 when
-      // the tape is wholly in memory).
-      auto prefetch_row = [&](i64 tn, i64 jb, int len) {
-        for (int gt = 0; gt < G; ++gt) prefetch_units(tp.gates + tn * GH + gt * H + jb, len);
-        if (lstm) {
-          prefetch_units(tp.cprev + tn * H + jb, len);
-          prefetch_units(tp.tc + tn * H + jb, len);
-        } else if (gru) {
-          prefetch_units(tp.hprev + tn * H + jb, len);
-          if (d.reset_after) prefetch_units(tp.aux + tn * H + jb, len);
-        }
-        if (a.dy) prefetch_units(a.dy + tn * H + jb, len);
-      };
       // Block b, rows [r0, r1): the pointwise step, dh_t -> dG_t (and dh, dc through it).
       auto pointwise = [&](i64 b, i64 r0, i64 r1) {
         const int len = static_cast<int>(std::min<i64>(U, H - b * U));

@@ -8,8 +8,9 @@
 //                         dst[c*ldd + r] = src[r*lds + c] for r, c < B: B row loads,
 //                         3*B (float) / 2*B (double) shuffles, B row stores.
 //   transpose_rect(src, lds, rows, cols, dst, ldd)
-//                         the same for r < rows, c < cols: whole B x B blocks through
-//                         transpose(), the edges element by element.
+//                         the same for r < rows, c < cols: B x B blocks through
+//                         transpose() (the last row block overlapping when B does not
+//                         divide rows), the edges element by element.
 //
 // Packing a row-major weight matrix into column panels (the sequence kernels' W_ih and
 // W_hh, once per call) element by element ran at ~1.5 ns per element: one scalar load
@@ -78,26 +79,38 @@ inline void transpose(const T* src, std::int64_t, T* dst, std::int64_t) {
 }
 #endif
 
-// dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols. The rows left over by the
-// blocks (all of them without AVX) go in 16-column tiles, so that both the rows read and
-// the columns written stay in L1 (one row at a time writes with a stride of ldd across
-// all of dst, several times slower for long rows).
+// dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols. With at least B rows, all of
+// them go in B x B blocks: when B does not divide `rows`, the last row block overlaps the
+// one before (the shared rows are written twice, with the same values); each row's lines
+// are fetched four ahead (the loads were the stalls when packing a GEMM's A slivers).
+// Fewer rows than B (all of them without AVX) go element by element in 16-column tiles,
+// so that both the rows read and the columns written stay in L1 (one row at a time
+// writes with a stride of ldd across all of dst, several times slower for long rows).
 template <class T>
 inline void transpose_rect(const T* src, std::int64_t lds, std::int64_t rows, std::int64_t cols,
                            T* dst, std::int64_t ldd) {
   constexpr int B = transpose_block<T>();
-  const std::int64_t rb = B > 1 ? rows / B * B : 0;  // rows done in blocks
-  const std::int64_t cb = cols / B * B;
-  for (std::int64_t r = 0; r < rb; r += B) {
-    const T* s = src + r * lds;
-    for (std::int64_t c = 0; c < cb; c += B) transpose(s + c, lds, dst + c * ldd + r, ldd);
-    for (std::int64_t c = cb; c < cols; ++c)
-      for (int i = 0; i < B; ++i) dst[c * ldd + r + i] = s[i * lds + c];
+  constexpr int kLine = 64 / static_cast<int>(sizeof(T));
+  if (B > 1 && rows >= B) {
+    const std::int64_t cb = cols / B * B;
+    for (std::int64_t r0 = 0;; r0 += B) {
+      const std::int64_t r = r0 + B <= rows ? r0 : rows - B;
+      const T* s = src + r * lds;
+      for (std::int64_t c = 0; c < cb; c += B) {
+        if (c % kLine == 0) {
+          for (int i = 0; i < B; ++i) __builtin_prefetch(s + i * lds + c + 4 * kLine, 0, 3);
+        }
+        transpose(s + c, lds, dst + c * ldd + r, ldd);
+      }
+      for (std::int64_t c = cb; c < cols; ++c)
+        for (int i = 0; i < B; ++i) dst[c * ldd + r + i] = s[i * lds + c];
+      if (r + B >= rows) return;
+    }
   }
   constexpr std::int64_t kTile = 16;
   for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
     const std::int64_t c1 = c0 + kTile < cols ? c0 + kTile : cols;
-    for (std::int64_t r = rb; r < rows; ++r)
+    for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t c = c0; c < c1; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 }
