@@ -94,9 +94,11 @@ def test_empty_cache_and_limit() -> None:
 
 
 # What an LSTM training forward keeps alive, in float64, from the cache (the arrays of 1 MiB
-# and more): y, the tape's hprev, cprev, tanh(c) and gates (4H wide), and the tape's private
-# copy of weight_hh (its copies of x and weight_ih are smaller: NumPy's).
-LSTM_TRAIN_BLOCKS = [T * N * H * 8] * 4 + [T * N * 4 * H * 8, 4 * H * H * 8]
+# and more): y, the tape's hprev, cprev, tanh(c) and gates (4 segments), and the tape's
+# private copy of weight_hh (its copies of x and weight_ih are smaller: NumPy's). The tape's
+# rows and gate segments are HP apart: H rounded up to whole 64-byte lines (seq.h).
+HP = 264
+LSTM_TRAIN_BLOCKS = [T * N * H * 8] + [T * N * HP * 8] * 3 + [T * N * 4 * HP * 8, 4 * H * H * 8]
 LSTM_TRAIN_BYTES = sum(LSTM_TRAIN_BLOCKS)
 # A cached block handed out may be up to a quarter + 2 MiB larger than asked (pool.cpp).
 LSTM_TRAIN_MAX = sum(b + b // 4 + (2 << 20) for b in LSTM_TRAIN_BLOCKS)

@@ -120,8 +120,11 @@ def test_streamed_tape_matches_reference(kind, variant, dtype, isa, threads, rng
     # A training tape of >= 1 MiB of gate activations is written with streaming stores
     # (seq.simd.cpp, tape_units); H = 64 makes every tape row whole, aligned vectors on
     # every target, so that path carries the whole tape (the sizes above are too small).
+    # H = 100 has the tape's rows and gate segments padded to whole lines (seq.h,
+    # tape_stride: 112 floats, 104 doubles), the last block's writes running into the pad.
     _check_case(kind, variant, (64, 64, 5, 64), dtype, rng, True, False, False)
     _check_case(kind, variant, (64, 64, 5, 64), dtype, rng, True, True, True)
+    _check_case(kind, variant, (64, 48, 5, 100), dtype, rng, True, False, True)
 
 
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)

@@ -192,14 +192,15 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   py::array_t<T, py::array::c_style> hn({N, H}), cn;
   if (cell == Cell::lstm) cn = py::array_t<T, py::array::c_style>({N, H});
   py::array_t<T, py::array::c_style> hprev, gates, cprev, tc, aux;
-  if (training) {
-    hprev = pooled_array<T>({Tn, N, H});
-    gates = pooled_array<T>({Tn, N, GH});
+  if (training) {  // rows Hp apart (seq.h: whole cache lines for the streaming stores)
+    const i64 Hp = tape_stride(H, sizeof(T));
+    hprev = pooled_array<T>({Tn, N, Hp});
+    gates = pooled_array<T>({Tn, N, G * Hp});
     if (cell == Cell::lstm) {
-      cprev = pooled_array<T>({Tn, N, H});
-      tc = pooled_array<T>({Tn, N, H});
+      cprev = pooled_array<T>({Tn, N, Hp});
+      tc = pooled_array<T>({Tn, N, Hp});
     }
-    if (cell == Cell::gru) aux = pooled_array<T>({Tn, N, H});
+    if (cell == Cell::gru) aux = pooled_array<T>({Tn, N, Hp});
   }
   PoolBuffer<T> ws(work);
   const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
@@ -268,34 +269,36 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
                     const py::object& dy_o, const py::object& dhn_o, const py::object& dcn_o,
                     bool poison_out) {
   py::object x_o = tape["x"];
-  py::object g_o = tape["gates"];
+  py::object w_o = tape["weight_hh"];
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
-  py::array g0 = py::reinterpret_borrow<py::array>(g_o);
-  if (!py::isinstance<py::array>(x_o) || x0.ndim() != 3 || !py::isinstance<py::array>(g_o) ||
-      g0.ndim() != 3) {
-    throw py::value_error("tape is damaged: x and gates must be 3-d arrays");
+  py::array w0 = py::reinterpret_borrow<py::array>(w_o);
+  if (!py::isinstance<py::array>(x_o) || x0.ndim() != 3 || !py::isinstance<py::array>(w_o) ||
+      w0.ndim() != 2) {
+    throw py::value_error("tape is damaged: x must be a 3-d and weight_hh a 2-d array");
   }
   SeqDims d = dims_of(cell, act, reset_after, reverse, x0);
   const i64 G = d.gates();
-  if (g0.shape(2) % G != 0) throw py::value_error("tape is damaged: gates has wrong width");
-  d.H = static_cast<i64>(g0.shape(2)) / G;
-  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, GH = G * H;
+  d.H = static_cast<i64>(w0.shape(1));
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H;
   if (Tn < 1 || N < 1 || H < 1) throw py::value_error("tape is damaged: empty sizes");
+  const i64 GH = checked_mul(G, H, "G*H");
+  const i64 Hp = tape_stride(H, sizeof(T));  // the tape's row stride (seq.h)
   const SeqFns<T>& k = fns<T>();
   const i64 work = k.backward_work(d);
   check_elems<T>(work, "workspace");
 
   auto x = need<T>(x_o, "tape x", {Tn, N, I}, "(T, N, I)");
   auto wih = need<T>(tape["weight_ih"], "tape weight_ih", {GH, I}, "(G*H, I)");
-  auto whh = need<T>(tape["weight_hh"], "tape weight_hh", {GH, H}, "(G*H, H)");
-  auto gates = need<T>(g_o, "tape gates", {Tn, N, GH}, "(T, N, G*H)");
-  auto hprev = need<T>(tape["hprev"], "tape hprev", {Tn, N, H}, "(T, N, H)");
+  auto whh = need<T>(w_o, "tape weight_hh", {GH, H}, "(G*H, H)");
+  const char* hps = "(T, N, Hp), Hp = H rounded up to 64 bytes";
+  auto gates = need<T>(tape["gates"], "tape gates", {Tn, N, G * Hp}, "(T, N, G*Hp)");
+  auto hprev = need<T>(tape["hprev"], "tape hprev", {Tn, N, Hp}, hps);
   py::array_t<T, py::array::c_style> cprev, tc, aux;
   if (cell == Cell::lstm) {
-    cprev = need<T>(tape["cprev"], "tape cprev", {Tn, N, H}, "(T, N, H)");
-    tc = need<T>(tape["tc"], "tape tc", {Tn, N, H}, "(T, N, H)");
+    cprev = need<T>(tape["cprev"], "tape cprev", {Tn, N, Hp}, hps);
+    tc = need<T>(tape["tc"], "tape tc", {Tn, N, Hp}, hps);
   }
-  if (cell == Cell::gru) aux = need<T>(tape["aux"], "tape aux", {Tn, N, H}, "(T, N, H)");
+  if (cell == Cell::gru) aux = need<T>(tape["aux"], "tape aux", {Tn, N, Hp}, hps);
   py::array_t<std::int64_t> lens;
   py::object len_o = tape["lengths"];
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);

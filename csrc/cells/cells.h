@@ -185,49 +185,52 @@ inline void rnn_bwd(Act act, int len, const T* gh, const T* a, T* dg) {
   });
 }
 
-// LSTM. act: i,f,g,o (stride H); dc (len) in: dL/dc' from later steps, out: dL/dc.
+// LSTM. act: i,f,g,o (gate stride ha); dG written with gate stride hg; dc (len) in:
+// dL/dc' from later steps, out: dL/dc.
 template <class T>
-inline void lstm_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* c_prev,
-                     const T* tc, T* dc, T* dg) {
+inline void lstm_bwd(int len, std::int64_t ha, std::int64_t hg, const T* gh, const T* act,
+                     const T* c_prev, const T* tc, T* dc, T* dg) {
   using V = simd::Vec<T>;
   simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
-    const V i = ld(act + u), f = ld(act + H + u), g = ld(act + 2 * H + u);
-    const V o = ld(act + 3 * H + u), t = ld(tc + u), dh = ld(gh + u);
+    const V i = ld(act + u), f = ld(act + ha + u), g = ld(act + 2 * ha + u);
+    const V o = ld(act + 3 * ha + u), t = ld(tc + u), dh = ld(gh + u);
     const V dct = ld(dc + u) + dh * o * (T(1) - t * t);
     st(dg + u, dct * g * i * (T(1) - i));
-    st(dg + H + u, dct * ld(c_prev + u) * f * (T(1) - f));
-    st(dg + 2 * H + u, dct * i * (T(1) - g * g));
-    st(dg + 3 * H + u, dh * t * o * (T(1) - o));
+    st(dg + hg + u, dct * ld(c_prev + u) * f * (T(1) - f));
+    st(dg + 2 * hg + u, dct * i * (T(1) - g * g));
+    st(dg + 3 * hg + u, dh * t * o * (T(1) - o));
     st(dc + u, dct * f);
   });
 }
 
-// GRU, reset after. act: r,z,n (stride H); hn: W_hn h + b_hn. Writes dG for the
-// input side (r, z, n), dhn = dL/d(W_hn h + b_hn), and dh_direct = dL/dh via z.
+// GRU, reset after. act: r,z,n (gate stride ha); hn: W_hn h + b_hn. Writes dG for the
+// input side (r, z, n; gate stride hg), dhn = dL/d(W_hn h + b_hn), and dh_direct = dL/dh
+// via z.
 template <class T>
-inline void gru_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, const T* hn,
-                    T* dg, T* dhn, T* dh_direct) {
+inline void gru_bwd(int len, std::int64_t ha, std::int64_t hg, const T* gh, const T* act,
+                    const T* h, const T* hn, T* dg, T* dhn, T* dh_direct) {
   using V = simd::Vec<T>;
   simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
-    const V r = ld(act + u), z = ld(act + H + u), n = ld(act + 2 * H + u), dh = ld(gh + u);
+    const V r = ld(act + u), z = ld(act + ha + u), n = ld(act + 2 * ha + u), dh = ld(gh + u);
     const V dan = dh * (T(1) - z) * (T(1) - n * n);
     st(dg + u, dan * ld(hn + u) * r * (T(1) - r));
-    st(dg + H + u, dh * (ld(h + u) - n) * z * (T(1) - z));
-    st(dg + 2 * H + u, dan);
+    st(dg + hg + u, dh * (ld(h + u) - n) * z * (T(1) - z));
+    st(dg + 2 * hg + u, dan);
     st(dhn + u, dan * r);
     st(dh_direct + u, dh * z);
   });
 }
 
-// GRU, reset before, first half: dG for z and n; dh_direct = dL/dh via z.
+// GRU, reset before, first half: dG for z and n; dh_direct = dL/dh via z. Gate strides
+// as in gru_bwd.
 template <class T>
-inline void gru_zn_bwd(int len, std::int64_t H, const T* gh, const T* act, const T* h, T* dg,
-                       T* dh_direct) {
+inline void gru_zn_bwd(int len, std::int64_t ha, std::int64_t hg, const T* gh, const T* act,
+                       const T* h, T* dg, T* dh_direct) {
   using V = simd::Vec<T>;
   simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
-    const V z = ld(act + H + u), n = ld(act + 2 * H + u), dh = ld(gh + u);
-    st(dg + H + u, dh * (ld(h + u) - n) * z * (T(1) - z));
-    st(dg + 2 * H + u, dh * (T(1) - z) * (T(1) - n * n));
+    const V z = ld(act + ha + u), n = ld(act + 2 * ha + u), dh = ld(gh + u);
+    st(dg + hg + u, dh * (ld(h + u) - n) * z * (T(1) - z));
+    st(dg + 2 * hg + u, dh * (T(1) - z) * (T(1) - n * n));
     st(dh_direct + u, dh * z);
   });
 }

@@ -33,13 +33,24 @@ struct SeqDims {
   int gates() const { return cell == Cell::rnn ? 1 : (cell == Cell::lstm ? 4 : 3); }
 };
 
-// What training mode keeps for backward (all indexed by time t, not by step):
-//   hprev (T,N,H)   state entering the step at time t
-//   gates (T,N,G*H) gate activations (RNN: phi(a); LSTM: i,f,g,o; GRU: r,z,n)
-//   cprev (T,N,H)   LSTM: cell state entering the step at time t
-//   tc    (T,N,H)   LSTM: tanh(c_t) of the step's new cell state
-//   aux   (T,N,H)   GRU reset_after: W_hn h + b_hn; GRU reset-before: r*h
+// What training mode keeps for backward (all indexed by time t, not by step), with rows
+// and gate segments Hp = tape_stride(H, sizeof(T)) apart (columns [H, Hp) unused):
+//   hprev (T,N,Hp)   state entering the step at time t
+//   gates (T,N,G*Hp) gate activations (RNN: phi(a); LSTM: i,f,g,o; GRU: r,z,n)
+//   cprev (T,N,Hp)   LSTM: cell state entering the step at time t
+//   tc    (T,N,Hp)   LSTM: tanh(c_t) of the step's new cell state
+//   aux   (T,N,Hp)   GRU reset_after: W_hn h + b_hn; GRU reset-before: r*h
 // Pointers a cell does not use are null.
+// H rounded up to whole 64-byte lines when that adds at most a quarter (H of at least
+// four lines), else H. The forward writes the tape with streaming stores, which need
+// whole, aligned vectors: with H = 100 floats every gate segment started mid-line and
+// most of the tape went through the caches (LSTM (100,32,100,100) forward training took
+// 24% longer than inference, against 4% at H = 128).
+inline std::int64_t tape_stride(std::int64_t H, std::int64_t elem_bytes) {
+  const std::int64_t line = 64 / elem_bytes;
+  return H >= 4 * line ? (H + line - 1) / line * line : H;
+}
+
 template <class T>
 struct SeqTape {
   T* hprev = nullptr;

@@ -294,6 +294,9 @@ void forward(const SeqForward<T>& a) {
   const i64 GH = i64{G} * H, GU = g.GU, TcN = g.Tc * N;
   const bool tr = a.training;
   const bool stream = tr && Tn * N * GH * static_cast<i64>(sizeof(T)) >= kStreamTapeBytes;
+  // The tape's row stride (seq.h): training keeps the states in the tape, inference in
+  // (N, H) buffers.
+  const i64 Hp = tr ? tape_stride(H, sizeof(T)) : H, GHp = G * Hp;
   const bool lstm = d.cell == Cell::lstm;
   const bool gru = d.cell == Cell::gru;
   const bool gru_before = gru && !d.reset_after;
@@ -348,9 +351,10 @@ void forward(const SeqForward<T>& a) {
     const i64 js = std::min(H, bs * U);  // first unit of the shared blocks
     auto init_state = [&](i64 r0, i64 r1, i64 ja, i64 jb) {
       for (i64 n = r0; n < r1; ++n) {
+        const i64 tape_row = (t_first * N + n) * Hp;
         for (i64 j = ja; j < jb; ++j) {
-          if (tr) tp.hprev[(t_first * N + n) * H + j] = a.h0[n * H + j];
-          if (lstm) (tr ? tp.cprev[(t_first * N + n) * H + j] : a.c_n[n * H + j]) = a.c0[n * H + j];
+          if (tr) tp.hprev[tape_row + j] = a.h0[n * H + j];
+          if (lstm) (tr ? tp.cprev[tape_row + j] : a.c_n[n * H + j]) = a.c0[n * H + j];
         }
       }
     };
@@ -360,9 +364,9 @@ void forward(const SeqForward<T>& a) {
 
     alignas(64) T tl[kMaxTile];
     alignas(64) T cnew[kMaxU];
-    alignas(64) T tcv[kMaxU];
+    alignas(64) T tcv[kMaxU] = {};  // zeros past a short block's units: whole tape vectors
     alignas(64) T hnew[kMaxU];
-    alignas(64) T hnv[kMaxU];
+    alignas(64) T hnv[kMaxU] = {};
     const int cvx = G * g.UB;
     // K slice whose panel rows (GU wide) fill about 64 KiB (L2): long K runs per tile
     // (fewer accumulator loads/stores) matter more than an L1-resident slice; measured
@@ -388,8 +392,9 @@ void forward(const SeqForward<T>& a) {
       }
       // The shared blocks' rows of this step only.
       for (i64 b = bs; b < g.nb; ++b) input_projection(b, t * N + n0, n1 - n0);
-      const T* hin = tr ? tp.hprev + t * N * H : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
-      T* hout = s == Tn - 1 ? a.h_n : (tr ? tp.hprev + tnext * N * H : hbuf + (s & 1) * N * H);
+      const T* hin = tr ? tp.hprev + t * N * Hp : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
+      T* hout = s == Tn - 1 ? a.h_n : (tr ? tp.hprev + tnext * N * Hp : hbuf + (s & 1) * N * H);
+      const i64 ldi = Hp, ldo = s == Tn - 1 ? H : Hp;  // their row strides
 
       if (!gru_before) {
         const int cv = G * g.UB;
@@ -398,30 +403,32 @@ void forward(const SeqForward<T>& a) {
         auto step_block = [&](i64 b, i64 r0, i64 r1) {
           const int len = static_cast<int>(std::min<i64>(U, H - b * U));
           const i64 jb = b * U;
-          tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * H, H, whh + b * H * GU, GU,
+          // Tape writes cover the padding too: whole vectors, streamable (values unused).
+          const int lt = static_cast<int>(std::min<i64>(U, Hp - jb));
+          tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * ldi, ldi, whh + b * H * GU, GU,
                          ghs + (b * N + r0) * GU, GU);
           for (i64 n = r0; n < r1; ++n) {
             const i64 tn = t * N + n;
             T* p = ghs + (b * N + n) * GU;
             const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
             const bool active = !a.lengths || t < a.lengths[n];
-            const T* hi = hin + n * H + jb;
-            T* ho = hout + n * H + jb;
+            const T* hi = hin + n * ldi + jb;
+            T* ho = hout + n * ldo + jb;
             T* yo = a.y + tn * H + jb;
             const T* hv = p;  // new state values
             if (d.cell == Cell::rnn) {
               cells::rnn_fwd(d.act, len, p, gxr);
-              if (tr) tape_units(tp.gates + tn * GH + jb, p, len, stream);
+              if (tr) tape_units(tp.gates + tn * GHp + jb, p, lt, stream);
             } else if (lstm) {
-              const T* cin = (tr ? tp.cprev + tn * H : a.c_n + n * H) + jb;
-              T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * H)
+              const T* cin = (tr ? tp.cprev + tn * Hp : a.c_n + n * H) + jb;
+              T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * Hp)
                             : a.c_n + n * H) +
                         jb;
               cells::lstm_fwd(len, U, p, gxr, cin, cnew, tcv, hnew);
               if (tr) {
                 for (int gt = 0; gt < 4; ++gt)
-                  tape_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len, stream);
-                tape_units(tp.tc + tn * H + jb, tcv, len, stream);
+                  tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * U, lt, stream);
+                tape_units(tp.tc + tn * Hp + jb, tcv, lt, stream);
               }
               if (active) {
                 copy_units(cout, cnew, len);
@@ -433,8 +440,8 @@ void forward(const SeqForward<T>& a) {
               cells::gru_fwd(len, U, p, gxr, bhn + jb, hi, hnv, hnew);
               if (tr) {
                 for (int gt = 0; gt < 3; ++gt)
-                  tape_units(tp.gates + tn * GH + gt * H + jb, p + gt * U, len, stream);
-                tape_units(tp.aux + tn * H + jb, hnv, len, stream);
+                  tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * U, lt, stream);
+                tape_units(tp.aux + tn * Hp + jb, hnv, lt, stream);
               }
               hv = hnew;
             }
@@ -445,24 +452,24 @@ void forward(const SeqForward<T>& a) {
         for (i64 b = bs; b < g.nb; ++b) step_block(b, n0, n1);
       } else {
         // GRU, reset before the matmul: r, z first; then n needs W_hn (r*h) over all units.
-        T* rh = tr ? tp.aux + t * N * H : rhb;
+        T* rh = tr ? tp.aux + t * N * Hp : rhb;  // row stride Hp
         const int mra = tile::max_rows(2);
         for (i64 b = b0; b < b1; ++b) {
           const int len = static_cast<int>(std::min<i64>(U, H - b * U));
           const i64 jb = b * U;
           for (i64 r0 = 0; r0 < N; r0 += mra) {
             const int mr = static_cast<int>(std::min<i64>(mra, N - r0));
-            tile::run<T>(2, mr, H, hin + r0 * H, H, whh + b * H * GU, GU, tl, GU);
+            tile::run<T>(2, mr, H, hin + r0 * ldi, ldi, whh + b * H * GU, GU, tl, GU);
             for (int r = 0; r < mr; ++r) {
               const i64 n = r0 + r;
               const i64 tn = t * N + n;
               T* p = tl + r * GU;
               cells::gru_rz_fwd(len, U, p, gx + (b * TcN + (t - tlo) * N + n) * GU);
-              const T* hi = hin + n * H + jb;
-              for (int u = 0; u < len; ++u) rh[n * H + jb + u] = p[u] * hi[u];
-              T* zd = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
+              const T* hi = hin + n * ldi + jb;
+              for (int u = 0; u < len; ++u) rh[n * ldi + jb + u] = p[u] * hi[u];
+              T* zd = tr ? tp.gates + tn * GHp + Hp + jb : zb + n * H + jb;
               copy_units(zd, p + U, len);
-              if (tr) copy_units(tp.gates + tn * GH + jb, p, len);
+              if (tr) copy_units(tp.gates + tn * GHp + jb, p, len);
             }
           }
         }
@@ -473,18 +480,18 @@ void forward(const SeqForward<T>& a) {
           const i64 jb = b * U;
           for (i64 r0 = 0; r0 < N; r0 += mrb) {
             const int mr = static_cast<int>(std::min<i64>(mrb, N - r0));
-            tile::run<T>(1, mr, H, rh + r0 * H, H, whh + b * H * GU + 2 * U, GU, tl, U);
+            tile::run<T>(1, mr, H, rh + r0 * ldi, ldi, whh + b * H * GU + 2 * U, GU, tl, U);
             for (int r = 0; r < mr; ++r) {
               const i64 n = r0 + r;
               const i64 tn = t * N + n;
               T* pn = tl + r * U;
-              const T* z = tr ? tp.gates + tn * GH + H + jb : zb + n * H + jb;
-              const T* hi = hin + n * H + jb;
+              const T* z = tr ? tp.gates + tn * GHp + Hp + jb : zb + n * H + jb;
+              const T* hi = hin + n * ldi + jb;
               cells::gru_n_fwd(len, pn, gx + (b * TcN + (t - tlo) * N + n) * GU + 2 * U, z, hi,
                                hnew);
-              if (tr) copy_units(tp.gates + tn * GH + 2 * H + jb, pn, len);
+              if (tr) copy_units(tp.gates + tn * GHp + 2 * Hp + jb, pn, len);
               const bool active = !a.lengths || t < a.lengths[n];
-              finish_row(active, hnew, hi, hout + n * H + jb, a.y + tn * H + jb, len);
+              finish_row(active, hnew, hi, hout + n * ldo + jb, a.y + tn * H + jb, len);
             }
           }
         }
@@ -541,6 +548,7 @@ void backward(const SeqBackward<T>& a) {
   const i64 SB = g.UB == 1 ? 4 : 1;
   const int mr_bwd = tile::max_rows(4);
   const SeqTape<const T>& tp = a.tape;
+  const i64 Hp = tape_stride(H, sizeof(T)), GHp = G * Hp;  // the tape's strides (seq.h)
   const int nt = team_size(a.num_threads, g.nb, d);
   StepBarrier bar;
 
@@ -587,13 +595,13 @@ void backward(const SeqBackward<T>& a) {
     // per call waiting on these loads, 3.8-4.2 with them fetched (2.4 vs 5.3 when
     // the tape is wholly in memory).
     auto prefetch_row = [&](i64 tn, i64 jb, int len) {
-      for (int gt = 0; gt < G; ++gt) prefetch_units(tp.gates + tn * GH + gt * H + jb, len);
+      for (int gt = 0; gt < G; ++gt) prefetch_units(tp.gates + tn * GHp + gt * Hp + jb, len);
       if (lstm) {
-        prefetch_units(tp.cprev + tn * H + jb, len);
-        prefetch_units(tp.tc + tn * H + jb, len);
+        prefetch_units(tp.cprev + tn * Hp + jb, len);
+        prefetch_units(tp.tc + tn * Hp + jb, len);
       } else if (gru) {
-        prefetch_units(tp.hprev + tn * H + jb, len);
-        if (d.reset_after) prefetch_units(tp.aux + tn * H + jb, len);
+        prefetch_units(tp.hprev + tn * Hp + jb, len);
+        if (d.reset_after) prefetch_units(tp.aux + tn * Hp + jb, len);
       }
       if (a.dy) prefetch_units(a.dy + tn * H + jb, len);
     };
@@ -622,19 +630,19 @@ void backward(const SeqBackward<T>& a) {
           } else {
             for (int u = 0; u < len; ++u) gb[u] = dh[u];
           }
-          const T* act = tp.gates + tn * GH + jb;
+          const T* act = tp.gates + tn * GHp + jb;
           if (d.cell == Cell::rnn) {
             cells::rnn_bwd(d.act, len, gb, act, dgr);
             std::fill(dh, dh + len, T(0));
           } else if (lstm) {
-            cells::lstm_bwd(len, H, gb, act, tp.cprev + tn * H + jb, tp.tc + tn * H + jb,
+            cells::lstm_bwd(len, Hp, H, gb, act, tp.cprev + tn * Hp + jb, tp.tc + tn * Hp + jb,
                             a.dc0 + n * H + jb, dgr);
             std::fill(dh, dh + len, T(0));
           } else if (d.reset_after) {
-            cells::gru_bwd(len, H, gb, act, tp.hprev + tn * H + jb, tp.aux + tn * H + jb, dgr,
-                           dhn + tn * H + jb, dh);
+            cells::gru_bwd(len, Hp, H, gb, act, tp.hprev + tn * Hp + jb, tp.aux + tn * Hp + jb,
+                           dgr, dhn + tn * H + jb, dh);
           } else {
-            cells::gru_zn_bwd(len, H, gb, act, tp.hprev + tn * H + jb, dgr, dh);
+            cells::gru_zn_bwd(len, Hp, H, gb, act, tp.hprev + tn * Hp + jb, dgr, dh);
           }
         }
       };
@@ -660,8 +668,8 @@ void backward(const SeqBackward<T>& a) {
                 std::fill(dG + tn * GH + jb, dG + tn * GH + jb + len, T(0));
                 continue;
               }
-              cells::gru_r_bwd(len, tp.gates + tn * GH + jb, tp.hprev + tn * H + jb, tl + r * U,
-                               dG + tn * GH + jb, a.dh0 + n * H + jb);
+              cells::gru_r_bwd(len, tp.gates + tn * GHp + jb, tp.hprev + tn * Hp + jb,
+                               tl + r * U, dG + tn * GH + jb, a.dh0 + n * H + jb);
             }
           }
         }
@@ -706,14 +714,14 @@ void backward(const SeqBackward<T>& a) {
   gemm<T>(Trans::no, Trans::no, TN, I, GH, T(1), dG, GH, a.w_ih, I, T(0), a.dx, I, th);
   gemm<T>(Trans::yes, Trans::no, GH, I, TN, T(1), dG, GH, a.x, I, T(0), a.dw_ih, I, th);
   if (!gru) {
-    gemm<T>(Trans::yes, Trans::no, GH, H, TN, T(1), dG, GH, tp.hprev, H, T(0), a.dw_hh, H, th);
+    gemm<T>(Trans::yes, Trans::no, GH, H, TN, T(1), dG, GH, tp.hprev, Hp, T(0), a.dw_hh, H, th);
   } else {
-    gemm<T>(Trans::yes, Trans::no, 2 * H, H, TN, T(1), dG, GH, tp.hprev, H, T(0), a.dw_hh, H, th);
+    gemm<T>(Trans::yes, Trans::no, 2 * H, H, TN, T(1), dG, GH, tp.hprev, Hp, T(0), a.dw_hh, H, th);
     if (d.reset_after) {
-      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dhn, H, tp.hprev, H, T(0), a.dw_hh + 2 * H * H,
-              H, th);
+      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dhn, H, tp.hprev, Hp, T(0),
+              a.dw_hh + 2 * H * H, H, th);
     } else {
-      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dG + 2 * H, GH, tp.aux, H, T(0),
+      gemm<T>(Trans::yes, Trans::no, H, H, TN, T(1), dG + 2 * H, GH, tp.aux, Hp, T(0),
               a.dw_hh + 2 * H * H, H, th);
     }
   }

@@ -28,11 +28,13 @@ __all__ = ["NativeTape", "gru", "gru_backward", "lstm", "lstm_backward", "rnn", 
 class NativeTape:
     """What a native ``training=True`` forward keeps for the matching ``*_backward``.
 
-    ``data`` holds the kernel's arrays, indexed by time step ``t``: ``hprev`` (T, N, H)
-    the state entering step t, ``gates`` (T, N, G*H) the gate activations, ``cprev`` and
+    ``data`` holds the kernel's arrays, indexed by time step ``t``: ``hprev`` (T, N, Hp)
+    the state entering step t, ``gates`` (T, N, G*Hp) the gate activations, ``cprev`` and
     ``tc`` (LSTM: c entering step t and tanh(c_t)), ``aux`` (GRU: ``W_hn h + b_hn`` with
     ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights (the
-    arrays as given inside :func:`_tape_shares_inputs`).
+    arrays as given inside :func:`_tape_shares_inputs`). Rows and gate segments are Hp
+    apart: H rounded up to whole 64-byte lines when H spans at least four of them (the
+    kernel streams the tape to memory in whole lines), else H; columns past H are unused.
     """
 
     kind: str
