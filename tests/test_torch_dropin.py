@@ -338,6 +338,24 @@ def test_inference_paths(ctx):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_no_grad_parity_float64(mode, cfg):
+    # Without autograd the layers run straight through the kernel binding (torch.py,
+    # _native_inference), without the stack's Python-side checks: same results.
+    fast, ref = make_pair(mode, **cfg)
+    t, n = 5, 4
+    shape = (n, t, 4) if cfg.get("batch_first") else (t, n, 4)
+    x = torch.randn(shape, dtype=torch.float64)
+    for hx in (make_state(mode, fast, n, torch.float64), None):
+        with torch.no_grad():
+            got, want = flat(fast(x, hx)), flat(ref(x, hx))
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(a, b, **TOL64)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("layout", ["time-major", "batch_first", "packed", "unbatched"])
 def test_no_grad_without_hx_matches_torch_and_outputs_are_separate(mode, layout):
     """Without autograd and without hx the zero states never become tensors (the engine
