@@ -290,8 +290,10 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   auto x = need<T>(x_o, "tape x", {Tn, N, I}, "(T, N, I)");
   auto wih = need<T>(tape["weight_ih"], "tape weight_ih", {GH, I}, "(G*H, I)");
   auto whh = need<T>(w_o, "tape weight_hh", {GH, H}, "(G*H, H)");
-  const char* hps = "(T, N, Hp), Hp = H rounded up to 64 bytes";
-  auto gates = need<T>(tape["gates"], "tape gates", {Tn, N, G * Hp}, "(T, N, G*Hp)");
+  const std::string hp_s = "(T, N, Hp) with Hp = " + std::to_string(Hp);
+  const std::string ghp_s = "(T, N, G*Hp) with Hp = " + std::to_string(Hp);
+  const char* hps = hp_s.c_str();
+  auto gates = need<T>(tape["gates"], "tape gates", {Tn, N, G * Hp}, ghp_s.c_str());
   auto hprev = need<T>(tape["hprev"], "tape hprev", {Tn, N, Hp}, hps);
   py::array_t<T, py::array::c_style> cprev, tc, aux;
   if (cell == Cell::lstm) {

@@ -45,7 +45,7 @@ struct SeqDims {
 // four lines), else H. The forward writes the tape with streaming stores, which need
 // whole, aligned vectors: with H = 100 floats every gate segment started mid-line and
 // most of the tape went through the caches (LSTM (100,32,100,100) forward training took
-// 24% longer than inference, against 4% at H = 128).
+// 23-32% longer than inference, against ~4% at H = 128).
 inline std::int64_t tape_stride(std::int64_t H, std::int64_t elem_bytes) {
   const std::int64_t line = 64 / elem_bytes;
   return H >= 4 * line ? (H + line - 1) / line * line : H;
