@@ -252,6 +252,7 @@ def _native_inference(
     array again). A quarter of a T = N = 1 call was those checks. Returns (y, [h_n(, c_n)]).
     """
     from fastrnn import _core
+    from fastrnn._stack import _stack_rows
 
     lstm = cfg.mode == "lstm"
     L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
@@ -283,12 +284,7 @@ def _native_inference(
             hs.append(h_n)
             cs.append(c_n)
         inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-    return inp, [_rows(hs), _rows(cs)] if lstm else [_rows(hs)]
-
-
-def _rows(rows: list[np.ndarray]) -> np.ndarray:
-    """(L*D, N, H) from L*D arrays (N, H); a view for a single one."""
-    return rows[0][None] if len(rows) == 1 else np.stack(rows)
+    return inp, [_stack_rows(hs), _stack_rows(cs)] if lstm else [_stack_rows(hs)]
 
 
 def _torch_stack(
