@@ -91,6 +91,14 @@ def run(module, x, hx, weights):
     return [o.detach() for o in outs], list(grads)
 
 
+def assert_outputs_match(got, want, tol):
+    """Lists of output tensors: same count, shapes, dtypes and values (within tol)."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **tol)
+
+
 def assert_parity(fast, ref, x, hx, tol):
     """Same outputs and same gradients for input, states and every parameter."""
     probe = flat(ref(x, hx))
@@ -98,10 +106,7 @@ def assert_parity(fast, ref, x, hx, tol):
     outs_f, grads_f = run(fast, x, hx, weights)
     outs_r, grads_r = run(ref, x, hx, weights)
     names = ["input", "states..."] + [n for n, _ in fast.named_parameters()]
-    assert len(outs_f) == len(outs_r)
-    for a, b in zip(outs_f, outs_r):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        torch.testing.assert_close(a, b, **tol)
+    assert_outputs_match(outs_f, outs_r, tol)
     assert len(grads_f) == len(grads_r)
     for k, (a, b) in enumerate(zip(grads_f, grads_r)):
         assert a.shape == b.shape, names[min(k, len(names) - 1)]
@@ -116,8 +121,12 @@ CONFIGS = [
 ]
 
 
+def config_id(cfg):
+    return "-".join(f"{k}={v}" for k, v in cfg.items())
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_parity_float64(mode, cfg):
     fast, ref = make_pair(mode, **cfg)
     t, n = 6, 3
@@ -338,7 +347,7 @@ def test_inference_paths(ctx):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_no_grad_parity_float64(mode, cfg):
     # Without autograd the layers run straight through the kernel binding (torch.py,
     # _native_inference), without the stack's Python-side checks: same results.
@@ -348,11 +357,7 @@ def test_no_grad_parity_float64(mode, cfg):
     x = torch.randn(shape, dtype=torch.float64)
     for hx in (make_state(mode, fast, n, torch.float64), None):
         with torch.no_grad():
-            got, want = flat(fast(x, hx)), flat(ref(x, hx))
-        assert len(got) == len(want)
-        for a, b in zip(got, want):
-            assert a.shape == b.shape and a.dtype == b.dtype
-            torch.testing.assert_close(a, b, **TOL64)
+            assert_outputs_match(flat(fast(x, hx)), flat(ref(x, hx)), TOL64)
 
 
 @pytest.mark.parametrize("mode", MODES)

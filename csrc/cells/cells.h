@@ -6,8 +6,9 @@
 // of U hidden units laid out gate by gate, p[g*U + u] (g < G, u < U), add the
 // input projection gx (same layout) and leave the gate activations in p.
 // Only the first `len` units of each gate are meaningful (len <= U).
-// Backward functions work on units [0, len) of standard (…, G*H) rows:
-// gate g of unit u sits at [g*H + u] (the caller offsets the pointers).
+// Backward functions work on units [0, len) of (…, G*stride) rows: gate g of unit u
+// sits at [g*stride + u], with the tape's stride for the activations and dG's for the
+// gradients (the caller offsets the pointers).
 #pragma once
 
 #include <cstdint>
@@ -53,45 +54,17 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
 }
 
 // LSTM: p (4U) in: W_hh h; out: i, f, g, o. c_in (len) -> c_new, tc = tanh(c_new),
-// h_new = o * tc (len each). Any len <= U.
-template <class T>
-FASTRNN_NOINLINE void lstm_fwd_any(int len, int U, T* p, const T* gx, const T* c_in, T* c_new,
-                                   T* tc, T* h_new) {
-  for (int g = 0; g < 4; ++g) {
-    T* q = p + g * U;
-    const T* r = gx + g * U;
-    for (int u = 0; u < len; ++u) q[u] += r[u];
-  }
-  sigmoid_n(p, len);
-  sigmoid_n(p + U, len);
-  tanh_n(p + 2 * U, len);
-  sigmoid_n(p + 3 * U, len);
-  const T* i = p;
-  const T* f = p + U;
-  const T* gg = p + 2 * U;
-  for (int u = 0; u < len; ++u) {
-    c_new[u] = f[u] * c_in[u] + i[u] * gg[u];
-    tc[u] = c_new[u];
-  }
-  tanh_n(tc, len);
-  const T* o = p + 3 * U;
-  for (int u = 0; u < len; ++u) h_new[u] = o[u] * tc[u];
-}
-
-// The same; a block of one vector per gate (the LSTM blocks of every SIMD target) is done in
-// registers, inlined into the caller's row loop (as a call it spent a third of its time in
-// the prologue of the general path's stack frame). A short last block (len < U) too: only
-// c_in is read with a partial load, p and gx hold U units, and c_new, tc and h_new must
-// have room for U (the lanes past len get finite values nobody reads). In the general
-// path, the 4 units left at H = 100 took a quarter of the forward's gate-math time.
+// h_new = o * tc. A block is one vector per gate (U == Vec<T>::lanes: the LSTM and GRU
+// blocks of every target, seq.simd.cpp checks it), done in registers, inlined into the
+// caller's row loop (as a call it spent a third of its time in the prologue of a general
+// path's stack frame). A short last block (len < U) too: only c_in is read with a partial
+// load, p and gx hold U units, and c_new, tc and h_new must have room for U (the lanes past
+// len get finite values nobody reads). In a scalar path, the 4 units left at H = 100 took
+// a quarter of the forward's gate-math time.
 template <class T>
 FASTRNN_INLINE void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc,
                              T* h_new) {
   using V = simd::Vec<T>;
-  if (U != V::lanes) {
-    lstm_fwd_any(len, U, p, gx, c_in, c_new, tc, h_new);
-    return;
-  }
   const V i = simd::sigmoid(V::load(p) + V::load(gx));
   const V f = simd::sigmoid(V::load(p + U) + V::load(gx + U));
   const V gg = simd::tanh(V::load(p + 2 * U) + V::load(gx + 2 * U));
@@ -108,37 +81,13 @@ FASTRNN_INLINE void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T
   (o * t).store(h_new);
 }
 
-// GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n.
-// hn = W_hn h + b_hn (len), h_new = (1 - z) n + z h (len). Any len <= U.
-template <class T>
-FASTRNN_NOINLINE void gru_fwd_any(int len, int U, T* p, const T* gx, const T* b_hn, const T* h,
-                                  T* hn, T* h_new) {
-  for (int u = 0; u < len; ++u) {
-    p[u] += gx[u];
-    p[U + u] += gx[U + u];
-  }
-  sigmoid_n(p, len);
-  sigmoid_n(p + U, len);
-  T* n = p + 2 * U;
-  for (int u = 0; u < len; ++u) {
-    hn[u] = n[u] + b_hn[u];
-    n[u] = gx[2 * U + u] + p[u] * hn[u];
-  }
-  tanh_n(n, len);
-  const T* z = p + U;
-  for (int u = 0; u < len; ++u) h_new[u] = n[u] + z[u] * (h[u] - n[u]);
-}
-
-// The same; one vector per gate in registers, inlined, a short block too (see lstm_fwd: here
-// h is read with a partial load; b_hn, hn and h_new hold U units).
+// GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n. hn = W_hn h + b_hn,
+// h_new = (1 - z) n + z h. One vector per gate in registers, a short block too, as in
+// lstm_fwd: here h is read with a partial load; b_hn, hn and h_new hold U units.
 template <class T>
 FASTRNN_INLINE void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn,
                             T* h_new) {
   using V = simd::Vec<T>;
-  if (U != V::lanes) {
-    gru_fwd_any(len, U, p, gx, b_hn, h, hn, h_new);
-    return;
-  }
   const V r = simd::sigmoid(V::load(p) + V::load(gx));
   const V z = simd::sigmoid(V::load(p + U) + V::load(gx + U));
   const V hv = V::load(p + 2 * U) + V::load(b_hn);

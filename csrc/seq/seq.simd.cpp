@@ -47,6 +47,12 @@ struct Geo {
   i64 Tc = 1;   // steps per input-projection chunk
 };
 
+// An LSTM/GRU block is one tile vector per gate, and cells::lstm_fwd / gru_fwd do a block
+// in one simd::Vec: the two widths must agree on every target.
+static_assert(tile::lanes<float>() == simd::Vec<float>::lanes &&
+                  tile::lanes<double>() == simd::Vec<double>::lanes,
+              "tile and simd vector widths differ");
+
 template <class T>
 Geo geometry(const SeqDims& d) {
   Geo g;
@@ -200,7 +206,7 @@ struct StepBarrier {
 // join_team also sets the step barrier's count (thread 0, before the barrier that
 // follows the packing).
 struct Owned {
-  i64 b0, b1, j0, j1, bs, n0, n1;
+  i64 b0, b1, j0, j1, bs, js, n0, n1;  // js: the first unit of the shared blocks
   int tid, nth;
 };
 
@@ -214,7 +220,8 @@ inline Owned join_team(StepBarrier& bar, i64 nb, int U, i64 H, i64 N, bool may_s
   const i64 bs = nb - shared;
   const i64 b0 = bs * tid / nth, b1 = bs * (tid + 1) / nth;
   const i64 n0 = N * tid / nth, n1 = N * (tid + 1) / nth;
-  return {b0, b1, std::min(H, b0 * U), std::min(H, b1 * U), bs, n0, n1, tid, nth};
+  const i64 js = std::min(H, bs * U);
+  return {b0, b1, std::min(H, b0 * U), std::min(H, b1 * U), bs, js, n0, n1, tid, nth};
 }
 
 // dst[k*ldd + u] = src[(r0 + u)*K + k] for u < valid, and 0 for valid <= u < U (k < K):
@@ -294,8 +301,8 @@ void forward(const SeqForward<T>& a) {
   const i64 GH = i64{G} * H, GU = g.GU, TcN = g.Tc * N;
   const bool tr = a.training;
   const bool stream = tr && Tn * N * GH * static_cast<i64>(sizeof(T)) >= kStreamTapeBytes;
-  // The tape's row stride (seq.h): training keeps the states in the tape, inference in
-  // (N, H) buffers.
+  // The tape's row stride (seq.h), and so that of the state rows a step reads: training
+  // keeps the states in the tape, inference in (N, H) buffers.
   const i64 Hp = tr ? tape_stride(H, sizeof(T)) : H, GHp = G * Hp;
   const bool lstm = d.cell == Cell::lstm;
   const bool gru = d.cell == Cell::gru;
@@ -317,7 +324,7 @@ void forward(const SeqForward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    const auto [b0, b1, j0, j1, bs, n0, n1, tid, nth] =
+    const auto [b0, b1, j0, j1, bs, js, n0, n1, tid, nth] =
         join_team(bar, g.nb, U, H, N, !gru_before);
     auto barrier = [&bar] { bar.wait(); };
 
@@ -348,7 +355,6 @@ void forward(const SeqForward<T>& a) {
     for (i64 b = bs; b < g.nb; ++b)
       if ((b - bs) % nth == tid) pack(b);
     const i64 t_first = d.reverse ? Tn - 1 : 0;
-    const i64 js = std::min(H, bs * U);  // first unit of the shared blocks
     auto init_state = [&](i64 r0, i64 r1, i64 ja, i64 jb) {
       for (i64 n = r0; n < r1; ++n) {
         const i64 tape_row = (t_first * N + n) * Hp;
@@ -394,7 +400,7 @@ void forward(const SeqForward<T>& a) {
       for (i64 b = bs; b < g.nb; ++b) input_projection(b, t * N + n0, n1 - n0);
       const T* hin = tr ? tp.hprev + t * N * Hp : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
       T* hout = s == Tn - 1 ? a.h_n : (tr ? tp.hprev + tnext * N * Hp : hbuf + (s & 1) * N * H);
-      const i64 ldi = Hp, ldo = s == Tn - 1 ? H : Hp;  // their row strides
+      const i64 ldo = s == Tn - 1 ? H : Hp;  // hout's row stride (hin's is Hp)
 
       if (!gru_before) {
         const int cv = G * g.UB;
@@ -405,14 +411,14 @@ void forward(const SeqForward<T>& a) {
           const i64 jb = b * U;
           // Tape writes cover the padding too: whole vectors, streamable (values unused).
           const int lt = static_cast<int>(std::min<i64>(U, Hp - jb));
-          tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * ldi, ldi, whh + b * H * GU, GU,
+          tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * Hp, Hp, whh + b * H * GU, GU,
                          ghs + (b * N + r0) * GU, GU);
           for (i64 n = r0; n < r1; ++n) {
             const i64 tn = t * N + n;
             T* p = ghs + (b * N + n) * GU;
             const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
             const bool active = !a.lengths || t < a.lengths[n];
-            const T* hi = hin + n * ldi + jb;
+            const T* hi = hin + n * Hp + jb;
             T* ho = hout + n * ldo + jb;
             T* yo = a.y + tn * H + jb;
             const T* hv = p;  // new state values
@@ -459,14 +465,14 @@ void forward(const SeqForward<T>& a) {
           const i64 jb = b * U;
           for (i64 r0 = 0; r0 < N; r0 += mra) {
             const int mr = static_cast<int>(std::min<i64>(mra, N - r0));
-            tile::run<T>(2, mr, H, hin + r0 * ldi, ldi, whh + b * H * GU, GU, tl, GU);
+            tile::run<T>(2, mr, H, hin + r0 * Hp, Hp, whh + b * H * GU, GU, tl, GU);
             for (int r = 0; r < mr; ++r) {
               const i64 n = r0 + r;
               const i64 tn = t * N + n;
               T* p = tl + r * GU;
               cells::gru_rz_fwd(len, U, p, gx + (b * TcN + (t - tlo) * N + n) * GU);
-              const T* hi = hin + n * ldi + jb;
-              for (int u = 0; u < len; ++u) rh[n * ldi + jb + u] = p[u] * hi[u];
+              const T* hi = hin + n * Hp + jb;
+              for (int u = 0; u < len; ++u) rh[n * Hp + jb + u] = p[u] * hi[u];
               T* zd = tr ? tp.gates + tn * GHp + Hp + jb : zb + n * H + jb;
               copy_units(zd, p + U, len);
               if (tr) copy_units(tp.gates + tn * GHp + jb, p, len);
@@ -480,13 +486,13 @@ void forward(const SeqForward<T>& a) {
           const i64 jb = b * U;
           for (i64 r0 = 0; r0 < N; r0 += mrb) {
             const int mr = static_cast<int>(std::min<i64>(mrb, N - r0));
-            tile::run<T>(1, mr, H, rh + r0 * ldi, ldi, whh + b * H * GU + 2 * U, GU, tl, U);
+            tile::run<T>(1, mr, H, rh + r0 * Hp, Hp, whh + b * H * GU + 2 * U, GU, tl, U);
             for (int r = 0; r < mr; ++r) {
               const i64 n = r0 + r;
               const i64 tn = t * N + n;
               T* pn = tl + r * U;
               const T* z = tr ? tp.gates + tn * GHp + Hp + jb : zb + n * H + jb;
-              const T* hi = hin + n * ldi + jb;
+              const T* hi = hin + n * Hp + jb;
               cells::gru_n_fwd(len, pn, gx + (b * TcN + (t - tlo) * N + n) * GU + 2 * U, z, hi,
                                hnew);
               if (tr) copy_units(tp.gates + tn * GHp + 2 * Hp + jb, pn, len);
@@ -556,7 +562,7 @@ void backward(const SeqBackward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    const auto [b0, b1, j0, j1, bs, n0, n1, tid, nth] =
+    const auto [b0, b1, j0, j1, bs, js, n0, n1, tid, nth] =
         join_team(bar, g.nb, U, H, N, !gru_before);
     auto barrier = [&bar] { bar.wait(); };
     // W_hh (G*H x H) packed by runs of up to SB owned blocks ("superblocks", from b0 in
@@ -586,7 +592,7 @@ void backward(const SeqBackward<T>& a) {
         }
     };
     init_grads(0, N, j0, j1);
-    init_grads(n0, n1, std::min(H, bs * U), H);
+    init_grads(n0, n1, js, H);
     omp_barrier();  // publishes bar.count
 
     // What the pointwise step of row tn, units [jb, jb + len) reads from memory: the
