@@ -390,7 +390,7 @@ void register_seq(py::module_& m) {
         const Cell c = parse_cell(cell);
         const Act a = parse_act(nonlinearity);
         py::array xa = py::reinterpret_borrow<py::array>(x);
-        if (is_f64(x) && true) {
+        if (is_f64(x)) {
           if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
           return forward_t<double>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after,
                                    reverse, training, poison);

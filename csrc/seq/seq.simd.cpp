@@ -7,7 +7,9 @@
 // their input projection Gx for a chunk of Tc steps at a time, and per step the
 // recurrent product h_{t-1} W_hh^T on its columns, fused with the gate math on
 // each register tile. One barrier per step (two for GRU with reset before the
-// matmul, whose r must be complete before W_hn (r*h)).
+// matmul, whose r must be complete before W_hn (r*h)). A call with only a few rows in
+// all (T*N small: one step of a stream) skips the packing and reads the weights where
+// they are, as dot products (Geo::direct).
 //
 // Backward: a reverse loop with the same ownership: pointwise step -> dG_t for
 // the owned units, a barrier, then dh_{t-1} = dG_t W_hh on the owned columns.
@@ -45,7 +47,21 @@ struct Geo {
   i64 GU = 0;   // columns per block (G*U)
   i64 GHp = 0;  // padded columns (nb*GU)
   i64 Tc = 1;   // steps per input-projection chunk
+  // Forward without packing: every product reads W_ih and W_hh where they are (row-major)
+  // as dot products (dot_rows). With few rows in all (T*N, direct_rows) packing costs more
+  // than it saves: each weight is used T*N times, and packing reads and writes all of
+  // them. Not for GRU with the reset before the matmul (its own loop below).
+  bool direct = false;
 };
+
+// The most rows (T*N) the forward computes without packing: about (I + H) / 40, between 1
+// and 8. Each dot product ends with a sum across the lanes, whose cost against the K / lanes
+// multiply-adds before it grows as K shrinks. Measured crossover (LSTM, GRU and RNN, 1 and
+// 2 threads, I = H): about 3 rows at H = 64, 5 to 8 at H = 128, 8 at H = 256 and 8 to 16 at
+// H = 512; at one row the direct forward is 1.3x (H = 64) to 3x (H = 512) faster.
+inline i64 direct_rows(const SeqDims& d) {
+  return std::clamp<i64>((d.I + d.H) / 40, 1, 8);
+}
 
 // An LSTM/GRU block is one tile vector per gate, and cells::lstm_fwd / gru_fwd do a block
 // in one simd::Vec: the two widths must agree on every target.
@@ -65,6 +81,8 @@ Geo geometry(const SeqDims& d) {
   // Enough rows per chunk for an efficient input product, bounded by T.
   const i64 rows_wanted = 96;
   g.Tc = std::max<i64>(1, std::min<i64>(d.T, (rows_wanted + d.N - 1) / std::max<i64>(d.N, 1)));
+  const bool gru_before = d.cell == Cell::gru && !d.reset_after;
+  g.direct = !gru_before && d.T <= direct_rows(d) / d.N;  // T*N <= rows, no overflow
   return g;
 }
 
@@ -92,9 +110,10 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   FwdLayout l;
   Carve w;
   const char* wih = "packed weight_ih";
-  l.wih = w.take(checked_mul(checked_mul(g.nb, d.I, wih), g.GU, wih), wih);
+  const i64 packed = g.direct ? 0 : 1;
+  l.wih = w.take(checked_mul(checked_mul(g.nb, d.I * packed, wih), g.GU, wih), wih);
   const char* whh = "packed weight_hh";
-  l.whh = w.take(checked_mul(checked_mul(g.nb, d.H, whh), g.GU, whh), whh);
+  l.whh = w.take(checked_mul(checked_mul(g.nb, d.H * packed, whh), g.GU, whh), whh);
   // [block][row][GU] so a block's rows are contiguous (no 4 KiB strides in L1)
   const char* gx = "input projection";
   l.gx = w.take(checked_mul(checked_mul(g.Tc, d.N, gx), g.GHp, gx), gx);
@@ -235,6 +254,58 @@ void pack_transposed(const T* src, i64 K, i64 r0, int valid, int U, T* dst, i64 
   for (i64 k = 0; k < K; ++k) std::fill(dst + k * ldd + valid, dst + k * ldd + U, T(0));
 }
 
+// out[n*ldo + u] = sum over k of W[(r0 + u)*K + k] * v[n*ldv + k] for n < NR, u < valid,
+// and 0 for valid <= u < U: U rows of a row-major weight matrix against NR rows of x or h,
+// without packing (Geo::direct). Each sum runs lane-wise over k, then across the lanes
+// (simd::reduce_add): one order per (K, target), whatever the thread count. Four weight
+// rows at a time: their loads are the cost (each weight is used NR times), and four
+// independent sums per vector row keep the FMAs from waiting on each other.
+template <class T, int NR>
+void dot_rows_nr(const T* W, i64 K, i64 r0, int valid, int U, const T* v, i64 ldv, T* out,
+                 i64 ldo) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::lanes;
+  const i64 kv = K / L * L;
+  const int kt = static_cast<int>(K - kv);
+  for (int u = 0; u < valid; u += 4) {
+    const int ur = std::min(4, valid - u);
+    const T* w[4];
+    for (int i = 0; i < 4; ++i) w[i] = W + (r0 + u + std::min(i, ur - 1)) * K;
+    V acc[4][NR];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
+    auto fmas = [&](const V* x, auto load) {
+      for (int i = 0; i < 4; ++i) {
+        const V wi = load(w[i]);
+        for (int j = 0; j < NR; ++j) acc[i][j] = simd::fma(wi, x[j], acc[i][j]);
+      }
+    };
+    for (i64 k = 0; k < kv; k += L) {
+      V x[NR];
+      for (int j = 0; j < NR; ++j) x[j] = V::load(v + j * ldv + k);
+      fmas(x, [k](const T* p) { return V::load(p + k); });
+    }
+    if (kt) {
+      V x[NR];
+      for (int j = 0; j < NR; ++j) x[j] = V::load_partial(v + j * ldv + kv, kt);
+      fmas(x, [kv, kt](const T* p) { return V::load_partial(p + kv, kt); });
+    }
+    for (int j = 0; j < NR; ++j)
+      for (int i = 0; i < ur; ++i) out[j * ldo + u + i] = simd::reduce_add(acc[i][j]);
+  }
+  for (int j = 0; j < NR; ++j) std::fill(out + j * ldo + valid, out + j * ldo + U, T(0));
+}
+
+// dot_rows_nr over `rows` rows of v, two at a time (each weight load serves both).
+template <class T>
+void dot_rows(const T* W, i64 K, i64 r0, int valid, int U, const T* v, i64 ldv, i64 rows,
+              T* out, i64 ldo) {
+  i64 n = 0;
+  for (; n + 2 <= rows; n += 2)
+    dot_rows_nr<T, 2>(W, K, r0, valid, U, v + n * ldv, ldv, out + n * ldo, ldo);
+  if (n < rows) dot_rows_nr<T, 1>(W, K, r0, valid, U, v + n * ldv, ldv, out + n * ldo, ldo);
+}
+
 // dst[0:len] = src[0:len]; a whole vector (the usual LSTM/GRU block) is a fixed-size
 // copy the compiler turns into one load and store instead of a library call.
 template <class T>
@@ -334,8 +405,10 @@ void forward(const SeqForward<T>& a) {
       const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
       for (int gt = 0; gt < G; ++gt) {
         const i64 r0 = gt * H + b * U;
-        pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * U, GU);
-        pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * U, GU);
+        if (!g.direct) {
+          pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * U, GU);
+          pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * U, GU);
+        }
         for (int u = 0; u < U; ++u) {
           const bool in = u < valid;
           const i64 row = r0 + u;
@@ -383,7 +456,13 @@ void forward(const SeqForward<T>& a) {
     // added.
     auto input_projection = [&](i64 b, i64 r, i64 rows) {
       T* C = gx + (b * TcN + r - tlo * N) * GU;
-      tile::panel<T>(cvx, rows, I, kc, a.x + r * I, I, wih + b * I * GU, GU, C, GU);
+      if (g.direct) {
+        const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
+        for (int gt = 0; gt < G; ++gt)
+          dot_rows(a.w_ih, I, gt * H + b * U, valid, U, a.x + r * I, I, rows, C + gt * U, GU);
+      } else {
+        tile::panel<T>(cvx, rows, I, kc, a.x + r * I, I, wih + b * I * GU, GU, C, GU);
+      }
       for (i64 q = 0; q < rows; ++q)
         for (i64 c = 0; c < GU; ++c) C[q * GU + c] += bias[b * GU + c];
     };
@@ -411,8 +490,14 @@ void forward(const SeqForward<T>& a) {
           const i64 jb = b * U;
           // Tape writes cover the padding too: whole vectors, streamable (values unused).
           const int lt = static_cast<int>(std::min<i64>(U, Hp - jb));
-          tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * Hp, Hp, whh + b * H * GU, GU,
-                         ghs + (b * N + r0) * GU, GU);
+          if (g.direct) {
+            for (int gt = 0; gt < G; ++gt)
+              dot_rows(a.w_hh, H, gt * H + jb, len, U, hin + r0 * Hp, Hp, r1 - r0,
+                       ghs + (b * N + r0) * GU + gt * U, GU);
+          } else {
+            tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * Hp, Hp, whh + b * H * GU, GU,
+                           ghs + (b * N + r0) * GU, GU);
+          }
           for (i64 n = r0; n < r1; ++n) {
             const i64 tn = t * N + n;
             T* p = ghs + (b * N + n) * GU;

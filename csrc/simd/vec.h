@@ -243,12 +243,30 @@ inline Mask<T> isnan(Vec<T> a) {
   return {a.v != a.v};
 }
 
-// Sum of all lanes (left to right, so the order is fixed per target).
+namespace detail {
+// Sum of the lanes of a vector of `Bytes` bytes: its upper half added to its lower half,
+// down to two lanes. The halves are register extracts (no trip through memory).
+template <class T, int Bytes>
+struct LaneSum {
+  typedef T type __attribute__((vector_size(Bytes)));
+  static T run(type v) {
+    if constexpr (Bytes == 2 * static_cast<int>(sizeof(T))) {
+      return v[0] + v[1];
+    } else {
+      typename LaneSum<T, Bytes / 2>::type lo, hi;
+      std::memcpy(&lo, &v, sizeof lo);
+      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+      return LaneSum<T, Bytes / 2>::run(lo + hi);
+    }
+  }
+};
+}  // namespace detail
+
+// Sum of all lanes, pairwise (upper half onto lower half until one lane is left): a fixed
+// order per target, log2(lanes) adds deep instead of a chain of lanes - 1.
 template <class T>
 inline T reduce_add(Vec<T> a) {
-  T s = a.v[0];
-  for (int i = 1; i < Vec<T>::lanes; ++i) s += a.v[i];
-  return s;
+  return detail::LaneSum<T, static_cast<int>(sizeof(a.v))>::run(a.v);
 }
 
 // ---------------------------------------------------------------------------
