@@ -218,6 +218,46 @@ def test_gradcheck(mode):
     assert torch.autograd.gradcheck(f, (x, *states, *params))
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_parameter_views_follow_every_kind_of_update(grad):
+    """The NumPy views of the parameters are kept between calls (torch.py, _param_arrays):
+    an in-place update, a new ``.data``, a dtype change, other tensors through
+    ``functional_call`` and a loaded state_dict must each show in the very next call."""
+    fast, ref = make_pair("lstm", num_layers=2, bidirectional=True)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+
+    def check():
+        with torch.set_grad_enabled(grad):
+            assert_outputs_match(flat(fast(x)), flat(ref(x)), TOL64)
+
+    check()
+    with torch.no_grad():  # an optimizer step
+        for p, q in zip(fast.parameters(), ref.parameters()):
+            p.mul_(0.5).add_(0.1)
+            q.mul_(0.5).add_(0.1)
+    check()
+    for p, q in zip(fast.parameters(), ref.parameters()):  # new storage, same Parameter
+        new = torch.randn_like(p)
+        p.data, q.data = new, new.clone()
+    check()
+    state = {k: torch.randn_like(v) for k, v in fast.state_dict().items()}
+    fast.load_state_dict(state)
+    ref.load_state_dict(state)
+    check()
+    fast.float()
+    ref.float()
+    x = x.float()
+    with torch.set_grad_enabled(grad):
+        assert_outputs_match(flat(fast(x)), flat(ref(x)), {"rtol": 1e-5, "atol": 1e-6})
+    other = {k: torch.randn_like(v) for k, v in fast.named_parameters()}
+    with torch.set_grad_enabled(grad):
+        got = flat(torch.func.functional_call(fast, other, (x,)))
+        want = flat(torch.func.functional_call(ref, other, (x,)))
+        assert_outputs_match(got, want, {"rtol": 1e-5, "atol": 1e-6})
+        # and back to the module's own parameters
+        assert_outputs_match(flat(fast(x)), flat(ref(x)), {"rtol": 1e-5, "atol": 1e-6})
+
+
 def test_gradcheck_packed():
     fast, _ = make_pair("lstm", input_size=2, hidden_size=2, bidirectional=True)
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
@@ -350,7 +390,7 @@ def test_inference_paths(ctx):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_no_grad_parity_float64(mode, cfg):
     # Without autograd the layers run straight through the kernel binding (torch.py,
-    # _native_inference), without the stack's Python-side checks: same results.
+    # _native_stack), without the stack's Python-side checks: same results.
     fast, ref = make_pair(mode, **cfg)
     t, n = 5, 4
     shape = (n, t, 4) if cfg.get("batch_first") else (t, n, 4)

@@ -46,12 +46,11 @@ C++ kernels, or ``"reference"``, the NumPy oracle used by the tests).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import sys
 import warnings
-from collections.abc import Iterator
+import weakref
 from typing import Any
 
 try:
@@ -98,27 +97,54 @@ def _reset_fallback_warnings() -> None:
     _WARNED.clear()
 
 
-@contextlib.contextmanager
-def _thread_scope() -> Iterator[None]:
-    """Run fastrnn with torch.get_num_threads() threads for the duration of a call."""
-    if not _FOLLOW_TORCH_THREADS:
-        yield
-        return
-    want = max(1, int(torch.get_num_threads()))
-    before = fastrnn.get_num_threads()
-    if want == before:
-        yield
-        return
-    fastrnn.set_num_threads(want)
-    try:
-        yield
-    finally:
-        fastrnn.set_num_threads(before)
+class _ThreadScope:
+    """``with _ThreadScope():`` runs fastrnn with torch.get_num_threads() threads for the
+    duration of a call. (A plain class: the generator-based context manager it replaces
+    took ~2 us per call, a tenth of the module's own time at T = N = 1.)"""
+
+    __slots__ = ("before",)
+
+    def __enter__(self) -> None:
+        self.before = None
+        if not _FOLLOW_TORCH_THREADS:
+            return
+        want = max(1, int(torch.get_num_threads()))
+        before = fastrnn.get_num_threads()
+        if want != before:
+            fastrnn.set_num_threads(want)
+            self.before = before
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before is not None:
+            fastrnn.set_num_threads(self.before)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
     return t.detach().contiguous().numpy()
+
+
+#: module -> (its parameters, their data pointers, name -> NumPy view) at its last call.
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _param_arrays(module: Any, names: list[str], params: tuple[torch.Tensor, ...]) -> dict:
+    """NumPy views of a module's parameters (name -> array), kept from its last call while
+    they are the same contiguous tensors, same shapes, at the same addresses: the views
+    see in-place updates (optimizers), and a replaced tensor or ``.data`` makes new ones.
+    (Making the views took ~1 us per parameter per call.)"""
+    hit = _VIEWS.get(module)
+    if hit is not None:
+        old, ptrs, arrays = hit
+        if len(old) == len(params) and all(
+            p is q and p.data_ptr() == ptr and p.is_contiguous() and p.shape == a.shape
+            for p, q, ptr, a in zip(params, old, ptrs, arrays.values())
+        ):
+            return arrays
+    arrays = {name: _np(p) for name, p in zip(names, params)}
+    if all(p.is_contiguous() for p in params):
+        _VIEWS[module] = (params, tuple(p.data_ptr() for p in params), arrays)
+    return arrays
 
 
 def _tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -162,12 +188,14 @@ class _Config:
         "names",
         "nonlinearity",
         "num_layers",
+        "owner",
         "seed",
         "vf_mode",
     )
 
     def __init__(self, module: torch.nn.RNNBase, lengths: np.ndarray | None) -> None:
         vf_mode = module.mode
+        self.owner = module  # the module whose parameters these are (_param_arrays)
         self.vf_mode = vf_mode
         self.mode = {"LSTM": "lstm", "GRU": "gru"}.get(vf_mode, "rnn")
         self.nonlinearity = "relu" if vf_mode == "RNN_RELU" else "tanh"
@@ -206,14 +234,14 @@ def _run_stack(
     x_np = _np(x)
     h_np = None if h0 is None else _np(h0)
     c_np = None if c0 is None else _np(c0)
-    p_np = {name: _np(p) for name, p in zip(cfg.names, params)}
-    if _BACKEND == "native" and not training and not cfg.dropout_active:
-        with _thread_scope():
-            y, states = _native_inference(cfg, x_np, h_np, c_np, p_np)
-        return [_tensor(a, x.dtype) for a in (y, *states)], None
+    p_np = _param_arrays(cfg.owner, cfg.names, params)
+    if _BACKEND == "native" and not cfg.dropout_active:
+        with _ThreadScope():
+            y, states, tape = _native_stack(cfg, x_np, h_np, c_np, p_np, training)
+        return [_tensor(a, x.dtype) for a in (y, *states)], tape
     state: Any = None if h_np is None else ((h_np, c_np) if lstm else h_np)
     rng = np.random.default_rng(cfg.seed) if cfg.seed is not None else None
-    with _thread_scope():
+    with _ThreadScope():
         y, state_n, tape = _stack.stack_forward(
             cfg.mode,
             x_np,
@@ -239,17 +267,26 @@ def _run_stack(
     return outs, tape
 
 
-def _native_inference(
+class _NativeStackTape(list):
+    """What ``_native_stack`` keeps for ``_native_stack_backward``: per layer, per
+    direction, the kernel's tape (``_core.seq_forward``'s dict)."""
+
+
+def _native_stack(
     cfg: _Config,
     x: np.ndarray,
     h0: np.ndarray | None,
     c0: np.ndarray | None,
     params: dict[str, np.ndarray],
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``_stack.stack_forward`` without a tape: the native kernel layer by layer, without
+    training: bool,
+) -> tuple[np.ndarray, list[np.ndarray], _NativeStackTape | None]:
+    """``_stack.stack_forward`` without dropout: the native kernel layer by layer, without
     the Python-side argument checks (torch.nn's ``check_forward_args`` has checked x and
     the states, the parameters are the module's, and the kernel's binding checks every
-    array again). A quarter of a T = N = 1 call was those checks. Returns (y, [h_n(, c_n)]).
+    array again). Those checks and the layers of wrappers around them were a quarter of a
+    T = N = 1 inference call and a third of a training step. The tapes keep x and the
+    weights as given: ``_StackFunction`` saves those tensors, so PyTorch raises if they
+    change before the backward. Returns (y, [h_n(, c_n)], tape or None).
     """
     from fastrnn import _core
     from fastrnn._stack import _stack_rows
@@ -258,13 +295,14 @@ def _native_inference(
     L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
     zeros = np.zeros((x.shape[1], H), x.dtype) if h0 is None or (lstm and c0 is None) else None
     hs, cs = [], []
+    tape = _NativeStackTape() if training else None
     inp = x
     for k in range(L):
-        outs = []
+        outs, tapes = [], []
         for d in range(D):
             sfx = f"l{k}" + ("_reverse" if d else "")
             row = k * D + d
-            y, h_n, c_n, _ = _core.seq_forward(
+            y, h_n, c_n, t = _core.seq_forward(
                 cfg.mode,
                 inp,
                 zeros if h0 is None else h0[row],
@@ -277,14 +315,71 @@ def _native_inference(
                 cfg.nonlinearity,
                 True,  # reset_after: PyTorch's GRU
                 bool(d),  # reverse
-                False,  # training
+                training,
                 False,  # poison
             )
             outs.append(y)
+            tapes.append(t)
             hs.append(h_n)
             cs.append(c_n)
+        if tape is not None:
+            tape.append(tapes)
         inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-    return inp, [_stack_rows(hs), _stack_rows(cs)] if lstm else [_stack_rows(hs)]
+    states = [_stack_rows(hs), _stack_rows(cs)] if lstm else [_stack_rows(hs)]
+    return inp, states, tape
+
+
+def _native_stack_backward(
+    cfg: _Config,
+    tape: _NativeStackTape,
+    dy: np.ndarray | None,
+    dh_n: np.ndarray | None,
+    dc_n: np.ndarray | None,
+) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+    """BPTT through ``_native_stack``'s layers (``_stack.stack_backward`` for that tape).
+
+    dy (T, N, D*H) or None, dh_n / dc_n (L*D, N, H) or None (zeros). Returns (dx,
+    [dh_0(, dc_0)], name -> gradient); every array is new.
+    """
+    from fastrnn import _core
+
+    lstm = cfg.mode == "lstm"
+    L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
+    dh0: list[Any] = [None] * (L * D)
+    dc0: list[Any] = [None] * (L * D)
+    grads: dict[str, np.ndarray] = {}
+    dout = dy
+    for k in reversed(range(L)):
+        dinp = None
+        for d in range(D):
+            row = k * D + d
+            dy_d = dout
+            if dout is not None and D == 2:
+                dy_d = np.ascontiguousarray(dout[..., d * H : (d + 1) * H])
+            g = _core.seq_backward(
+                cfg.mode,
+                tape[k][d],
+                cfg.nonlinearity,
+                True,  # reset_after
+                bool(d),  # reverse
+                dy_d,
+                None if dh_n is None else dh_n[row],
+                None if dc_n is None else dc_n[row],
+                False,  # poison
+            )
+            dh0[row] = g["h0"]
+            dc0[row] = g.get("c0")
+            if dinp is None:
+                dinp = g["x"]
+            else:
+                dinp += g["x"]  # both new arrays from the kernel
+            sfx = f"l{k}" + ("_reverse" if d else "")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                if g[name] is not None:
+                    grads[f"{name}_{sfx}"] = g[name]
+        dout = dinp
+    states = [np.stack(dh0), np.stack(dc0)] if lstm else [np.stack(dh0)]
+    return dout, states, grads
 
 
 def _torch_stack(
@@ -354,6 +449,8 @@ class _StackFunction(torch.autograd.Function):
         cfg: _Config = ctx.cfg
         if torch.is_grad_enabled():
             return (None, *_double_backward(cfg, x, h0, c0, params, dy, dh, dc))
+        if isinstance(ctx.tape, _NativeStackTape):
+            return _native_backward(ctx, dy, dh, dc)
         if dh is None and dc is None:
             dstate: Any = None
         elif not ctx.has_c:
@@ -364,7 +461,7 @@ class _StackFunction(torch.autograd.Function):
                 _np(dc) if dc is not None else np.zeros(tuple(c0.shape), _np(c0).dtype),
             )
         dy_np = None if dy is None else _np(dy)
-        with _thread_scope():
+        with _ThreadScope():
             from fastrnn import _stack
 
             dx, dstate0, grads = _stack.stack_backward(ctx.tape, dy_np, dstate)
@@ -372,9 +469,38 @@ class _StackFunction(torch.autograd.Function):
         dstates = [dstate0[0], dstate0[1]] if ctx.has_c else [dstate0, None]
         wanted = [dx, *dstates, *(grads[name] for name in cfg.names)]
         wanted = [a if need[1 + k] else None for k, a in enumerate(wanted)]
+        if _BACKEND == "native":
+            # New arrays from the kernels and stack_backward, as in _run_stack: no alias
+            # checks (~20 us of a T = N = 1 training step).
+            return (None, *(None if a is None else _tensor(a, x.dtype) for a in wanted))
         avoid = [dy_np, *(dstate if isinstance(dstate, tuple) else (dstate,))]
         gx, gh, gc, *gp = _tensors(wanted, x.dtype, avoid)
         return (None, gx, gh, gc, *gp)
+
+
+def _native_backward(ctx: Any, dy: Any, dh: Any, dc: Any) -> tuple:
+    """``_StackFunction.backward`` for a ``_native_stack`` tape."""
+    x = ctx.saved_tensors[0]
+    with _ThreadScope():
+        dx, dstates, grads = _native_stack_backward(
+            ctx.cfg,
+            ctx.tape,
+            None if dy is None else _np(dy),
+            None if dh is None else _np(dh),
+            None if dc is None else _np(dc),
+        )
+    need = ctx.needs_input_grad
+    if not ctx.has_c:
+        dstates = [dstates[0], None]
+    wanted = [dx, *dstates, *(grads.get(name) for name in ctx.cfg.names)]
+    # All new arrays (as in _run_stack): no alias checks.
+    return (
+        None,
+        *(
+            None if a is None or not need[1 + k] else _tensor(a, x.dtype)
+            for k, a in enumerate(wanted)
+        ),
+    )
 
 
 def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
