@@ -1,4 +1,5 @@
-"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` on the CPU.
+"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` on the CPU
+(and for their cells ``RNNCell``, ``LSTMCell``, ``GRUCell``: one step each).
 
 ``fastrnn.torch.RNN``, ``LSTM`` and ``GRU`` subclass their ``torch.nn`` counterparts: the
 constructor arguments, parameter names, shapes and registration order, ``state_dict`` keys,
@@ -64,8 +65,20 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 import numpy as np
 
 import fastrnn
+from fastrnn import _core, _native, _stack
+from fastrnn._stack import _stack_rows
 
-__all__ = ["GRU", "LSTM", "RNN", "FastRNNFallbackWarning", "convert", "revert"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "FastRNNFallbackWarning",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "convert",
+    "revert",
+]
 
 #: Backend used by fastrnn.torch (internal): "native" or "reference".
 _BACKEND: str = "native"
@@ -193,6 +206,13 @@ class _Config:
         "vf_mode",
     )
 
+    def params_of(self, cell: Any) -> tuple[torch.Tensor, ...]:
+        """A cell's parameters in ``names`` order (from ``_parameters``: no __getattr__)."""
+        p = cell._parameters
+        if self.bias:
+            return (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+        return (p["weight_ih"], p["weight_hh"])
+
     def __init__(self, module: torch.nn.RNNBase, lengths: np.ndarray | None) -> None:
         vf_mode = module.mode
         self.owner = module  # the module whose parameters these are (_param_arrays)
@@ -216,6 +236,34 @@ class _Config:
         )
 
 
+#: cell -> its _Config (made once: the fields are fixed at construction).
+_CELL_CONFIGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cell_config(module: torch.nn.RNNCellBase) -> _Config:
+    """The _Config of a cell: a one-layer, one-direction stack run for one step."""
+    cfg = _CELL_CONFIGS.get(module)
+    if cfg is not None and cfg.nonlinearity == getattr(module, "nonlinearity", "tanh"):
+        return cfg
+    cfg = object.__new__(_Config)
+    if isinstance(module, torch.nn.LSTMCell):
+        cfg.vf_mode, cfg.mode, cfg.nonlinearity = "LSTM", "lstm", "tanh"
+    elif isinstance(module, torch.nn.GRUCell):
+        cfg.vf_mode, cfg.mode, cfg.nonlinearity = "GRU", "gru", "tanh"
+    else:
+        cfg.nonlinearity = module.nonlinearity
+        cfg.vf_mode, cfg.mode = f"RNN_{cfg.nonlinearity.upper()}", "rnn"
+    cfg.owner = module
+    cfg.num_layers, cfg.hidden_size, cfg.bidirectional = 1, int(module.hidden_size), False
+    cfg.bias = bool(module.bias)
+    cfg.names = ["weight_ih_l0", "weight_hh_l0"]
+    if cfg.bias:
+        cfg.names += ["bias_ih_l0", "bias_hh_l0"]
+    cfg.lengths, cfg.dropout, cfg.dropout_active, cfg.seed = None, 0.0, False, None
+    _CELL_CONFIGS[module] = cfg
+    return cfg
+
+
 def _run_stack(
     cfg: _Config,
     x: torch.Tensor,
@@ -228,8 +276,6 @@ def _run_stack(
 
     ``h0`` None (and for LSTM ``c0`` None) means zero initial states.
     """
-    from fastrnn import _stack
-
     lstm = cfg.mode == "lstm"
     x_np = _np(x)
     h_np = None if h0 is None else _np(h0)
@@ -288,8 +334,6 @@ def _native_stack(
     weights as given: ``_StackFunction`` saves those tensors, so PyTorch raises if they
     change before the backward. Returns (y, [h_n(, c_n)], tape or None).
     """
-    from fastrnn import _core
-    from fastrnn._stack import _stack_rows
 
     lstm = cfg.mode == "lstm"
     L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
@@ -341,8 +385,6 @@ def _native_stack_backward(
     dy (T, N, D*H) or None, dh_n / dc_n (L*D, N, H) or None (zeros). Returns (dx,
     [dh_0(, dc_0)], name -> gradient); every array is new.
     """
-    from fastrnn import _core
-
     lstm = cfg.mode == "lstm"
     L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
     dh0: list[Any] = [None] * (L * D)
@@ -428,8 +470,6 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, *params):  # type: ignore[override]
-        from fastrnn import _native
-
         # x and the parameters are saved below: PyTorch raises if they change before
         # backward, so the tape needs no private copies of them.
         with _native._tape_shares_inputs():
@@ -462,8 +502,6 @@ class _StackFunction(torch.autograd.Function):
             )
         dy_np = None if dy is None else _np(dy)
         with _ThreadScope():
-            from fastrnn import _stack
-
             dx, dstate0, grads = _stack.stack_backward(ctx.tape, dy_np, dstate)
         need = ctx.needs_input_grad
         dstates = [dstate0[0], dstate0[1]] if ctx.has_c else [dstate0, None]
@@ -530,14 +568,19 @@ def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
     return full
 
 
-def _fallback_reason(module: torch.nn.RNNBase, data: torch.Tensor, hx: Any) -> str | None:
-    """Why fastrnn cannot serve this call, or None when it can."""
-    tensors = [w for w in module._flat_weights if w is not None]
-    tensors += [t for t in (hx if isinstance(hx, (tuple, list)) else (hx,)) if t is not None]
+def _fallback_reason(module: Any, data: torch.Tensor, hx: Any, weights: Any = None) -> str | None:
+    """Why fastrnn cannot serve this call, or None when it can. ``weights``: the module's
+    parameters (default: a sequence module's ``_flat_weights``)."""
+    if weights is None:
+        weights = module._flat_weights
     # is_cpu: a tenth of the cost of device.type (this runs on every call)
-    if not data.is_cpu or any(isinstance(t, torch.Tensor) and not t.is_cpu for t in tensors):
+    on_cpu = data.is_cpu and all(w is None or w.is_cpu for w in weights)
+    if on_cpu and hx is not None:
+        states = hx if isinstance(hx, (tuple, list)) else (hx,)
+        on_cpu = all(not isinstance(t, torch.Tensor) or t.is_cpu for t in states)
+    if not on_cpu:
         return "tensors not on the CPU"
-    if module.proj_size > 0:
+    if getattr(module, "proj_size", 0) > 0:
         return "proj_size > 0"
     if data.dtype not in _SUPPORTED_DTYPES:
         return f"dtype {data.dtype}"
@@ -599,14 +642,14 @@ class _FastRNNMixin:
             _warn_fallback(reason)
             return parent.forward(self, input, hx)
         if "torch._dynamo" in sys.modules:  # torch.compile in use: never trace fastrnn's path
-            return _forward_outside_compile()(module, input, hx)
+            return _outside_compile(_forward)(module, input, hx)
         return _forward(module, input, hx)
 
 
 @functools.cache
-def _forward_outside_compile() -> Any:
-    """``_forward`` hidden from torch.compile's tracer (a graph break: it runs eagerly)."""
-    return torch.compiler.disable(_forward, recursive=True)
+def _outside_compile(fn: Any) -> Any:
+    """``fn`` hidden from torch.compile's tracer (a graph break: it runs eagerly)."""
+    return torch.compiler.disable(fn, recursive=True)
 
 
 def _forward(module: Any, input: Any, hx: Any) -> Any:
@@ -712,6 +755,116 @@ def _forward(module: Any, input: Any, hx: Any) -> Any:
     return y, hidden
 
 
+class _FastCellMixin(_FastRNNMixin):
+    """The forward shared by the cell drop-ins: one step of the sequence engine.
+
+    A cell is called once per step (decoding, streaming), so its per-call Python cost is
+    most of its time: parameters come from ``_parameters`` (not ``nn.Module.__getattr__``),
+    the config is made once per module, and without autograd the step goes straight from
+    NumPy views to the kernel (``_cell_step``).
+    """
+
+    def forward(self, input: torch.Tensor, hx: Any = None) -> Any:
+        """``h' = cell(input, h)`` (LSTMCell: ``h', c' = cell(input, (h, c))``), as torch.nn."""
+        if "torch._dynamo" in sys.modules:  # torch.compile in use: never trace fastrnn's path
+            return _outside_compile(_cell_call)(self, input, hx)
+        return _cell_call(self, input, hx)
+
+
+def _cell_call(module: Any, input: Any, hx: Any) -> Any:
+    """A cell's forward: PyTorch's for what fastrnn does not serve, else ``_cell_forward``.
+    (Hidden from torch.compile as a whole: Dynamo would otherwise trace the checks and then
+    PyTorch's cell.)"""
+    parent = _PARENT[type(module)]
+    if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2) or input.numel() == 0:
+        return parent.forward(module, input, hx)  # PyTorch returns or raises its own error
+    cfg = _cell_config(module)
+    lstm = cfg.mode == "lstm"
+    if hx is None:
+        states: tuple = ()
+    elif lstm and isinstance(hx, (tuple, list)):
+        states = tuple(hx)
+    else:
+        states = (hx,)  # for LSTMCell the wrong count: PyTorch raises below
+    want = (*input.shape[:-1], module.hidden_size)
+    params = cfg.params_of(module)
+    if (
+        input.shape[-1] != module.input_size
+        or input.dtype != params[0].dtype
+        or len(states) not in (0, 2 if lstm else 1)
+        or any(
+            not isinstance(s, torch.Tensor) or s.shape != want or s.dtype != input.dtype
+            for s in states
+        )
+    ):
+        return parent.forward(module, input, hx)  # PyTorch's own checks and errors
+    reason = _fallback_reason(module, input, states, params)
+    if reason is not None:
+        _warn_fallback(reason)
+        return parent.forward(module, input, hx)
+    return _cell_forward(module, cfg, params, input, states)
+
+
+def _cell_forward(module: Any, cfg: _Config, params: tuple, input: torch.Tensor, states: tuple):
+    """One step through the sequence engine: x (1, N, I), states (1, N, H)."""
+    batched = input.dim() == 2
+    n = input.shape[0] if batched else 1
+    H = cfg.hidden_size
+    lstm = cfg.mode == "lstm"
+    shape = (n, H) if batched else (H,)
+    grad = torch.is_grad_enabled() and (
+        input.requires_grad
+        or any(s.requires_grad for s in states)
+        or any(p.requires_grad for p in params)
+    )
+    if not grad and _BACKEND == "native":
+        h, c = _cell_step(cfg, params, _np(input).reshape(1, n, -1), states, n)
+        h = torch.from_numpy(h.reshape(shape))  # new arrays from the kernel
+        return (h, torch.from_numpy(c.reshape(shape))) if lstm else h
+    x = input.reshape(1, n, module.input_size)
+    h0 = c0 = None
+    if states:
+        h0 = states[0].reshape(1, n, H)
+        c0 = states[1].reshape(1, n, H) if lstm else None
+    if grad:
+        if h0 is None:
+            h0 = x.new_zeros((1, n, H))
+            c0 = x.new_zeros((1, n, H)) if lstm else None
+        outs = _StackFunction.apply(cfg, x, h0, c0, *params)
+    else:
+        outs, _ = _run_stack(cfg, x, h0, c0, params, training=False)
+    h = outs[1].reshape(shape)
+    return (h, outs[2].reshape(shape)) if lstm else h
+
+
+def _cell_step(cfg: _Config, params: tuple, x: np.ndarray, states: tuple, n: int):
+    """The native kernel for one step without autograd: x (1, n, I) -> (h', c' or None),
+    new (n, H) arrays."""
+    p = _param_arrays(cfg.owner, cfg.names, params)
+    H = cfg.hidden_size
+    zeros = None if len(states) == (2 if cfg.mode == "lstm" else 1) else np.zeros((n, H), x.dtype)
+    h0 = _np(states[0]).reshape(n, H) if states else zeros
+    c0 = (_np(states[1]).reshape(n, H) if states else zeros) if cfg.mode == "lstm" else None
+    with _ThreadScope():
+        _, h, c, _ = _core.seq_forward(
+            cfg.mode,
+            x,
+            h0,
+            c0,
+            p["weight_ih_l0"],
+            p["weight_hh_l0"],
+            p.get("bias_ih_l0"),
+            p.get("bias_hh_l0"),
+            None,  # lengths
+            cfg.nonlinearity,
+            True,  # reset_after: PyTorch's GRU
+            False,  # reverse
+            False,  # training
+            False,  # poison
+        )
+    return h, c
+
+
 class RNN(_FastRNNMixin, torch.nn.RNN):
     """Drop-in ``torch.nn.RNN`` (Elman RNN, tanh or relu) running fastrnn on the CPU.
 
@@ -736,8 +889,33 @@ class GRU(_FastRNNMixin, torch.nn.GRU):
     """
 
 
-_PARENT: dict[type, type] = {RNN: torch.nn.RNN, LSTM: torch.nn.LSTM, GRU: torch.nn.GRU}
-_TO_FAST: dict[type, type] = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+class RNNCell(_FastCellMixin, torch.nn.RNNCell):
+    """Drop-in ``torch.nn.RNNCell`` (tanh or relu) running fastrnn on the CPU: one step,
+    ``h' = cell(input, h=None)``, input (N, I) or (I,). Same constructor, parameters and
+    state_dict as ``torch.nn.RNNCell``."""
+
+
+class LSTMCell(_FastCellMixin, torch.nn.LSTMCell):
+    """Drop-in ``torch.nn.LSTMCell`` running fastrnn on the CPU: one step,
+    ``h', c' = cell(input, (h, c))``, input (N, I) or (I,). Same constructor, parameters
+    and state_dict as ``torch.nn.LSTMCell``."""
+
+
+class GRUCell(_FastCellMixin, torch.nn.GRUCell):
+    """Drop-in ``torch.nn.GRUCell`` running fastrnn on the CPU: one step,
+    ``h' = cell(input, h=None)``, input (N, I) or (I,). Same constructor, parameters and
+    state_dict as ``torch.nn.GRUCell``."""
+
+
+_PARENT: dict[type, type] = {
+    RNN: torch.nn.RNN,
+    LSTM: torch.nn.LSTM,
+    GRU: torch.nn.GRU,
+    RNNCell: torch.nn.RNNCell,
+    LSTMCell: torch.nn.LSTMCell,
+    GRUCell: torch.nn.GRUCell,
+}
+_TO_FAST: dict[type, type] = {v: k for k, v in _PARENT.items()}
 _TO_TORCH: dict[type, type] = {v: k for k, v in _TO_FAST.items()}
 
 
@@ -750,7 +928,8 @@ def _swap_classes(model: torch.nn.Module, table: dict[type, type]) -> torch.nn.M
 
 
 def convert(model: torch.nn.Module, inplace: bool = True) -> torch.nn.Module:
-    """Make every ``torch.nn.RNN``/``LSTM``/``GRU`` in ``model`` (recursively) a fastrnn one.
+    """Make every ``torch.nn.RNN``/``LSTM``/``GRU`` (and ``*Cell``) in ``model`` (recursively)
+    a fastrnn one.
 
     The modules keep their parameters (the very same ``Parameter`` objects, so an existing
     optimizer keeps working), buffers, hooks and training mode: only the class changes.
