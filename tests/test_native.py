@@ -127,11 +127,18 @@ def test_streamed_tape_matches_reference(kind, variant, dtype, isa, threads, rng
     _check_case(kind, variant, (64, 48, 5, 100), dtype, rng, True, False, True)
 
 
-# (T, N, I, H) with few rows in all (T*N at most (I + H) / 40, at most 8): the forward
-# reads the weights unpacked, as dot products (seq.simd.cpp, Geo::direct). Several blocks
-# of units (two threads split them), K not a multiple of the vector width, one row and
-# pairs of rows, more than one step; the last size has one row too many (packed).
-DIRECT_SIZES = [(1, 1, 37, 130), (3, 1, 203, 130), (1, 3, 201, 99), (2, 4, 251, 70)]
+# (T, N, I, H) with few rows in all (T*N at most (I + H) / 40, at most 8): forward and
+# backward read the weights unpacked (seq.simd.cpp, Geo::direct: dot products forward,
+# axpy_rows backward). Several blocks of units (two threads split them; with N = 8 one
+# block is shared by rows), K not a multiple of the vector width, one row and pairs of
+# rows, more than one step; PACKED_SIZE has one row too many (packed).
+DIRECT_SIZES = [
+    (1, 1, 37, 130),
+    (3, 1, 203, 130),
+    (1, 3, 201, 99),
+    (2, 4, 251, 70),
+    (1, 8, 331, 70),
+]
 PACKED_SIZE = (3, 3, 251, 70)
 
 
@@ -148,7 +155,13 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
     # (GRU with the reset before the matmul always packs, in its own loop: the same sizes
     # check that path; _packs_weights sizes the reset-after workspace.)
     assert _packs_weights(kind, PACKED_SIZE)
-    flags = [(True, False, False), (True, True, True), (False, False, True), (True, True, True)]
+    flags = [
+        (True, False, False),
+        (True, True, True),
+        (False, False, True),
+        (True, True, True),
+        (True, False, True),
+    ]
     for size, (bias, reverse, with_lengths) in zip(DIRECT_SIZES, flags):
         assert not _packs_weights(kind, size), size
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
@@ -156,11 +169,13 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
 
 
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("shape", [(5, 6, 7, 130), (4, 10, 5, 100), (2, 3, 201, 130)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(5, 6, 7, 130), (4, 10, 5, 100), (2, 3, 201, 130), (1, 8, 331, 70)], ids=str
+)
 def test_thread_count_is_bitwise_invisible(kind, variant, shape, isa, rng):
     # An odd number of hidden-unit blocks makes 2 (and with N = 10, 3) threads split the
     # left-over block by rows (seq.simd.cpp, join_team): that must not change a bit either.
-    # (2, 3, 201, 130) reads the weights unpacked (DIRECT_SIZES).
+    # (2, 3, 201, 130) and (1, 8, 331, 70) read the weights unpacked (DIRECT_SIZES).
     T, N, I, H = shape
     case = random_case(kind, T, N, I, H, np.float32, rng)
     up = random_upstream(kind, T, N, H, np.float32, rng)

@@ -12,7 +12,8 @@
 // they are, as dot products (Geo::direct).
 //
 // Backward: a reverse loop with the same ownership: pointwise step -> dG_t for
-// the owned units, a barrier, then dh_{t-1} = dG_t W_hh on the owned columns.
+// the owned units, a barrier, then dh_{t-1} = dG_t W_hh on the owned columns (a few rows:
+// from W_hh unpacked, as is dx = dG W_ih).
 // After the loop, the weight and input gradients are big GEMMs over all T*N
 // rows. No sum is ever split by thread, so any thread count gives the same bits.
 #include <algorithm>
@@ -138,7 +139,8 @@ BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
   Carve w;
   const i64 GH = checked_mul(g.G, d.H, "gate columns");
   const i64 TN = checked_mul(d.T, d.N, "time steps x batch");
-  l.wbk = w.take(checked_mul(checked_mul(g.nb, GH, "packed weight_hh"), g.U, "packed weight_hh"),
+  const i64 packed = g.direct ? 0 : g.nb;  // the direct backward reads W_hh unpacked
+  l.wbk = w.take(checked_mul(checked_mul(packed, GH, "packed weight_hh"), g.U, "packed weight_hh"),
                  "packed weight_hh");
   l.dg = w.take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
   l.dhn =
@@ -304,6 +306,60 @@ void dot_rows(const T* W, i64 K, i64 r0, int valid, int U, const T* v, i64 ldv, 
   for (; n + 2 <= rows; n += 2)
     dot_rows_nr<T, 2>(W, K, r0, valid, U, v + n * ldv, ldv, out + n * ldo, ldo);
   if (n < rows) dot_rows_nr<T, 1>(W, K, r0, valid, U, v + n * ldv, ldv, out + n * ldo, ldo);
+}
+
+// out[q*ldo + j] = sum over k < K of c[q*ldc + k] * W[k*ldw + j] (+ out[q*ldo + j] with
+// `accumulate`) for q < rows, j < len: a few rows times a row-major weight matrix, read
+// where it is (Geo::direct's backward: dh = dG W_hh, dx = dG W_ih). Strips of four
+// vectors of columns, rows in pairs (each weight load serves both), each element summed
+// in plain k order whatever the thread count.
+template <class T, int NR>
+void axpy_rows_nr(i64 K, const T* c, i64 ldc, const T* W, i64 ldw, i64 len, T* out, i64 ldo,
+                  bool accumulate) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::lanes;
+  constexpr int CV = 4;
+  for (i64 j = 0; j < len; j += CV * L) {
+    int cnt[CV];
+    for (int v = 0; v < CV; ++v)
+      cnt[v] = static_cast<int>(std::clamp<i64>(len - j - i64{v} * L, 0, L));
+    auto load = [&](const T* p, int v) {
+      return cnt[v] == L ? V::load(p + v * L) : V::load_partial(p + v * L, cnt[v]);
+    };
+    V acc[NR][CV];
+    for (int q = 0; q < NR; ++q)
+      for (int v = 0; v < CV; ++v) acc[q][v] = accumulate ? load(out + q * ldo + j, v) : V::zero();
+    for (i64 k = 0; k < K; ++k) {
+      const T* wk = W + k * ldw + j;
+      V ck[NR];
+      for (int q = 0; q < NR; ++q) ck[q] = V::broadcast(c[q * ldc + k]);
+      for (int v = 0; v < CV; ++v) {
+        const V wv = load(wk, v);
+        for (int q = 0; q < NR; ++q) acc[q][v] = simd::fma(wv, ck[q], acc[q][v]);
+      }
+    }
+    for (int q = 0; q < NR; ++q) {
+      T* o = out + q * ldo + j;
+      for (int v = 0; v < CV; ++v) {
+        if (cnt[v] == L) {
+          acc[q][v].store(o + v * L);
+        } else if (cnt[v] > 0) {
+          acc[q][v].store_partial(o + v * L, cnt[v]);
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void axpy_rows(i64 rows, i64 K, const T* c, i64 ldc, const T* W, i64 ldw, i64 len, T* out,
+               i64 ldo, bool accumulate) {
+  i64 q = 0;
+  for (; q + 2 <= rows; q += 2)
+    axpy_rows_nr<T, 2>(K, c + q * ldc, ldc, W, ldw, len, out + q * ldo, ldo, accumulate);
+  if (q < rows) {
+    axpy_rows_nr<T, 1>(K, c + q * ldc, ldc, W, ldw, len, out + q * ldo, ldo, accumulate);
+  }
 }
 
 // dst[0:len] = src[0:len]; a whole vector (the usual LSTM/GRU block) is a fixed-size
@@ -666,9 +722,11 @@ void backward(const SeqBackward<T>& a) {
         std::fill(dst + in_h, dst + wU, T(0));
       }
     };
-    for (i64 sb = b0; sb < b1; sb += SB) pack(sb, std::min<i64>(SB, b1 - sb));
-    for (i64 b = bs; b < g.nb; ++b)
-      if ((b - bs) % nth == tid) pack(b, 1);
+    if (!g.direct) {  // a few rows: the step products read W_hh where it is
+      for (i64 sb = b0; sb < b1; sb += SB) pack(sb, std::min<i64>(SB, b1 - sb));
+      for (i64 b = bs; b < g.nb; ++b)
+        if ((b - bs) % nth == tid) pack(b, 1);
+    }
     auto init_grads = [&](i64 r0, i64 r1, i64 ja, i64 jb) {
       for (i64 n = r0; n < r1; ++n)
         for (i64 j = ja; j < jb; ++j) {
@@ -775,15 +833,21 @@ void backward(const SeqBackward<T>& a) {
         const i64 len = std::min<i64>(wU, H - jb);
         const int cv = g.UB * w;
         const i64 rows = r1 - r0;
-        const T* B = wbk + sb * GH * U;
+        const T* B = g.direct ? nullptr : wbk + sb * GH * U;
         T* C = dts + sb * N * U + r0 * wU;  // (N, w*U), from row r0
         const T* dGt = dG + (t * N + r0) * GH;
-        if (SB == 1) {  // RNN: one width, the plain tiles
+        if (g.direct) {
+          axpy_rows(rows, K1, dGt, GH, whh + jb, H, len, C, wU, false);
+          if (gru && d.reset_after) {
+            axpy_rows(rows, H, dhn + (t * N + r0) * H, H, whh + 2 * H * H + jb, H, len, C, wU,
+                      true);
+          }
+        } else if (SB == 1) {  // RNN: one width, the plain tiles
           tile::panel<T>(cv, rows, K1, kc, dGt, GH, B, wU, C, wU);
         } else {
           tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, wU, C, wU, false);
         }
-        if (gru && d.reset_after) {
+        if (gru && d.reset_after && !g.direct) {
           tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
                                B + 2 * H * wU, wU, C, wU, true);
         }
@@ -802,7 +866,20 @@ void backward(const SeqBackward<T>& a) {
   // Weight, bias and input gradients over all T*N rows.
   const i64 TN = Tn * N;
   const int th = std::max(1, a.num_threads);
-  gemm<T>(Trans::no, Trans::no, TN, I, GH, T(1), dG, GH, a.w_ih, I, T(0), a.dx, I, th);
+  if (g.direct) {  // dx = dG W_ih without packing W_ih, strips of columns per thread
+    constexpr i64 kStrip = 4 * simd::Vec<T>::lanes;
+    const i64 strips = (I + kStrip - 1) / kStrip;
+    const int nx = static_cast<int>(std::min<i64>(th, std::max<i64>(1, strips / 4)));
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nx) schedule(static) if (nx > 1)
+#endif
+    for (i64 sidx = 0; sidx < strips; ++sidx) {
+      const i64 j = sidx * kStrip;
+      axpy_rows(TN, GH, dG, GH, a.w_ih + j, I, std::min(kStrip, I - j), a.dx + j, I, false);
+    }
+  } else {
+    gemm<T>(Trans::no, Trans::no, TN, I, GH, T(1), dG, GH, a.w_ih, I, T(0), a.dx, I, th);
+  }
   gemm<T>(Trans::yes, Trans::no, GH, I, TN, T(1), dG, GH, a.x, I, T(0), a.dw_ih, I, th);
   if (!gru) {
     gemm<T>(Trans::yes, Trans::no, GH, H, TN, T(1), dG, GH, tp.hprev, Hp, T(0), a.dw_hh, H, th);
