@@ -842,7 +842,8 @@ def _cell_step(cfg: _Config, params: tuple, x: np.ndarray, states: tuple, n: int
     new (n, H) arrays."""
     p = _param_arrays(cfg.owner, cfg.names, params)
     H = cfg.hidden_size
-    zeros = None if len(states) == (2 if cfg.mode == "lstm" else 1) else np.zeros((n, H), x.dtype)
+    # states: () or all of them (checked by _cell_call)
+    zeros = None if states else np.zeros((n, H), x.dtype)
     h0 = _np(states[0]).reshape(n, H) if states else zeros
     c0 = (_np(states[1]).reshape(n, H) if states else zeros) if cfg.mode == "lstm" else None
     with _ThreadScope():
