@@ -11,7 +11,8 @@ fresh, reproducible inputs (see the ``rng`` fixture in ``conftest.py``).
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import numpy as np
 
@@ -185,3 +186,13 @@ VARIANTS = [
     ("gru", {"reset_after": False}),
 ]
 VARIANT_IDS = ["rnn-tanh", "rnn-relu", "rnn-sigmoid", "lstm", "gru", "gru-reset-before"]
+
+
+def call_without_warning(category: type[Warning], fn: Callable[[], Any]) -> Any:
+    """``fn()``, asserting that it warns nothing of ``category`` (even a warning already
+    shown once); returns its result."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out = fn()
+    assert not [w for w in rec if issubclass(w.category, category)]
+    return out

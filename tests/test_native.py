@@ -19,6 +19,7 @@ import fastrnn
 from fastrnn import _native as NAT
 from fastrnn import reference as REF
 from helpers import (
+    GATES,
     VARIANT_IDS,
     VARIANTS,
     assert_allclose_named,
@@ -145,8 +146,7 @@ PACKED_SIZE = (3, 3, 251, 70)
 def _packs_weights(kind, size):
     """Whether the forward's workspace holds packed copies of weight_ih and weight_hh."""
     T, N, I, H = size
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
-    return fastrnn._core.seq_work_elements(kind, T, N, I, H, False) >= gates * H * (I + H)
+    return fastrnn._core.seq_work_elements(kind, T, N, I, H, False) >= GATES[kind] * H * (I + H)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

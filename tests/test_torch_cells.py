@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import itertools
-import warnings
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import fastrnn.torch as ft  # noqa: E402
+from helpers import call_without_warning  # noqa: E402
 
 TOL64 = {"rtol": 1e-9, "atol": 1e-11}
 # float32: one step, sums of I + H <= 40 products of O(1) terms: a few ulps of 6e-8.
@@ -59,11 +59,7 @@ def as_list(out):
 
 
 def no_fallback(fn):
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        out = fn()
-    assert not [w for w in rec if issubclass(w.category, ft.FastRNNFallbackWarning)]
-    return out
+    return call_without_warning(ft.FastRNNFallbackWarning, fn)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

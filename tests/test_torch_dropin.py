@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import fastrnn  # noqa: E402
 import fastrnn.torch as ft  # noqa: E402
+from helpers import call_without_warning  # noqa: E402
 
 BACKEND = "native"
 
@@ -536,11 +537,7 @@ def test_state_dict_round_trip():
 
 
 def _no_fallback_warning(fn):
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        out = fn()
-    assert not [w for w in rec if issubclass(w.category, ft.FastRNNFallbackWarning)]
-    return out
+    return call_without_warning(ft.FastRNNFallbackWarning, fn)
 
 
 def test_fallback_proj_size():
