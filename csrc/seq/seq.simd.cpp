@@ -836,20 +836,24 @@ void backward(const SeqBackward<T>& a) {
         const T* B = g.direct ? nullptr : wbk + sb * GH * U;
         T* C = dts + sb * N * U + r0 * wU;  // (N, w*U), from row r0
         const T* dGt = dG + (t * N + r0) * GH;
+        // GRU reset-after adds dhn_t W_hn (dhn exists only then).
+        const bool with_hn = gru && d.reset_after;
         if (g.direct) {
           axpy_rows(rows, K1, dGt, GH, whh + jb, H, len, C, wU, false);
-          if (gru && d.reset_after) {
+          if (with_hn) {
             axpy_rows(rows, H, dhn + (t * N + r0) * H, H, whh + 2 * H * H + jb, H, len, C, wU,
                       true);
           }
-        } else if (SB == 1) {  // RNN: one width, the plain tiles
-          tile::panel<T>(cv, rows, K1, kc, dGt, GH, B, wU, C, wU);
         } else {
-          tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, wU, C, wU, false);
-        }
-        if (gru && d.reset_after && !g.direct) {
-          tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
-                               B + 2 * H * wU, wU, C, wU, true);
+          if (SB == 1) {  // RNN: one width, the plain tiles
+            tile::panel<T>(cv, rows, K1, kc, dGt, GH, B, wU, C, wU);
+          } else {
+            tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, wU, C, wU, false);
+          }
+          if (with_hn) {
+            tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
+                                 B + 2 * H * wU, wU, C, wU, true);
+          }
         }
         for (i64 q = 0; q < rows; ++q) {
           T* dh = a.dh0 + (r0 + q) * H + jb;
