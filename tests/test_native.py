@@ -132,7 +132,7 @@ def test_streamed_tape_matches_reference(kind, variant, dtype, isa, threads, rng
 # backward read the weights unpacked (seq.simd.cpp, Geo::direct: dot products forward,
 # axpy_rows backward). Several blocks of units (two threads split them; with N = 8 one
 # block is shared by rows), K not a multiple of the vector width, one row and pairs of
-# rows, more than one step; PACKED_SIZE has one row too many (packed).
+# rows, more than one step.
 DIRECT_SIZES = [
     (1, 1, 37, 130),
     (3, 1, 203, 130),
@@ -140,13 +140,25 @@ DIRECT_SIZES = [
     (2, 4, 251, 70),
     (1, 8, 331, 70),
 ]
-PACKED_SIZE = (3, 3, 251, 70)
+# A few more rows (up to 16, or up to 64 when the weights take >= 4 MiB): the forward
+# computes W x^T from the weights unpacked (Geo::thin, transposed_rows). One row more than
+# the direct threshold; a block shared by rows (N = 13, three blocks); two steps (h^T
+# carried between them); 40 rows with 4 MiB of float32 weights (RNN). PACKED_SIZE has 21
+# rows and small weights (packed).
+THIN_SIZES = [
+    (3, 3, 251, 70),
+    (1, 13, 300, 45),
+    (2, 8, 59, 100),
+    (2, 20, 1536, 512),
+]
+PACKED_SIZE = (3, 7, 251, 70)
 
 
-def _packs_weights(kind, size):
+def _packs_weights(kind, size, dtype=np.float32):
     """Whether the forward's workspace holds packed copies of weight_ih and weight_hh."""
     T, N, I, H = size
-    return fastrnn._core.seq_work_elements(kind, T, N, I, H, False) >= GATES[kind] * H * (I + H)
+    f64 = np.dtype(dtype) == np.float64
+    return fastrnn._core.seq_work_elements(kind, T, N, I, H, f64) >= GATES[kind] * H * (I + H)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -154,7 +166,7 @@ def _packs_weights(kind, size):
 def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, rng):
     # (GRU with the reset before the matmul always packs, in its own loop: the same sizes
     # check that path; _packs_weights sizes the reset-after workspace.)
-    assert _packs_weights(kind, PACKED_SIZE)
+    assert _packs_weights(kind, PACKED_SIZE, dtype)
     flags = [
         (True, False, False),
         (True, True, True),
@@ -163,19 +175,25 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
         (True, False, True),
     ]
     for size, (bias, reverse, with_lengths) in zip(DIRECT_SIZES, flags):
-        assert not _packs_weights(kind, size), size
+        assert not _packs_weights(kind, size, dtype), size
+        _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
+    for size, (bias, reverse, with_lengths) in zip(THIN_SIZES, flags[1:]):
+        assert not _packs_weights(kind, size, dtype), size
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
     _check_case(kind, variant, PACKED_SIZE, dtype, rng, True, True, True)
 
 
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize(
-    "shape", [(5, 6, 7, 130), (4, 10, 5, 100), (2, 3, 201, 130), (1, 8, 331, 70)], ids=str
+    "shape",
+    [(5, 6, 7, 130), (4, 10, 5, 100), (2, 3, 201, 130), (1, 8, 331, 70), (1, 13, 300, 45)],
+    ids=str,
 )
 def test_thread_count_is_bitwise_invisible(kind, variant, shape, isa, rng):
     # An odd number of hidden-unit blocks makes 2 (and with N = 10, 3) threads split the
     # left-over block by rows (seq.simd.cpp, join_team): that must not change a bit either.
-    # (2, 3, 201, 130) and (1, 8, 331, 70) read the weights unpacked (DIRECT_SIZES).
+    # (2, 3, 201, 130) and (1, 8, 331, 70) read the weights unpacked (DIRECT_SIZES), as does
+    # (1, 13, 300, 45) transposed (THIN_SIZES), its third block split by rows.
     T, N, I, H = shape
     case = random_case(kind, T, N, I, H, np.float32, rng)
     up = random_upstream(kind, T, N, H, np.float32, rng)

@@ -9,7 +9,8 @@
 // each register tile. One barrier per step (two for GRU with reset before the
 // matmul, whose r must be complete before W_hn (r*h)). A call with only a few rows in
 // all (T*N small: one step of a stream) skips the packing and reads the weights where
-// they are, as dot products (Geo::direct).
+// they are, as dot products (Geo::direct); with a few more rows, as the transposed
+// product W x^T (Geo::thin).
 //
 // Backward: a reverse loop with the same ownership: pointwise step -> dG_t for
 // the owned units, a barrier, then dh_{t-1} = dG_t W_hh on the owned columns (a few rows:
@@ -53,6 +54,12 @@ struct Geo {
   // than it saves: each weight is used T*N times, and packing reads and writes all of
   // them. Not for GRU with the reset before the matmul (its own loop below).
   bool direct = false;
+  // A few more rows (direct_rows < T*N <= kThinRows): no packing either. Each product is
+  // computed transposed, W x^T: the weights' rows as the tile kernel's broadcast operand,
+  // read where they are, against x and h transposed (T*N and N columns, a few KiB, built
+  // once per call and per step) (thin_rows).
+  bool thin = false;
+  bool unpacked() const { return direct || thin; }
 };
 
 // The most rows (T*N) the forward computes without packing: about (I + H) / 40, between 1
@@ -62,6 +69,19 @@ struct Geo {
 // H = 512; at one row the direct forward is 1.3x (H = 64) to 3x (H = 512) faster.
 inline i64 direct_rows(const SeqDims& d) {
   return std::clamp<i64>((d.I + d.H) / 40, 1, 8);
+}
+
+// Whether the forward computes T*N rows without packing, transposed (Geo::thin): up to 16
+// rows, and up to 64 when the weights take 4 MiB or more (packing them then reads them
+// from L3 or memory and writes as much). Measured, one step (T = 1), 2 threads, against
+// packing: LSTM H = 512 1.5-1.65x faster at 16-48 rows, H = 1024 1.7-2.1x at 32-64 rows,
+// H = 256 1.3x at 16 rows; smaller weights at 32-64 rows 0.8-1.1x (packed: the faster
+// tiles of the packed path win back the packing).
+inline bool thin_rows(const SeqDims& d, std::size_t elem) {
+  if (d.T > 64 / d.N) return false;  // T*N > 64, without overflow
+  const double bytes = static_cast<double>(d.gates()) * static_cast<double>(d.H) *
+                       static_cast<double>(d.I + d.H) * static_cast<double>(elem);
+  return d.T * d.N <= 16 || bytes >= 4.0 * (1 << 20);
 }
 
 // An LSTM/GRU block is one tile vector per gate, and cells::lstm_fwd / gru_fwd do a block
@@ -84,8 +104,13 @@ Geo geometry(const SeqDims& d) {
   g.Tc = std::max<i64>(1, std::min<i64>(d.T, (rows_wanted + d.N - 1) / std::max<i64>(d.N, 1)));
   const bool gru_before = d.cell == Cell::gru && !d.reset_after;
   g.direct = !gru_before && d.T <= direct_rows(d) / d.N;  // T*N <= rows, no overflow
+  g.thin = !gru_before && !g.direct && thin_rows(d, sizeof(T));
+  if (g.thin) g.Tc = d.T;  // one input product over all T*N rows
   return g;
 }
+
+constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
+constexpr int kMaxU = 64;
 
 inline i64 round16(i64 n, const char* what) {
   return checked_mul((checked_add(n, 15, what)) / 16, 16, what);
@@ -103,7 +128,8 @@ struct Carve {
 };
 
 struct FwdLayout {
-  i64 wih = 0, whh = 0, gx = 0, gh = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, total = 0;
+  i64 wih = 0, whh = 0, gx = 0, gh = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, xt = 0,
+      ht = 0, ldx = 0, ldh = 0, total = 0;
 };
 
 template <class T>
@@ -111,7 +137,7 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   FwdLayout l;
   Carve w;
   const char* wih = "packed weight_ih";
-  const i64 packed = g.direct ? 0 : 1;
+  const i64 packed = g.unpacked() ? 0 : 1;
   l.wih = w.take(checked_mul(checked_mul(g.nb, d.I * packed, wih), g.GU, wih), wih);
   const char* whh = "packed weight_hh";
   l.whh = w.take(checked_mul(checked_mul(g.nb, d.H * packed, whh), g.GU, whh), whh);
@@ -125,6 +151,18 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   l.hbuf = w.take(checked_mul(2, nh, "state"), "state");
   l.rh = w.take(nh, "state");
   l.zb = w.take(nh, "state");
+  if (g.thin) {
+    // x^T (I, ldx) and two h^T (H, ldh), rows padded to whole vectors, and one vector
+    // more at the end: a tile reads whole vectors, past the last row's used columns.
+    const i64 L = tile::lanes<T>();
+    l.ldx = round16(d.T * d.N, "transposed input");  // T*N <= 64
+    l.ldh = round16(d.N, "transposed state");
+    l.xt = w.take(checked_add(checked_mul(d.I, l.ldx, "transposed input"), L, "transposed input"),
+                  "transposed input");
+    l.ht = w.take(checked_add(checked_mul(2 * d.H, l.ldh, "transposed state"), L,
+                              "transposed state"),
+                  "transposed state");
+  }
   l.total = w.off;
   return l;
 }
@@ -308,6 +346,30 @@ void dot_rows(const T* W, i64 K, i64 r0, int valid, int U, const T* v, i64 ldv, 
   if (n < rows) dot_rows_nr<T, 1>(W, K, r0, valid, U, v + n * ldv, ldv, out + n * ldo, ldo);
 }
 
+// The same product as dot_rows, out[n*ldo + u] = sum over k of W[(r0 + u)*K + k] * v[n][k],
+// from v transposed: vt[k*ldv + n] for n < rows (Geo::thin). The tile kernel takes the
+// weight rows as its broadcast operand and vt as its vector one, so no weight is packed or
+// summed across lanes; each element is summed in plain k order (tile::panel_fixed, one
+// K slice), so the bits do not depend on how the rows are split between threads.
+// Columns of vt are read in whole vectors: up to a vector past `rows` (unused values).
+template <class T>
+void transposed_rows(const T* W, i64 K, i64 r0, int valid, int U, const T* vt, i64 ldv,
+                     i64 rows, T* out, i64 ldo) {
+  constexpr int L = tile::lanes<T>();
+  alignas(64) T tmp[kMaxU * 4 * L];  // valid (<= U) weight rows x up to 4 vectors of rows
+  for (i64 q0 = 0; q0 < rows; q0 += 4 * L) {
+    const i64 nr = std::min<i64>(4 * L, rows - q0);
+    const int cv = static_cast<int>((nr + L - 1) / L);
+    tile::panel_fixed<T>(cv, tile::max_rows(cv), valid, K, K, W + r0 * K, K, vt + q0, ldv, tmp,
+                         i64{cv} * L, false);
+    for (i64 q = 0; q < nr; ++q) {
+      T* o = out + (q0 + q) * ldo;
+      for (int u = 0; u < valid; ++u) o[u] = tmp[u * cv * L + q];
+      std::fill(o + valid, o + U, T(0));
+    }
+  }
+}
+
 // out[q*ldo + j] = sum over k < K of c[q*ldc + k] * W[k*ldw + j] (+ out[q*ldo + j] with
 // `accumulate`) for q < rows, j < len: a few rows times a row-major weight matrix, read
 // where it is (Geo::direct's backward: dh = dG W_hh, dx = dG W_ih). Strips of four
@@ -415,8 +477,6 @@ inline void finish_row(bool active, const T* hv, const T* hi, T* ho, T* yo, i64 
 // smaller one may still be in the caches when the backward reads it.
 constexpr i64 kStreamTapeBytes = i64{1} << 20;
 
-constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
-constexpr int kMaxU = 64;
 
 template <class T>
 void forward(const SeqForward<T>& a) {
@@ -443,6 +503,9 @@ void forward(const SeqForward<T>& a) {
   T* hbuf = a.work + lay.hbuf;
   T* rhb = a.work + lay.rh;
   T* zb = a.work + lay.zb;
+  T* xt = a.work + lay.xt;  // Geo::thin: x^T, and h^T of the current and the next step
+  T* ht = a.work + lay.ht;
+  const i64 ldx = lay.ldx, ldh = lay.ldh;
   const SeqTape<T>& tp = a.tape;
   const int nt = team_size(a.num_threads, g.nb, d);
   StepBarrier bar;
@@ -461,7 +524,7 @@ void forward(const SeqForward<T>& a) {
       const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
       for (int gt = 0; gt < G; ++gt) {
         const i64 r0 = gt * H + b * U;
-        if (!g.direct) {
+        if (!g.unpacked()) {
           pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * U, GU);
           pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * U, GU);
         }
@@ -495,6 +558,12 @@ void forward(const SeqForward<T>& a) {
     };
     init_state(0, N, j0, j1);
     init_state(n0, n1, js, H);
+    if (g.thin) {  // x^T by slices of columns, h0^T by the units (and rows) owned
+      const i64 k0 = I * tid / nth, k1 = I * (tid + 1) / nth;
+      simd::transpose_rect(a.x + k0, I, Tn * N, k1 - k0, xt + k0 * ldx, ldx);
+      simd::transpose_rect(a.h0 + j0, H, N, j1 - j0, ht + j0 * ldh, ldh);
+      simd::transpose_rect(a.h0 + n0 * H + js, H, n1 - n0, H - js, ht + js * ldh + n0, ldh);
+    }
     omp_barrier();
 
     alignas(64) T tl[kMaxTile];
@@ -512,10 +581,16 @@ void forward(const SeqForward<T>& a) {
     // added.
     auto input_projection = [&](i64 b, i64 r, i64 rows) {
       T* C = gx + (b * TcN + r - tlo * N) * GU;
-      if (g.direct) {
+      if (g.unpacked()) {
         const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
-        for (int gt = 0; gt < G; ++gt)
-          dot_rows(a.w_ih, I, gt * H + b * U, valid, U, a.x + r * I, I, rows, C + gt * U, GU);
+        for (int gt = 0; gt < G; ++gt) {
+          if (g.thin) {
+            transposed_rows(a.w_ih, I, gt * H + b * U, valid, U, xt + r, ldx, rows, C + gt * U,
+                            GU);
+          } else {
+            dot_rows(a.w_ih, I, gt * H + b * U, valid, U, a.x + r * I, I, rows, C + gt * U, GU);
+          }
+        }
       } else {
         tile::panel<T>(cvx, rows, I, kc, a.x + r * I, I, wih + b * I * GU, GU, C, GU);
       }
@@ -536,6 +611,8 @@ void forward(const SeqForward<T>& a) {
       const T* hin = tr ? tp.hprev + t * N * Hp : (s == 0 ? a.h0 : hbuf + ((s - 1) & 1) * N * H);
       T* hout = s == Tn - 1 ? a.h_n : (tr ? tp.hprev + tnext * N * Hp : hbuf + (s & 1) * N * H);
       const i64 ldo = s == Tn - 1 ? H : Hp;  // hout's row stride (hin's is Hp)
+      const T* htin = ht + (s & 1) * H * ldh;  // Geo::thin: hin^T, and hout^T if s < T - 1
+      T* htout = g.thin && s + 1 < Tn ? ht + ((s + 1) & 1) * H * ldh : nullptr;
 
       if (!gru_before) {
         const int cv = G * g.UB;
@@ -550,6 +627,10 @@ void forward(const SeqForward<T>& a) {
             for (int gt = 0; gt < G; ++gt)
               dot_rows(a.w_hh, H, gt * H + jb, len, U, hin + r0 * Hp, Hp, r1 - r0,
                        ghs + (b * N + r0) * GU + gt * U, GU);
+          } else if (g.thin) {
+            for (int gt = 0; gt < G; ++gt)
+              transposed_rows(a.w_hh, H, gt * H + jb, len, U, htin + r0, ldh, r1 - r0,
+                              ghs + (b * N + r0) * GU + gt * U, GU);
           } else {
             tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * Hp, Hp, whh + b * H * GU, GU,
                            ghs + (b * N + r0) * GU, GU);
@@ -593,6 +674,10 @@ void forward(const SeqForward<T>& a) {
               hv = hnew;
             }
             finish_row(active, hv, hi, ho, yo, len);
+            if (htout) {
+              const T* hs = active ? hv : hi;
+              for (int u = 0; u < len; ++u) htout[(jb + u) * ldh + n] = hs[u];
+            }
           }
         };
         for (i64 b = b0; b < b1; ++b) step_block(b, 0, N);
