@@ -143,8 +143,9 @@ DIRECT_SIZES = [
 # A few more rows (up to 16, or up to 64 when the weights take >= 4 MiB): the forward
 # computes W x^T from the weights unpacked (Geo::thin, transposed_rows). One row more than
 # the direct threshold; a block shared by rows (N = 13, three blocks); two steps (h^T
-# carried between them); 40 rows with 4 MiB of float32 weights (RNN). PACKED_SIZE has 21
-# rows and small weights (packed).
+# carried between them); 40 rows with 4 MiB of float32 weights (RNN). The backward's tiles
+# read W_hh and W_ih unpacked too (H = 45, 70, 100: a last block past H, copied alone; I =
+# 59, 251, 300: column strips with a tail). PACKED_SIZE has 21 rows and small weights.
 THIN_SIZES = [
     (3, 3, 251, 70),
     (1, 13, 300, 45),

@@ -57,7 +57,8 @@ struct Geo {
   // A few more rows (direct_rows < T*N <= kThinRows): no packing either. Each product is
   // computed transposed, W x^T: the weights' rows as the tile kernel's broadcast operand,
   // read where they are, against x and h transposed (T*N and N columns, a few KiB, built
-  // once per call and per step) (thin_rows).
+  // once per call and per step) (thin_rows). The backward's tiles read W_hh and W_ih
+  // unpacked too.
   bool thin = false;
   bool unpacked() const { return direct || thin; }
 };
@@ -177,7 +178,8 @@ BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
   Carve w;
   const i64 GH = checked_mul(g.G, d.H, "gate columns");
   const i64 TN = checked_mul(d.T, d.N, "time steps x batch");
-  const i64 packed = g.direct ? 0 : g.nb;  // the direct backward reads W_hh unpacked
+  // The direct backward reads W_hh unpacked; the thin one too, bar a last partial block.
+  const i64 packed = g.direct ? 0 : (g.thin ? 1 : g.nb);
   l.wbk = w.take(checked_mul(checked_mul(packed, GH, "packed weight_hh"), g.U, "packed weight_hh"),
                  "packed weight_hh");
   l.dg = w.take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
@@ -807,7 +809,18 @@ void backward(const SeqBackward<T>& a) {
         std::fill(dst + in_h, dst + wU, T(0));
       }
     };
-    if (!g.direct) {  // a few rows: the step products read W_hh where it is
+    // A few rows: the step products read W_hh where it is (Geo::thin: except a last block
+    // reaching past H, whose tiles would read past the rows' ends; its owner copies it).
+    const i64 tail = H % U ? g.nb - 1 : -1;
+    if (g.thin) {
+      if ((tail >= b0 && tail < b1) || (tail >= bs && (tail - bs) % nth == tid)) {
+        for (i64 k = 0; k < GH; ++k) {
+          std::memcpy(wbk + k * U, whh + k * H + tail * U,
+                      sizeof(T) * static_cast<std::size_t>(H - tail * U));
+          std::fill(wbk + k * U + (H - tail * U), wbk + (k + 1) * U, T(0));
+        }
+      }
+    } else if (!g.direct) {
       for (i64 sb = b0; sb < b1; sb += SB) pack(sb, std::min<i64>(SB, b1 - sb));
       for (i64 b = bs; b < g.nb; ++b)
         if ((b - bs) % nth == tid) pack(b, 1);
@@ -918,27 +931,34 @@ void backward(const SeqBackward<T>& a) {
         const i64 len = std::min<i64>(wU, H - jb);
         const int cv = g.UB * w;
         const i64 rows = r1 - r0;
-        const T* B = g.direct ? nullptr : wbk + sb * GH * U;
         T* C = dts + sb * N * U + r0 * wU;  // (N, w*U), from row r0
         const T* dGt = dG + (t * N + r0) * GH;
         // GRU reset-after adds dhn_t W_hn (dhn exists only then).
         const bool with_hn = gru && d.reset_after;
+        // The tiles of cv vectors into C from B (rows ldb apart).
+        auto tiles = [&](int cv, const T* B, i64 ldb, T* Cc) {
+          if (SB == 1) {  // RNN: one width, the plain tiles
+            tile::panel<T>(cv, rows, K1, kc, dGt, GH, B, ldb, Cc, wU);
+          } else {
+            tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, ldb, Cc, wU, false);
+          }
+          if (with_hn) {
+            tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
+                                 B + 2 * H * ldb, ldb, Cc, wU, true);
+          }
+        };
         if (g.direct) {
           axpy_rows(rows, K1, dGt, GH, whh + jb, H, len, C, wU, false);
           if (with_hn) {
             axpy_rows(rows, H, dhn + (t * N + r0) * H, H, whh + 2 * H * H + jb, H, len, C, wU,
                       true);
           }
+        } else if (g.thin) {  // whole blocks from W_hh, the last partial one from its copy
+          const int wf = static_cast<int>(std::min<i64>(w, (H - jb) / U));
+          if (wf > 0) tiles(g.UB * wf, whh + jb, H, C);
+          if (wf < w) tiles(g.UB, wbk, U, C + i64{wf} * U);
         } else {
-          if (SB == 1) {  // RNN: one width, the plain tiles
-            tile::panel<T>(cv, rows, K1, kc, dGt, GH, B, wU, C, wU);
-          } else {
-            tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, wU, C, wU, false);
-          }
-          if (with_hn) {
-            tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
-                                 B + 2 * H * wU, wU, C, wU, true);
-          }
+          tiles(cv, wbk + sb * GH * U, wU, C);
         }
         for (i64 q = 0; q < rows; ++q) {
           T* dh = a.dh0 + (r0 + q) * H + jb;
@@ -965,6 +985,24 @@ void backward(const SeqBackward<T>& a) {
     for (i64 sidx = 0; sidx < strips; ++sidx) {
       const i64 j = sidx * kStrip;
       axpy_rows(TN, GH, dG, GH, a.w_ih + j, I, std::min(kStrip, I - j), a.dx + j, I, false);
+    }
+  } else if (g.thin) {  // the same strips as tiles over W_ih unpacked; the last < L columns
+    constexpr i64 L = tile::lanes<T>();
+    constexpr i64 kStrip = 4 * L;
+    const i64 kcx = std::max<i64>(16, 65536 / (kStrip * static_cast<i64>(sizeof(T))));
+    const i64 strips = (I + kStrip - 1) / kStrip;
+    const int nx = static_cast<int>(std::min<i64>(th, strips));
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nx) schedule(static) if (nx > 1)
+#endif
+    for (i64 sidx = 0; sidx < strips; ++sidx) {
+      const i64 j = sidx * kStrip, wdt = std::min(kStrip, I - j), full = wdt / L * L;
+      if (full > 0) {
+        tile::panel<T>(static_cast<int>(full / L), TN, GH, kcx, dG, GH, a.w_ih + j, I, a.dx + j, I);
+      }
+      if (full < wdt) {
+        axpy_rows(TN, GH, dG, GH, a.w_ih + j + full, I, wdt - full, a.dx + j + full, I, false);
+      }
     }
   } else {
     gemm<T>(Trans::no, Trans::no, TN, I, GH, T(1), dG, GH, a.w_ih, I, T(0), a.dx, I, th);
