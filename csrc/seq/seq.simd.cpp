@@ -54,7 +54,7 @@ struct Geo {
   // than it saves: each weight is used T*N times, and packing reads and writes all of
   // them. Not for GRU with the reset before the matmul (its own loop below).
   bool direct = false;
-  // A few more rows (direct_rows < T*N <= kThinRows): no packing either. Each product is
+  // A few more rows (more than direct_rows, see thin_rows): no packing either. Each product is
   // computed transposed, W x^T: the weights' rows as the tile kernel's broadcast operand,
   // read where they are, against x and h transposed (T*N and N columns, a few KiB, built
   // once per call and per step) (thin_rows). The backward's tiles read W_hh and W_ih
@@ -478,7 +478,6 @@ inline void finish_row(bool active, const T* hv, const T* hi, T* ho, T* yo, i64 
 // Tapes whose gate activations take at least this many bytes are streamed (tape_units); a
 // smaller one may still be in the caches when the backward reads it.
 constexpr i64 kStreamTapeBytes = i64{1} << 20;
-
 
 template <class T>
 void forward(const SeqForward<T>& a) {
