@@ -799,11 +799,13 @@ void backward(const SeqBackward<T>& a) {
     // may alias wbk as far as the compiler knows; LSTM (1,1,512,512) backward 1.55x faster).
     // A shared block is a superblock of its own, packed by one thread (its turn).
     const T* whh = a.w_hh;
-    auto pack = [&](i64 sb, i64 w) {
+    // (Into `to` instead of the superblock's place: Geo::thin's one copied block.)
+    auto pack = [&](i64 sb, i64 w, T* to = nullptr) {
       const i64 wU = w * U;
       const i64 in_h = std::min(wU, H - sb * U);
+      T* const base = to ? to : wbk + sb * GH * U;
       for (i64 k = 0; k < GH; ++k) {
-        T* dst = wbk + sb * GH * U + k * wU;
+        T* dst = base + k * wU;
         std::memcpy(dst, whh + k * H + sb * U, sizeof(T) * static_cast<std::size_t>(in_h));
         std::fill(dst + in_h, dst + wU, T(0));
       }
@@ -813,11 +815,7 @@ void backward(const SeqBackward<T>& a) {
     const i64 tail = H % U ? g.nb - 1 : -1;
     if (g.thin) {
       if ((tail >= b0 && tail < b1) || (tail >= bs && (tail - bs) % nth == tid)) {
-        for (i64 k = 0; k < GH; ++k) {
-          std::memcpy(wbk + k * U, whh + k * H + tail * U,
-                      sizeof(T) * static_cast<std::size_t>(H - tail * U));
-          std::fill(wbk + k * U + (H - tail * U), wbk + (k + 1) * U, T(0));
-        }
+        pack(tail, 1, wbk);
       }
     } else if (!g.direct) {
       for (i64 sb = b0; sb < b1; sb += SB) pack(sb, std::min<i64>(SB, b1 - sb));
@@ -974,28 +972,22 @@ void backward(const SeqBackward<T>& a) {
   // Weight, bias and input gradients over all T*N rows.
   const i64 TN = Tn * N;
   const int th = std::max(1, a.num_threads);
-  if (g.direct) {  // dx = dG W_ih without packing W_ih, strips of columns per thread
-    constexpr i64 kStrip = 4 * simd::Vec<T>::lanes;
-    const i64 strips = (I + kStrip - 1) / kStrip;
-    const int nx = static_cast<int>(std::min<i64>(th, std::max<i64>(1, strips / 4)));
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(nx) schedule(static) if (nx > 1)
-#endif
-    for (i64 sidx = 0; sidx < strips; ++sidx) {
-      const i64 j = sidx * kStrip;
-      axpy_rows(TN, GH, dG, GH, a.w_ih + j, I, std::min(kStrip, I - j), a.dx + j, I, false);
-    }
-  } else if (g.thin) {  // the same strips as tiles over W_ih unpacked; the last < L columns
+  if (g.unpacked()) {
+    // dx = dG W_ih without packing W_ih, strips of four vectors of columns per thread: the
+    // direct backward's by axpy_rows (rows in pairs; a thread per four strips), the thin
+    // one's as tiles over the strip's whole vectors, the last < L columns by axpy_rows.
     constexpr i64 L = tile::lanes<T>();
     constexpr i64 kStrip = 4 * L;
     const i64 kcx = std::max<i64>(16, 65536 / (kStrip * static_cast<i64>(sizeof(T))));
     const i64 strips = (I + kStrip - 1) / kStrip;
-    const int nx = static_cast<int>(std::min<i64>(th, strips));
+    const int nx =
+        static_cast<int>(std::min<i64>(th, g.direct ? std::max<i64>(1, strips / 4) : strips));
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(nx) schedule(static) if (nx > 1)
 #endif
     for (i64 sidx = 0; sidx < strips; ++sidx) {
-      const i64 j = sidx * kStrip, wdt = std::min(kStrip, I - j), full = wdt / L * L;
+      const i64 j = sidx * kStrip, wdt = std::min(kStrip, I - j);
+      const i64 full = g.thin ? wdt / L * L : 0;
       if (full > 0) {
         tile::panel<T>(static_cast<int>(full / L), TN, GH, kcx, dG, GH, a.w_ih + j, I, a.dx + j, I);
       }
