@@ -291,16 +291,32 @@ def test_non_contiguous_inputs_are_copied(rng):
     np.testing.assert_array_equal(c1, c0)
 
 
-def test_tape_is_independent_of_later_edits(rng):
-    case = random_case("gru", 3, 2, 4, 5, np.float64, rng)
-    up = random_upstream("gru", 3, 2, 5, np.float64, rng)
-    _, _, tape = NAT.gru(**case, training=True)
-    g0 = NAT.gru_backward(tape, up["dy"], up["dh_n"])
-    case["weight_hh"] *= 2.0
-    case["x"][:] = 0.0
-    g1 = NAT.gru_backward(tape, up["dy"], up["dh_n"])
-    for key in g0:
-        np.testing.assert_array_equal(g1[key], g0[key])
+@pytest.mark.parametrize(
+    "kind,size",
+    # the second: weights of more than 1 MiB, whose copies the kernel streams past the caches
+    [("gru", (3, 2, 4, 5)), ("lstm", (2, 3, 290, 300))],
+)
+def test_tape_is_independent_of_later_edits(kind, size, rng):
+    T, N, I, H = size
+    case = random_case(kind, T, N, I, H, np.float64, rng)
+    up = random_upstream(kind, T, N, H, np.float64, rng)
+    ref_tape = split_output(kind, getattr(REF, kind)(**case, training=True))[2]
+    want = _backward(REF, kind, ref_tape, up)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)  # each thread copies its share
+        tape = split_output(kind, getattr(NAT, kind)(**case, training=True, _poison=True))[2]
+        g0 = _backward(NAT, kind, tape, up)
+        case["weight_hh"] *= 2.0
+        case["weight_ih"][::2] = np.nan
+        case["x"][:] = 0.0
+        g1 = _backward(NAT, kind, tape, up)
+    finally:
+        fastrnn.set_num_threads(before)
+    for key in want:
+        if want[key] is not None:
+            np.testing.assert_array_equal(g1[key], g0[key])
+            np.testing.assert_allclose(g0[key], want[key], **TOL64)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

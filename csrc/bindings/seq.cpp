@@ -151,7 +151,8 @@ template <class T>
 py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
                     const py::object& c0_o, const py::object& wih_o, const py::object& whh_o,
                     const py::object& bih_o, const py::object& bhh_o, const py::object& len_o,
-                    Act act, bool reset_after, bool reverse, bool training, bool poison_out) {
+                    Act act, bool reset_after, bool reverse, bool training, bool copy_inputs,
+                    bool poison_out) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
   SeqDims d = dims_of(cell, act, reset_after, reverse, x0);
   const i64 G = d.gates();
@@ -202,6 +203,14 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     }
     if (cell == Cell::gru) aux = pooled_array<T>({Tn, N, Hp});
   }
+  // The tape's own x and weights (written by the kernel), or the caller's arrays.
+  const bool copies = training && copy_inputs;
+  py::array_t<T, py::array::c_style> xk = x, wihk = wih, whhk = whh;
+  if (copies) {
+    xk = pooled_array<T>({Tn, N, I});
+    wihk = pooled_array<T>({GH, I});
+    whhk = pooled_array<T>({GH, H});
+  }
   PoolBuffer<T> ws(work);
   const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
   const bool has_bih = !bih_o.is_none(), has_bhh = !bhh_o.is_none(), has_len = !len_o.is_none();
@@ -215,6 +224,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
       if (lstm) poison(cprev), poison(tc);
       if (gru) poison(aux);
     }
+    if (copies) poison(xk), poison(wihk), poison(whhk);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
 
@@ -239,6 +249,11 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     a.tape.tc = lstm ? tc.mutable_data() : nullptr;
     a.tape.aux = gru ? aux.mutable_data() : nullptr;
   }
+  if (copies) {
+    a.x_copy = xk.mutable_data();
+    a.w_ih_copy = wihk.mutable_data();
+    a.w_hh_copy = whhk.mutable_data();
+  }
   a.work = ws.data();
   a.work_size = work;
   a.num_threads = get_num_threads();
@@ -253,9 +268,9 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     if (lstm) tape["cprev"] = cprev;
     if (lstm) tape["tc"] = tc;
     if (gru) tape["aux"] = aux;
-    tape["x"] = x;
-    tape["weight_ih"] = wih;
-    tape["weight_hh"] = whh;
+    tape["x"] = xk;
+    tape["weight_ih"] = wihk;
+    tape["weight_hh"] = whhk;
     tape["has_bias_ih"] = has_bih;
     tape["has_bias_hh"] = has_bhh;
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
@@ -386,24 +401,25 @@ void register_seq(py::module_& m) {
       [](const std::string& cell, const py::object& x, const py::object& h0, const py::object& c0,
          const py::object& wih, const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& lengths, const std::string& nonlinearity, bool reset_after, bool reverse,
-         bool training, bool poison) {
+         bool training, bool copy_inputs, bool poison) {
         const Cell c = parse_cell(cell);
         const Act a = parse_act(nonlinearity);
         py::array xa = py::reinterpret_borrow<py::array>(x);
         if (is_f64(x)) {
           if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
           return forward_t<double>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after,
-                                   reverse, training, poison);
+                                   reverse, training, copy_inputs, poison);
         }
         if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
         return forward_t<float>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after, reverse,
-                                training, poison);
+                                training, copy_inputs, poison);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"),
       py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("lengths"),
       py::arg("nonlinearity"), py::arg("reset_after"), py::arg("reverse"), py::arg("training"),
-      py::arg("poison") = false,
-      "One layer, one direction over a whole sequence. Returns (y, h_n, c_n|None, tape|None).");
+      py::arg("copy_inputs") = false, py::arg("poison") = false,
+      "One layer, one direction over a whole sequence. Returns (y, h_n, c_n|None, tape|None); "
+      "with training and copy_inputs the tape keeps its own copies of x and the weights.");
   m.def(
       "seq_backward",
       [](const std::string& cell, const py::dict& tape, const std::string& nonlinearity,

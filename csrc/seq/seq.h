@@ -76,6 +76,12 @@ struct SeqForward {
   T* c_n = nullptr;                       // (N,H) out, LSTM only
   bool training = false;
   SeqTape<T> tape;    // written when training
+  // Training, where not null: copies of x, w_ih and w_hh (same shapes) for the backward,
+  // which the caller's arrays may no longer match by then. Written by the kernel's threads
+  // in parallel, past the caches.
+  T* x_copy = nullptr;
+  T* w_ih_copy = nullptr;
+  T* w_hh_copy = nullptr;
   T* work = nullptr;  // forward_work(d) elements, 64-byte aligned
   std::int64_t work_size = 0;
   int num_threads = 1;

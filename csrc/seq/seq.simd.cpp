@@ -479,6 +479,28 @@ inline void finish_row(bool active, const T* hv, const T* hi, T* ho, T* yo, i64 
 // smaller one may still be in the caches when the backward reads it.
 constexpr i64 kStreamTapeBytes = i64{1} << 20;
 
+// This thread's share of dst[0:n) = src[0:n) (slices split at whole 64-byte lines): the
+// training copies of x and the weights (seq.h), which only the backward reads. From
+// kStreamTapeBytes on, stored past the caches where dst is vector-aligned (GRU
+// (1,1,768,512) training 1.24x faster, LSTM (1,1,1024,1024) 1.13x; LSTM (10,8,256,256)
+// the same either way).
+template <class T>
+void copy_share(T* dst, const T* src, i64 n, int tid, int nth) {
+  using V = simd::Vec<T>;
+  constexpr i64 L = V::lanes;
+  constexpr i64 line = 64 / static_cast<i64>(sizeof(T));
+  const i64 i0 = n * tid / nth / line * line;
+  const i64 i1 = tid + 1 == nth ? n : n * (tid + 1) / nth / line * line;
+  i64 i = i0;
+  if (n * static_cast<i64>(sizeof(T)) >= kStreamTapeBytes) {
+    for (; i < i1 && reinterpret_cast<std::uintptr_t>(dst + i) % sizeof(V) != 0; ++i) {
+      dst[i] = src[i];
+    }
+    for (; i + L <= i1; i += L) V::load(src + i).stream(dst + i);
+  }
+  if (i < i1) std::memcpy(dst + i, src + i, sizeof(T) * static_cast<std::size_t>(i1 - i));
+}
+
 template <class T>
 void forward(const SeqForward<T>& a) {
   const SeqDims& d = a.d;
@@ -518,6 +540,11 @@ void forward(const SeqForward<T>& a) {
     const auto [b0, b1, j0, j1, bs, js, n0, n1, tid, nth] =
         join_team(bar, g.nb, U, H, N, !gru_before);
     auto barrier = [&bar] { bar.wait(); };
+    if (a.x_copy) {  // training: the backward's copies (seq.h)
+      copy_share(a.x_copy, a.x, Tn * N * I, tid, nth);
+      copy_share(a.w_ih_copy, a.w_ih, GH * I, tid, nth);
+      copy_share(a.w_hh_copy, a.w_hh, GH * H, tid, nth);
+    }
 
     // Pack this thread's blocks and its turn of the shared ones:
     // [b][k][gate*U + u] = W[gate*H + b*U + u][k].

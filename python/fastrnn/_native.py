@@ -19,7 +19,6 @@ import numpy as np
 
 from fastrnn import _core
 from fastrnn import reference as _ref
-from fastrnn._runtime import _empty
 
 __all__ = ["NativeTape", "gru", "gru_backward", "lstm", "lstm_backward", "rnn", "rnn_backward"]
 
@@ -69,14 +68,6 @@ def _tape_shares_inputs() -> Iterator[None]:
         _local.share = before
 
 
-def _private_copy(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``a`` in a buffer of the cache when large: the tape's copies
-    of x and the weights are made afresh on every training step."""
-    out = _empty(a.shape, a.dtype)
-    np.copyto(out, a)
-    return out
-
-
 def _forward(
     kind: str,
     x: Any,
@@ -104,17 +95,13 @@ def _forward(
         c_n = None if inp.c0 is None else np.array(inp.c0, copy=True)
         data = None
     else:
-        xs, wih, whh = inp.x, inp.weight_ih, inp.weight_hh
-        if training and not getattr(_local, "share", False):
-            # the tape must not see later in-place edits by the caller
-            xs, wih, whh = (_private_copy(a) for a in (xs, wih, whh))
         y, h_n, c_n, data = _core.seq_forward(
             kind,
-            xs,
+            inp.x,
             inp.h0,
             inp.c0,
-            wih,
-            whh,
+            inp.weight_ih,
+            inp.weight_hh,
             inp.bias_ih,
             inp.bias_hh,
             inp.lengths,
@@ -122,6 +109,9 @@ def _forward(
             reset_after,
             reverse,
             training,
+            # the tape must not see later in-place edits by the caller: it keeps the
+            # kernel's own copies of x and the weights
+            training and not getattr(_local, "share", False),
             poison,
         )
     if training:

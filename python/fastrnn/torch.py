@@ -360,6 +360,7 @@ def _native_stack(
                 True,  # reset_after: PyTorch's GRU
                 bool(d),  # reverse
                 training,
+                False,  # copy_inputs: autograd's version counters guard the saved tensors
                 False,  # poison
             )
             outs.append(y)
@@ -861,6 +862,7 @@ def _cell_step(cfg: _Config, params: tuple, x: np.ndarray, states: tuple, n: int
             True,  # reset_after: PyTorch's GRU
             False,  # reverse
             False,  # training
+            False,  # copy_inputs
             False,  # poison
         )
     return h, c
