@@ -327,7 +327,10 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
 
   auto dx = pooled_array<T>({Tn, N, I});
-  py::array_t<T, py::array::c_style> dh0({N, H}), dc0, dwih({GH, I}), dwhh({GH, H}), dbih, dbhh;
+  // The weight gradients from the cache too: 64-byte aligned (the kernel may stream them).
+  auto dwih = pooled_array<T>({GH, I});
+  auto dwhh = pooled_array<T>({GH, H});
+  py::array_t<T, py::array::c_style> dh0({N, H}), dc0, dbih, dbhh;
   if (cell == Cell::lstm) dc0 = py::array_t<T, py::array::c_style>({N, H});
   if (has_bih) dbih = py::array_t<T, py::array::c_style>({GH});
   if (has_bhh) dbhh = py::array_t<T, py::array::c_style>({GH});
