@@ -32,7 +32,16 @@ from helpers import (
 # (T, N, I, H): a spread of odd sizes (H = 1, 3, 17, 100, 130; N = 1, 5, 33; T = 1, 7;
 # I != H) rather than the full product. H = 100 and 130 are several SIMD blocks on every
 # target, so two threads really split the units; H = 1 and 3 are a partial block.
-SIZES = [(7, 5, 4, 17), (1, 1, 3, 1), (7, 1, 2, 3), (4, 33, 9, 100), (3, 5, 6, 130)]
+# (6, 9, 400, 20): fewer blocks than threads (one for RNN), yet enough work (the input
+# projection) for two threads: they split the blocks' rows (seq.simd.cpp, team_size).
+SIZES = [
+    (7, 5, 4, 17),
+    (1, 1, 3, 1),
+    (7, 1, 2, 3),
+    (4, 33, 9, 100),
+    (3, 5, 6, 130),
+    (6, 9, 400, 20),
+]
 
 # float64: native and reference do the same operations in another order (blocked sums,
 # FMA) and the activations have <= 3 ulp error, so results agree to a few ulps of O(1)
@@ -110,7 +119,9 @@ def test_matches_reference(kind, variant, dtype, isa, threads, rng):
         (True, True, False),
         (True, False, True),
         (False, False, False),
+        (True, True, True),
     ]
+    assert len(flags) == len(SIZES)
     for size, (bias, reverse, with_lengths) in zip(SIZES, flags):
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
 
@@ -206,14 +217,22 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize(
     "shape",
-    [(5, 6, 7, 130), (4, 10, 5, 100), (2, 3, 201, 130), (1, 8, 331, 70), (1, 13, 300, 45)],
+    [
+        (5, 6, 7, 130),
+        (4, 10, 5, 100),
+        (2, 3, 201, 130),
+        (1, 8, 331, 70),
+        (1, 13, 300, 45),
+        (6, 9, 400, 20),
+    ],
     ids=str,
 )
 def test_thread_count_is_bitwise_invisible(kind, variant, shape, isa, rng):
     # An odd number of hidden-unit blocks makes 2 (and with N = 10, 3) threads split the
     # left-over block by rows (seq.simd.cpp, join_team): that must not change a bit either.
     # (2, 3, 201, 130) and (1, 8, 331, 70) read the weights unpacked (DIRECT_SIZES), as does
-    # (1, 13, 300, 45) transposed (THIN_SIZES), its third block split by rows.
+    # (1, 13, 300, 45) transposed (THIN_SIZES), its third block split by rows. (6, 9, 400,
+    # 20) has fewer blocks than threads: all of them split by rows.
     T, N, I, H = shape
     case = random_case(kind, T, N, I, H, np.float32, rng)
     up = random_upstream(kind, T, N, H, np.float32, rng)
