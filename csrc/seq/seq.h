@@ -78,7 +78,7 @@ struct SeqForward {
   SeqTape<T> tape;    // written when training
   // Training, where not null: copies of x, w_ih and w_hh (same shapes) for the backward,
   // which the caller's arrays may no longer match by then. Written by the kernel's threads
-  // in parallel, past the caches.
+  // in parallel (past the caches from 1 MiB on).
   T* x_copy = nullptr;
   T* w_ih_copy = nullptr;
   T* w_hh_copy = nullptr;

@@ -805,6 +805,8 @@ void col_sums(i64 rows, i64 cols, const T* m, i64 ld, T* out, int threads) {
   }
 }
 
+constexpr i64 kMaxSmallK = 64;  // Geo::unpacked: T*N <= 64
+
 // C (M x len, ldc) = A^T B for A (K x M, lda) and B (K x len, ldb) with few rows K: the
 // weight gradients of a call of at most 64 rows in all (Geo::unpacked), whose cost is
 // writing C rather than the K multiply-adds per element. Chunks of kRows rows of A^T are
@@ -815,8 +817,6 @@ void col_sums(i64 rows, i64 cols, const T* m, i64 ld, T* out, int threads) {
 // 1.66x faster, LSTM (1,1,1024,1024) 1.2x, (1,16,512,512) 1.07x, (1,48,1024,1024) 1.09x.
 // Each element is summed in plain k order and the chunks do not depend on the thread
 // count, so neither do the bits.
-constexpr i64 kMaxSmallK = 64;  // Geo::unpacked: T*N <= 64
-
 template <class T>
 void small_k_product(i64 M, i64 len, i64 K, const T* A, i64 lda, const T* B, i64 ldb, T* C,
                      i64 ldc, int threads) {
