@@ -497,26 +497,33 @@ constexpr i64 kStreamTapeBytes = i64{1} << 20;
 // streamed to memory.
 constexpr i64 kStreamGradBytes = i64{4} << 20;
 
-// This thread's share of dst[0:n) = src[0:n) (slices split at whole 64-byte lines): the
-// training copies of x and the weights (seq.h), which only the backward reads. From
-// kStreamTapeBytes on, stored past the caches where dst is vector-aligned (GRU
-// (1,1,768,512) training 1.24x faster, LSTM (1,1,1024,1024) 1.13x; LSTM (10,8,256,256)
-// the same either way).
+// dst[0:n) = src[0:n) with the whole vectors from dst's first vector-aligned element on
+// stored past the caches (simd::Vec::stream), the elements before and after them plainly.
+// Call simd::stream_fence() before another thread reads dst.
 template <class T>
-void copy_share(T* dst, const T* src, i64 n, int tid, int nth) {
+void stream_copy(T* dst, const T* src, i64 n) {
   using V = simd::Vec<T>;
   constexpr i64 L = V::lanes;
+  i64 i = 0;
+  for (; i < n && reinterpret_cast<std::uintptr_t>(dst + i) % sizeof(V) != 0; ++i) dst[i] = src[i];
+  for (; i + L <= n; i += L) V::load(src + i).stream(dst + i);
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// This thread's share of dst[0:n) = src[0:n) (slices split at whole 64-byte lines): the
+// training copies of x and the weights (seq.h), which only the backward reads. From
+// kStreamTapeBytes on, stored past the caches (GRU (1,1,768,512) training 1.24x faster,
+// LSTM (1,1,1024,1024) 1.13x; LSTM (10,8,256,256) the same either way).
+template <class T>
+void copy_share(T* dst, const T* src, i64 n, int tid, int nth) {
   constexpr i64 line = 64 / static_cast<i64>(sizeof(T));
   const i64 i0 = n * tid / nth / line * line;
   const i64 i1 = tid + 1 == nth ? n : n * (tid + 1) / nth / line * line;
-  i64 i = i0;
   if (n * static_cast<i64>(sizeof(T)) >= kStreamTapeBytes) {
-    for (; i < i1 && reinterpret_cast<std::uintptr_t>(dst + i) % sizeof(V) != 0; ++i) {
-      dst[i] = src[i];
-    }
-    for (; i + L <= i1; i += L) V::load(src + i).stream(dst + i);
+    stream_copy(dst + i0, src + i0, i1 - i0);
+  } else if (i0 < i1) {
+    std::memcpy(dst + i0, src + i0, sizeof(T) * static_cast<std::size_t>(i1 - i0));
   }
-  if (i < i1) std::memcpy(dst + i, src + i, sizeof(T) * static_cast<std::size_t>(i1 - i));
 }
 
 template <class T>
@@ -820,7 +827,6 @@ constexpr i64 kMaxSmallK = 64;  // Geo::unpacked: T*N <= 64
 template <class T>
 void small_k_product(i64 M, i64 len, i64 K, const T* A, i64 lda, const T* B, i64 ldb, T* C,
                      i64 ldc, int threads) {
-  using V = simd::Vec<T>;
   constexpr i64 L = tile::lanes<T>();
   constexpr i64 kRows = 48, kCols = 4 * L;
   const i64 chunks = (M + kRows - 1) / kRows;
@@ -839,16 +845,7 @@ void small_k_product(i64 M, i64 len, i64 K, const T* A, i64 lda, const T* B, i64
         tile::panel<T>(static_cast<int>(full / L), mc, K, K, at, K, B + j, ldb, st, kCols);
       }
       if (full < w) axpy_rows(mc, K, at, K, B + j + full, ldb, w - full, st + full, kCols, false);
-      for (i64 m = 0; m < mc; ++m) {
-        T* c = C + (m0 + m) * ldc + j;
-        const T* src = st + m * kCols;
-        i64 u = 0;
-        for (; u < w && reinterpret_cast<std::uintptr_t>(c + u) % sizeof(V) != 0; ++u) {
-          c[u] = src[u];
-        }
-        for (; u + L <= w; u += L) V::load(src + u).stream(c + u);
-        for (; u < w; ++u) c[u] = src[u];
-      }
+      for (i64 m = 0; m < mc; ++m) stream_copy(C + (m0 + m) * ldc + j, st + m * kCols, w);
     }
     simd::stream_fence();
   }
