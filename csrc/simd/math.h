@@ -401,15 +401,6 @@ template <class T>
 inline void sigmoid_fast_array(const T* in, T* out, std::int64_t n) {
   map(in, out, n, [](Vec<T> v) { return sigmoid_fast(v); });
 }
-// In place over a segment x[0..n), e.g. one gate block of a cell.
-template <class T>
-inline void tanh_inplace(T* x, std::int64_t n) {
-  tanh_array(x, x, n);
-}
-template <class T>
-inline void sigmoid_inplace(T* x, std::int64_t n) {
-  sigmoid_array(x, x, n);
-}
 
 }  // namespace simd
 FASTRNN_TARGET_NS_END
