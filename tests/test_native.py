@@ -197,6 +197,20 @@ def test_streamed_weight_gradients_match_reference(kind, variant, dtype, isa, th
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    ("kind", "variant"), [v for v, _ in ONE_RNN_VARIANT], ids=[i for _, i in ONE_RNN_VARIANT]
+)
+def test_long_weight_gradients_match_reference(kind, variant, dtype, isa, threads, rng):
+    # More than 256 rows in all: the weight gradients' GEMM sums k in several blocks
+    # (gemm.simd.cpp, KC = 256), over more gate rows than one block of A holds. weight_ih's
+    # and weight_hh's share each packed block of dG^T (gemm_shared_a) when both fit in one
+    # B block side by side: I + H = 82 here; 280 at the second size, past float64's 256
+    # columns on AVX-512, so there two separate GEMMs.
+    for size, with_lengths in (((5, 61, 37, 45), False), ((3, 90, 150, 130), True)):
+        _check_case(kind, variant, size, dtype, rng, True, with_lengths, with_lengths)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
 def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, rng):
     # (GRU with the reset before the matmul always packs, in its own loop: the same sizes

@@ -28,6 +28,15 @@ struct Epilogue {
   void* ctx = nullptr;
 };
 
+// One right-hand side of gemm_shared_a: C (m x n, ldc) from B (k x n, ldb, not transposed).
+template <class T>
+struct GemmRhs {
+  const T* b;
+  std::int64_t ldb, n;
+  T* c;
+  std::int64_t ldc;
+};
+
 // Function table for code compiled once (bindings, benchmarks).
 template <class T>
 struct GemmFns {
@@ -80,6 +89,12 @@ FASTRNN_DECLARE_TARGET_TABLE(GemmTable, gemm_table)
   void gemm_packed(Trans ta, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, \
                    std::int64_t lda, const T* packed_b, std::int64_t j0, std::int64_t j1, T beta, \
                    T* c, std::int64_t ldc, int num_threads, const Epilogue<T>* epilogue);         \
+  /* C_r = alpha*op(A)*B_r + beta*C_r for r < count, each packed block of A used for every */    \
+  /* B_r before the next is packed (the backward's dW_ih = dG^T X and dW_hh = dG^T H share */   \
+  /* A = dG^T). Each element is summed in gemm()'s order: the same bits as count gemm calls. */   \
+  template <class T>                                                                              \
+  void gemm_shared_a(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a,              \
+                     std::int64_t lda, const GemmRhs<T>* rhs, int count, T beta, int num_threads); \
   }                                                                                               \
   }
 

@@ -11,6 +11,9 @@
 //                nothing and can run inside a caller's parallel region. Each
 //                group of B panels is streamed once and finished (epilogue)
 //                before the next. Threads, if any, split the panels.
+// gemm_shared_a(): gemm()'s loops for several B (and C) with one A, rows split
+//                between threads: each packed block of A sweeps every B's block
+//                before the next is packed.
 //
 // Blocking: KC = 256 for every target and type, so gemm and gemm_packed sum
 // each element in the same order (bitwise equal results); NC is chosen so a
@@ -268,6 +271,74 @@ void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T 
   run(0);
 }
 
+template <class T>
+void gemm_shared_a(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a,
+                   std::int64_t lda, const GemmRhs<T>* rhs, int count, T beta, int num_threads) {
+  constexpr std::int64_t NR = Cfg<T>::NR;
+  constexpr std::int64_t MR = Cfg<T>::MR;
+  constexpr std::int64_t KC = Cfg<T>::KC;
+  constexpr std::int64_t MC = mc_block<T>();
+  constexpr std::int64_t NC = nc_block<T>();
+  std::int64_t width = 0;  // the packed B blocks side by side
+  for (int r = 0; r < count; ++r) width += (rhs[r].n + NR - 1) / NR * NR;
+  if (count < 2 || m <= 0 || k <= 0 || width > NC) {
+    for (int r = 0; r < count; ++r) {
+      gemm<T>(ta, Trans::no, m, rhs[r].n, k, alpha, a, lda, rhs[r].b, rhs[r].ldb, beta, rhs[r].c,
+              rhs[r].ldc, num_threads);
+    }
+    return;
+  }
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(width) *
+                       static_cast<double>(k);
+  std::int64_t nt = num_threads < 1 ? 1 : num_threads;
+  while (nt > 1 && flops < 2.0e6 * static_cast<double>(nt)) --nt;
+  if (nt > (m + MR - 1) / MR) nt = (m + MR - 1) / MR;
+  const std::int64_t kc_max = k < KC ? k : KC;
+  const std::int64_t b_elems = width * kc_max;
+  const std::int64_t a_elems = (MC < m ? MC : m) * kc_max;
+  const std::int64_t per_thread = (b_elems + a_elems + 63) / 64 * 64;
+  Buffer buf(static_cast<std::size_t>(per_thread * nt) * sizeof(T));
+  // Rows [r0, r1) of every C: the loops of gemm_serial, with each packed A block swept
+  // across every right-hand side's B block before the next is packed.
+  auto run = [&](std::int64_t t) {
+    const std::int64_t r0 = split_at(m, nt, t, MR), r1 = split_at(m, nt, t + 1, MR);
+    if (r0 >= r1) return;
+    const T* as = ta == Trans::no ? a + r0 * lda : a + r0;
+    T* bbuf = buf.as<T>() + t * per_thread;
+    T* abuf = bbuf + b_elems;
+    for (std::int64_t p0 = 0; p0 < k; p0 += KC) {
+      const std::int64_t kc = k - p0 < KC ? k - p0 : KC;
+      const std::int64_t bps = kc * NR;
+      T* bq = bbuf;
+      for (int r = 0; r < count; ++r) {
+        const std::int64_t npan = (rhs[r].n + NR - 1) / NR;
+        gemm_detail::pack_b_panels(Trans::no, rhs[r].b, rhs[r].ldb, p0, kc, 0, rhs[r].n, 0, npan,
+                                   bps, bq);
+        bq += npan * bps;
+      }
+      for (std::int64_t i0 = 0; i0 < r1 - r0; i0 += MC) {
+        const std::int64_t mb = r1 - r0 - i0 < MC ? r1 - r0 - i0 : MC;
+        gemm_detail::pack_a(ta, as, lda, i0, mb, p0, kc, MR, abuf);
+        bq = bbuf;
+        for (int r = 0; r < count; ++r) {
+          Block<T> blk{mb,     kc, rhs[r].n, bps, rhs[r].c + (r0 + i0) * rhs[r].ldc, rhs[r].ldc,
+                       r0 + i0, 0, Update<T>{alpha, beta, p0 == 0}, nullptr};
+          gemm_detail::macro_kernel(blk, abuf, bq, true);
+          bq += (rhs[r].n + NR - 1) / NR * bps;
+        }
+      }
+    }
+  };
+#if defined(_OPENMP)
+  if (nt > 1) {
+#pragma omp parallel for num_threads(static_cast<int>(nt)) schedule(static, 1)
+    for (std::int64_t t = 0; t < nt; ++t) run(t);
+    return;
+  }
+#endif
+  run(0);
+}
+
 #define FASTRNN_GEMM_INSTANTIATE(T)                                                             \
   template void gemm<T>(Trans, Trans, std::int64_t, std::int64_t, std::int64_t, T, const T*,    \
                         std::int64_t, const T*, std::int64_t, T, T*, std::int64_t, int);        \
@@ -276,7 +347,9 @@ void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T 
   template void pack_b<T>(Trans, std::int64_t, std::int64_t, const T*, std::int64_t, T*);       \
   template void gemm_packed<T>(Trans, std::int64_t, std::int64_t, std::int64_t, T, const T*,    \
                                std::int64_t, const T*, std::int64_t, std::int64_t, T, T*,       \
-                               std::int64_t, int, const Epilogue<T>*);
+                               std::int64_t, int, const Epilogue<T>*);                    \
+  template void gemm_shared_a<T>(Trans, std::int64_t, std::int64_t, T, const T*, std::int64_t, \
+                                 const GemmRhs<T>*, int, T, int);
 FASTRNN_GEMM_INSTANTIATE(float)
 FASTRNN_GEMM_INSTANTIATE(double)
 
