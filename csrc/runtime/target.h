@@ -24,12 +24,15 @@
 // waiting on one call's latency chain after another.
 // FASTRNN_NOINLINE keeps a rarely taken path (partial blocks) out of its caller, so the
 // caller's common path needs no large stack frame.
+// FASTRNN_INLINE_LAMBDA (after a lambda's parameter list) inlines a lambda the same way.
 #if defined(__GNUC__)
 #define FASTRNN_INLINE inline __attribute__((always_inline))
 #define FASTRNN_NOINLINE __attribute__((noinline))
+#define FASTRNN_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define FASTRNN_INLINE inline
 #define FASTRNN_NOINLINE
+#define FASTRNN_INLINE_LAMBDA
 #endif
 
 #define FASTRNN_TARGET_NS_BEGIN \
