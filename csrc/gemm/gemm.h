@@ -89,12 +89,13 @@ FASTRNN_DECLARE_TARGET_TABLE(GemmTable, gemm_table)
   void gemm_packed(Trans ta, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, \
                    std::int64_t lda, const T* packed_b, std::int64_t j0, std::int64_t j1, T beta, \
                    T* c, std::int64_t ldc, int num_threads, const Epilogue<T>* epilogue);         \
-  /* C_r = alpha*op(A)*B_r + beta*C_r for r < count, each packed block of A used for every */    \
-  /* B_r before the next is packed (the backward's dW_ih = dG^T X and dW_hh = dG^T H share */   \
+  /* C_r = alpha*op(A)*B_r + beta*C_r for r < count, each packed block of A used for every */     \
+  /* B_r before the next is packed (the backward's dW_ih = dG^T X and dW_hh = dG^T H share */     \
   /* A = dG^T). Each element is summed in gemm()'s order: the same bits as count gemm calls. */   \
   template <class T>                                                                              \
-  void gemm_shared_a(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a,              \
-                     std::int64_t lda, const GemmRhs<T>* rhs, int count, T beta, int num_threads); \
+  void gemm_shared_a(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a,               \
+                     std::int64_t lda, const GemmRhs<T>* rhs, int count, T beta,                  \
+                     int num_threads);                                                            \
   }                                                                                               \
   }
 

@@ -347,8 +347,8 @@ void gemm_shared_a(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a
   template void pack_b<T>(Trans, std::int64_t, std::int64_t, const T*, std::int64_t, T*);       \
   template void gemm_packed<T>(Trans, std::int64_t, std::int64_t, std::int64_t, T, const T*,    \
                                std::int64_t, const T*, std::int64_t, std::int64_t, T, T*,       \
-                               std::int64_t, int, const Epilogue<T>*);                    \
-  template void gemm_shared_a<T>(Trans, std::int64_t, std::int64_t, T, const T*, std::int64_t, \
+                               std::int64_t, int, const Epilogue<T>*);                          \
+  template void gemm_shared_a<T>(Trans, std::int64_t, std::int64_t, T, const T*, std::int64_t,  \
                                  const GemmRhs<T>*, int, T, int);
 FASTRNN_GEMM_INSTANTIATE(float)
 FASTRNN_GEMM_INSTANTIATE(double)
