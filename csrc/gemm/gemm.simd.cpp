@@ -175,32 +175,58 @@ void gemm_packed(Trans ta, std::int64_t m, std::int64_t n, std::int64_t k, T alp
 
 namespace {
 
-// gemm() on one thread, with its own packing buffers: B block (KC x NC) and A
-// block (MC x KC).
+// Rows [row0, row0 + m) of C_r = alpha op(A) op(B_r) + beta C_r for every r < count (a and
+// each c at row 0), on one thread with its own packing buffers, over all of k: each KC block
+// of every op(B_r) packed side by side into bbuf (at most NC columns in all: the block stays
+// in L2), then each MC block of A packed into abuf and its slivers (in L1) swept across them.
 template <class T>
-void gemm_serial(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
-                 const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
-                 std::int64_t ldc, T* bbuf, T* abuf) {
+void serial_pass(Trans ta, Trans tb, std::int64_t row0, std::int64_t m, std::int64_t k, T alpha,
+                 const T* a, std::int64_t lda, const GemmRhs<T>* rhs, int count, T beta,
+                 T* bbuf, T* abuf) {
   constexpr std::int64_t NR = Cfg<T>::NR;
   constexpr std::int64_t KC = Cfg<T>::KC;
   constexpr std::int64_t MC = mc_block<T>();
-  constexpr std::int64_t NC = nc_block<T>();
-  for (std::int64_t jc = 0; jc < n; jc += NC) {
-    const std::int64_t nc = n - jc < NC ? n - jc : NC;
-    const std::int64_t npan = (nc + NR - 1) / NR;
-    for (std::int64_t p0 = 0; p0 < k; p0 += KC) {
-      const std::int64_t kc = k - p0 < KC ? k - p0 : KC;
-      const std::int64_t bps = kc * NR;
-      gemm_detail::pack_b_panels(tb, b, ldb, p0, kc, jc, nc, 0, npan, bps, bbuf);
-      for (std::int64_t i0 = 0; i0 < m; i0 += MC) {
-        const std::int64_t mb = m - i0 < MC ? m - i0 : MC;
-        gemm_detail::pack_a(ta, a, lda, i0, mb, p0, kc, Cfg<T>::MR, abuf);
-        Block<T> blk{mb,     kc, nc, bps, c + i0 * ldc + jc, ldc, i0, jc,
-                     Update<T>{alpha, beta, p0 == 0}, nullptr};
-        gemm_detail::macro_kernel(blk, abuf, bbuf, true);
+  for (std::int64_t p0 = 0; p0 < k; p0 += KC) {
+    const std::int64_t kc = k - p0 < KC ? k - p0 : KC;
+    const std::int64_t bps = kc * NR;
+    T* bq = bbuf;
+    for (int r = 0; r < count; ++r) {
+      const std::int64_t npan = (rhs[r].n + NR - 1) / NR;
+      gemm_detail::pack_b_panels(tb, rhs[r].b, rhs[r].ldb, p0, kc, 0, rhs[r].n, 0, npan, bps, bq);
+      bq += npan * bps;
+    }
+    for (std::int64_t i0 = row0; i0 < row0 + m; i0 += MC) {
+      const std::int64_t mb = row0 + m - i0 < MC ? row0 + m - i0 : MC;
+      gemm_detail::pack_a(ta, a, lda, i0, mb, p0, kc, Cfg<T>::MR, abuf);
+      bq = bbuf;
+      for (int r = 0; r < count; ++r) {
+        Block<T> blk{mb, kc, rhs[r].n, bps, rhs[r].c + i0 * rhs[r].ldc, rhs[r].ldc,
+                     i0, 0, Update<T>{alpha, beta, p0 == 0}, nullptr};
+        gemm_detail::macro_kernel(blk, abuf, bq, true);
+        bq += (rhs[r].n + NR - 1) / NR * bps;
       }
     }
   }
+}
+
+// Threads for a product of `flops`: at most num_threads, each with about 2 MFLOP or more.
+inline std::int64_t threads_for(double flops, int num_threads) {
+  std::int64_t nt = num_threads < 1 ? 1 : num_threads;
+  while (nt > 1 && flops < 2.0e6 * static_cast<double>(nt)) --nt;
+  return nt;
+}
+
+// run(t) for t < nt, each on a thread of an OpenMP team when nt > 1.
+template <class F>
+void run_team(std::int64_t nt, F run) {
+#if defined(_OPENMP)
+  if (nt > 1) {
+#pragma omp parallel for num_threads(static_cast<int>(nt)) schedule(static, 1)
+    for (std::int64_t t = 0; t < nt; ++t) run(t);
+    return;
+  }
+#endif
+  run(0);
 }
 
 // Split [0, len) into `parts` pieces with inner boundaries at multiples of `align`.
@@ -228,10 +254,9 @@ void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T 
     return;
   }
   // Threads only where there is enough work to share (about 2 MFLOP each).
-  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) *
-                       static_cast<double>(k);
-  std::int64_t nt = num_threads < 1 ? 1 : num_threads;
-  while (nt > 1 && flops < 2.0e6 * static_cast<double>(nt)) --nt;
+  std::int64_t nt = threads_for(2.0 * static_cast<double>(m) * static_cast<double>(n) *
+                                    static_cast<double>(k),
+                                num_threads);
   // Each thread computes its own block of C over all of k with private packing
   // buffers, so threads never wait on each other mid-call. Rows are split when
   // op(A) is the taller operand (each thread then packs all of B, which costs
@@ -250,25 +275,17 @@ void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T 
   const std::int64_t a_elems = (MC < m ? MC : m) * kc_max;
   const std::int64_t per_thread = (b_elems + a_elems + 63) / 64 * 64;
   Buffer buf(static_cast<std::size_t>(per_thread * nt) * sizeof(T));
-  auto run = [&](std::int64_t t) {
+  run_team(nt, [&](std::int64_t t) {
     const std::int64_t ri = t / col_parts, ci = t % col_parts;
     const std::int64_t r0 = split_at(m, row_parts, ri, MR), r1 = split_at(m, row_parts, ri + 1, MR);
     const std::int64_t c0 = split_at(n, col_parts, ci, NR), c1 = split_at(n, col_parts, ci + 1, NR);
-    if (r0 >= r1 || c0 >= c1) return;
-    const T* as = ta == Trans::no ? a + r0 * lda : a + r0;
-    const T* bs = tb == Trans::no ? b + c0 : b + c0 * ldb;
     T* bbuf = buf.as<T>() + t * per_thread;
-    gemm_serial<T>(ta, tb, r1 - r0, c1 - c0, k, alpha, as, lda, bs, ldb, beta,
-                   c + r0 * ldc + c0, ldc, bbuf, bbuf + b_elems);
-  };
-#if defined(_OPENMP)
-  if (nt > 1) {
-#pragma omp parallel for num_threads(static_cast<int>(nt)) schedule(static, 1)
-    for (std::int64_t t = 0; t < nt; ++t) run(t);
-    return;
-  }
-#endif
-  run(0);
+    for (std::int64_t jc = c0; jc < c1 && r0 < r1; jc += NC) {  // column blocks of B in L2
+      const GemmRhs<T> rhs{tb == Trans::no ? b + jc : b + jc * ldb, ldb,
+                           c1 - jc < NC ? c1 - jc : NC, c + jc, ldc};
+      serial_pass(ta, tb, r0, r1 - r0, k, alpha, a, lda, &rhs, 1, beta, bbuf, bbuf + b_elems);
+    }
+  });
 }
 
 template <class T>
@@ -288,55 +305,24 @@ void gemm_shared_a(Trans ta, std::int64_t m, std::int64_t k, T alpha, const T* a
     }
     return;
   }
-  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(width) *
-                       static_cast<double>(k);
-  std::int64_t nt = num_threads < 1 ? 1 : num_threads;
-  while (nt > 1 && flops < 2.0e6 * static_cast<double>(nt)) --nt;
-  if (nt > (m + MR - 1) / MR) nt = (m + MR - 1) / MR;
+  const std::int64_t nt_rows = (m + MR - 1) / MR;
+  std::int64_t nt = threads_for(2.0 * static_cast<double>(m) * static_cast<double>(width) *
+                                    static_cast<double>(k),
+                                num_threads);
+  if (nt > nt_rows) nt = nt_rows;
   const std::int64_t kc_max = k < KC ? k : KC;
   const std::int64_t b_elems = width * kc_max;
   const std::int64_t a_elems = (MC < m ? MC : m) * kc_max;
   const std::int64_t per_thread = (b_elems + a_elems + 63) / 64 * 64;
   Buffer buf(static_cast<std::size_t>(per_thread * nt) * sizeof(T));
-  // Rows [r0, r1) of every C: the loops of gemm_serial, with each packed A block swept
-  // across every right-hand side's B block before the next is packed.
-  auto run = [&](std::int64_t t) {
+  run_team(nt, [&](std::int64_t t) {  // rows [r0, r1) of every C
     const std::int64_t r0 = split_at(m, nt, t, MR), r1 = split_at(m, nt, t + 1, MR);
-    if (r0 >= r1) return;
-    const T* as = ta == Trans::no ? a + r0 * lda : a + r0;
     T* bbuf = buf.as<T>() + t * per_thread;
-    T* abuf = bbuf + b_elems;
-    for (std::int64_t p0 = 0; p0 < k; p0 += KC) {
-      const std::int64_t kc = k - p0 < KC ? k - p0 : KC;
-      const std::int64_t bps = kc * NR;
-      T* bq = bbuf;
-      for (int r = 0; r < count; ++r) {
-        const std::int64_t npan = (rhs[r].n + NR - 1) / NR;
-        gemm_detail::pack_b_panels(Trans::no, rhs[r].b, rhs[r].ldb, p0, kc, 0, rhs[r].n, 0, npan,
-                                   bps, bq);
-        bq += npan * bps;
-      }
-      for (std::int64_t i0 = 0; i0 < r1 - r0; i0 += MC) {
-        const std::int64_t mb = r1 - r0 - i0 < MC ? r1 - r0 - i0 : MC;
-        gemm_detail::pack_a(ta, as, lda, i0, mb, p0, kc, MR, abuf);
-        bq = bbuf;
-        for (int r = 0; r < count; ++r) {
-          Block<T> blk{mb,     kc, rhs[r].n, bps, rhs[r].c + (r0 + i0) * rhs[r].ldc, rhs[r].ldc,
-                       r0 + i0, 0, Update<T>{alpha, beta, p0 == 0}, nullptr};
-          gemm_detail::macro_kernel(blk, abuf, bq, true);
-          bq += (rhs[r].n + NR - 1) / NR * bps;
-        }
-      }
+    if (r0 < r1) {
+      serial_pass(ta, Trans::no, r0, r1 - r0, k, alpha, a, lda, rhs, count, beta, bbuf,
+                  bbuf + b_elems);
     }
-  };
-#if defined(_OPENMP)
-  if (nt > 1) {
-#pragma omp parallel for num_threads(static_cast<int>(nt)) schedule(static, 1)
-    for (std::int64_t t = 0; t < nt; ++t) run(t);
-    return;
-  }
-#endif
-  run(0);
+  });
 }
 
 #define FASTRNN_GEMM_INSTANTIATE(T)                                                             \
