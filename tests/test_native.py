@@ -151,19 +151,22 @@ DIRECT_SIZES = [
     (2, 4, 251, 70),
     (1, 8, 331, 70),
 ]
-# A few more rows (up to 16, or up to 64 when the weights take >= 4 MiB): the forward
-# computes W x^T from the weights unpacked (Geo::thin, transposed_rows). One row more than
-# the direct threshold; a block shared by rows (N = 13, three blocks); two steps (h^T
-# carried between them); 40 rows with 4 MiB of float32 weights (RNN). The backward's tiles
-# read W_hh and W_ih unpacked too (H = 45, 70, 100: a last block past H, copied alone; I =
-# 59, 251, 300: column strips with a tail). PACKED_SIZE has 21 rows and small weights.
+# A few more rows (up to 16, or up to 64 when the weights take >= 4 MiB), over few steps
+# (thin_rows: T^2 bounded by the weights' size): the forward computes W x^T from the
+# weights unpacked (Geo::thin, transposed_rows). One row more than the direct threshold; a
+# block shared by rows (N = 13, three blocks); two steps (h^T carried between them) with
+# 1.9 MiB of float32 weights (RNN) and with 4 MiB and 40 rows. The backward's tiles read
+# W_hh and W_ih unpacked too (H = 45, 70, 410: a last block past H, copied alone; I = 251,
+# 300, 803: column strips with a tail). PACKED_SIZE has 21 rows and small weights;
+# LONG_FEW_ROWS few rows over too many steps (thin's step products cost more than packing).
 THIN_SIZES = [
-    (3, 3, 251, 70),
+    (1, 9, 251, 70),
     (1, 13, 300, 45),
-    (2, 8, 59, 100),
+    (2, 8, 803, 410),
     (2, 20, 1536, 512),
 ]
 PACKED_SIZE = (3, 7, 251, 70)
+LONG_FEW_ROWS = [(12, 1, 512, 512), (8, 4, 256, 256)]
 
 
 def _packs_weights(kind, size, dtype=np.float32):
@@ -216,6 +219,8 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
     # (GRU with the reset before the matmul always packs, in its own loop: the same sizes
     # check that path; _packs_weights sizes the reset-after workspace.)
     assert _packs_weights(kind, PACKED_SIZE, dtype)
+    for size in LONG_FEW_ROWS:
+        assert _packs_weights(kind, size, dtype), size
     flags = [
         (True, False, False),
         (True, True, True),

@@ -79,11 +79,23 @@ inline i64 direct_rows(const SeqDims& d) {
 // packing: LSTM H = 512 1.5-1.65x faster at 16-48 rows, H = 1024 1.7-2.1x at 32-64 rows,
 // H = 256 1.3x at 16 rows; smaller weights at 32-64 rows 0.8-1.1x (packed: the faster
 // tiles of the packed path win back the packing).
+// Every further step costs thin more than packed: its step product broadcasts each element
+// of W_hh against ceil(N / lanes) vectors of h^T, where a packed tile loads one vector of
+// W_hh for every `lanes` elements and uses it for up to 6 rows. What packing costs grows
+// with the weights, what a step loses grows with T and shrinks as N fills the vectors, so
+// thin also needs T^2 <= 1.2 * (weights in MiB) * max(1, N / 4). Fitted to LSTM, GRU and
+// RNN, I = H = 128-1024, N = 1-32, T = 2-16, inference, 2 threads: thin 0.3-0.55x packed's
+// speed at N = 1-2 and T = 12-16 (LSTM (50,1,512,512): 0.32x), ahead up to about T = 3
+// (LSTM H = 512, N = 4), 6 (H = 1024, N = 4) or 4-8 (N >= 8). Training, whose backward
+// also skips packing, gains more from thin; the bound is inference's.
 inline bool thin_rows(const SeqDims& d, std::size_t elem) {
   if (d.T > 64 / d.N) return false;  // T*N > 64, without overflow
   const double bytes = static_cast<double>(d.gates()) * static_cast<double>(d.H) *
                        static_cast<double>(d.I + d.H) * static_cast<double>(elem);
-  return d.T * d.N <= 16 || bytes >= 4.0 * (1 << 20);
+  if (d.T * d.N > 16 && bytes < 4.0 * (1 << 20)) return false;
+  const double t = static_cast<double>(d.T);
+  const double fill = std::max(1.0, static_cast<double>(d.N) / 4.0);
+  return d.T == 1 || t * t <= 1.2 * bytes / (1 << 20) * fill;
 }
 
 // An LSTM/GRU block is one tile vector per gate, and cells::lstm_fwd / gru_fwd do a block
