@@ -208,6 +208,12 @@ def test_latency_and_quick_suites():
     for c in get_suite("latency").cases:
         assert c.N == 1 and "step" in c.modes and "inference" in c.modes
     assert any("step" in c.modes for c in get_suite("quick").cases)
+    # short: both sides of the kernels' packing choices; a training call under 10 GFLOP
+    # (a third of a second at 30 GFLOP/s) fits the suite's 1 s budget with repeats.
+    short = get_suite("short").cases
+    assert any(c.T * c.N <= 8 for c in short) and any(c.T * c.N > 16 for c in short)
+    assert any(c.N == 1 and c.T >= 16 for c in short)
+    assert all(c.flops("training") < 1e10 for c in short)
 
 
 def test_flops_formula():

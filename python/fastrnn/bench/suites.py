@@ -1,4 +1,4 @@
-"""Built-in benchmark suites: ``quick``, ``standard``, ``deepbench`` and ``latency``.
+"""Built-in benchmark suites: ``quick``, ``standard``, ``deepbench``, ``latency``, ``short``.
 
 ``deepbench`` holds the RNN shapes of Baidu's DeepBench (training set, server and
 device inference sets; input size equals hidden size there). Shapes whose single timed
@@ -133,6 +133,30 @@ def _latency() -> tuple[Case, ...]:
     )
 
 
+# (cell, T, N, I=H): few rows in all, or few rows per step. The kernels choose per shape
+# whether to pack the weights (docs/kernels.md, forward 5 and 6): dot products (T*N up
+# to 8), transposed products over a few steps (up to 64 rows with large weights), or the
+# packed tiles (more steps, whatever the row count). A shape on the wrong side of those
+# choices runs 2-3x slower, so this suite has cases on each side.
+_SHORT = (
+    ("lstm", 1, 8, 512),
+    ("lstm", 4, 16, 512),
+    ("lstm", 2, 32, 1024),
+    ("lstm", 20, 1, 512),
+    ("lstm", 12, 4, 1024),
+    ("gru", 8, 4, 512),
+    ("gru", 2, 24, 768),
+    ("rnn", 16, 1, 1024),
+    ("rnn", 3, 16, 1024),
+)
+
+
+def _short() -> tuple[Case, ...]:
+    return tuple(
+        Case(cell, t, n, h, h, modes=("inference", "training")) for cell, t, n, h in _SHORT
+    )
+
+
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
@@ -140,6 +164,7 @@ SUITES: dict[str, Suite] = {
         Suite("standard", "the project's reference set of shapes", _standard(), 3.0),
         Suite("deepbench", "Baidu DeepBench RNN training/inference shapes", _deepbench(), 4.0),
         Suite("latency", "batch 1: one step at a time and whole sequences", _latency(), 1.0),
+        Suite("short", "short sequences and small batches, packed or not", _short(), 1.0),
     )
 }
 
