@@ -169,11 +169,13 @@ PACKED_SIZE = (3, 7, 251, 70)
 LONG_FEW_ROWS = [(12, 1, 512, 512), (8, 4, 256, 256)]
 
 
-def _packs_weights(kind, size, dtype=np.float32):
-    """Whether the forward's workspace holds packed copies of weight_ih and weight_hh."""
+def _packs_weights(kind, size, dtype=np.float32, backward=False):
+    """Whether the forward's workspace holds packed copies of weight_ih and weight_hh (the
+    backward's: of weight_hh; sizes with T*N well below H, so dG alone cannot pass that)."""
     T, N, I, H = size
     f64 = np.dtype(dtype) == np.float64
-    return fastrnn._core.seq_work_elements(kind, T, N, I, H, f64) >= GATES[kind] * H * (I + H)
+    work = fastrnn._core.seq_work_elements(kind, T, N, I, H, f64, backward=backward)
+    return work >= GATES[kind] * H * (H if backward else I + H)
 
 
 # The variants with one RNN nonlinearity (paths that do not depend on it), with their ids.
@@ -235,6 +237,24 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
         assert not _packs_weights(kind, size, dtype), size
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
     _check_case(kind, variant, PACKED_SIZE, dtype, rng, True, True, True)
+
+
+NOT_RNN = [(v, i) for v, i in zip(VARIANTS, VARIANT_IDS) if v[0] != "rnn"]
+
+
+@pytest.mark.parametrize(("kind", "variant"), [v for v, _ in NOT_RNN], ids=[i for _, i in NOT_RNN])
+def test_forward_and_backward_pack_apart(kind, variant, isa, threads, rng):
+    # The backward chooses whether to pack weight_hh on its own (seq.simd.cpp,
+    # bwd_geometry): PACKED_SIZE packs in the forward and reads the weights unpacked in the
+    # backward; 24 rows of LSTM H = 1024 (20 of GRU) with N = 4 the other way round (W_hh
+    # of 12-16 MiB). (GRU with the reset before the matmul packs in both, in its own loops;
+    # _packs_weights sizes the reset-after workspaces.)
+    big = (6, 4, 1024, 1024) if kind == "lstm" else (5, 4, 1024, 1024)
+    assert _packs_weights(kind, PACKED_SIZE) and not _packs_weights(kind, big)
+    assert not _packs_weights(kind, PACKED_SIZE, backward=True)
+    assert _packs_weights(kind, big, backward=True)
+    for size in (PACKED_SIZE, big):
+        _check_case(kind, variant, size, np.float32, rng, True, True, True)
 
 
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)

@@ -440,16 +440,19 @@ void register_seq(py::module_& m) {
       py::arg("poison") = false, "BPTT for seq_forward(training=True). Returns a dict of grads.");
   m.def(
       "seq_work_elements",
-      [](const std::string& cell, i64 T, i64 N, i64 I, i64 H, bool f64) {
+      [](const std::string& cell, i64 T, i64 N, i64 I, i64 H, bool f64, bool backward) {
         SeqDims d;
         d.cell = parse_cell(cell);
         d.T = T;
         d.N = N;
         d.I = I;
         d.H = H;
+        if (backward) return f64 ? fns<double>().backward_work(d) : fns<float>().backward_work(d);
         return f64 ? fns<double>().forward_work(d) : fns<float>().forward_work(d);
       },
-      "Workspace elements of the forward kernel (for tests).");
+      py::arg("cell"), py::arg("T"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("f64"),
+      py::arg("backward") = false,
+      "Workspace elements of the forward (or backward) kernel (for tests).");
 }
 
 }  // namespace fastrnn::bindings

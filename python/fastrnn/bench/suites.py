@@ -134,7 +134,7 @@ def _latency() -> tuple[Case, ...]:
 
 
 # (cell, T, N, I=H): few rows in all, or few rows per step. The kernels choose per shape
-# whether to pack the weights (docs/kernels.md, forward 5 and 6): dot products (T*N up
+# whether to pack the weights (docs/kernels.md, forward 5-7): dot products (T*N up
 # to 8), transposed products over a few steps (up to 64 rows with large weights), or the
 # packed tiles (more steps, whatever the row count). A shape on the wrong side of those
 # choices runs 2-3x slower, so this suite has cases on each side.
