@@ -83,18 +83,21 @@ inline i64 direct_rows(const SeqDims& d) {
 // of W_hh against ceil(N / lanes) vectors of h^T, where a packed tile loads one vector of
 // W_hh for every `lanes` elements and uses it for up to 6 rows. What packing costs grows
 // with the weights, what a step loses grows with T and shrinks as N fills the vectors, so
-// thin also needs T^2 <= 1.2 * (weights in MiB) * max(1, N / 4). Fitted to LSTM, GRU and
-// RNN, I = H = 128-1024, N = 1-32, T = 2-16, inference, 2 threads: thin 0.3-0.55x packed's
-// speed at N = 1-2 and T = 12-16 (LSTM (50,1,512,512): 0.32x), ahead up to about T = 3
-// (LSTM H = 512, N = 4), 6 (H = 1024, N = 4) or 4-8 (N >= 8). Training, whose backward
-// also skips packing, gains more from thin; the bound is inference's.
-inline bool thin_rows(const SeqDims& d, std::size_t elem) {
+// thin also needs T^2 <= 1.2 * (weights in MiB) * max(1, 4 N / lanes). Fitted to LSTM, GRU
+// and RNN in float32 on AVX-512 (16 lanes), I = H = 128-1024, N = 1-32, T = 2-16,
+// inference, 2 threads: thin 0.3-0.55x packed's speed at N = 1-2 and T = 12-16 (LSTM
+// (50,1,512,512): 0.32x), ahead up to about T = 3 (LSTM H = 512, N = 4), 6 (H = 1024,
+// N = 4) or 4-8 (N >= 8). float64 (8 lanes, twice the bytes to pack) gains more from thin:
+// LSTM H = 512, N = 4 1.4x at T = 6 and still 1.06x at T = 12; the bound stays on the safe
+// side there. The backward decides for itself (bwd_geometry).
+template <class T>
+bool thin_rows(const SeqDims& d) {
   if (d.T > 64 / d.N) return false;  // T*N > 64, without overflow
   const double bytes = static_cast<double>(d.gates()) * static_cast<double>(d.H) *
-                       static_cast<double>(d.I + d.H) * static_cast<double>(elem);
+                       static_cast<double>(d.I + d.H) * static_cast<double>(sizeof(T));
   if (d.T * d.N > 16 && bytes < 4.0 * (1 << 20)) return false;
   const double t = static_cast<double>(d.T);
-  const double fill = std::max(1.0, static_cast<double>(d.N) / 4.0);
+  const double fill = std::max(1.0, 4.0 * static_cast<double>(d.N) / tile::lanes<T>());
   return d.T == 1 || t * t <= 1.2 * bytes / (1 << 20) * fill;
 }
 
@@ -124,7 +127,7 @@ Geo geometry(const SeqDims& d) {
   g.Tc = std::max<i64>(1, std::min<i64>(d.T, (rows_wanted + d.N - 1) / std::max<i64>(d.N, 1)));
   const bool gru_before = d.cell == Cell::gru && !d.reset_after;
   g.direct = !gru_before && d.T <= direct_rows(d) / d.N;  // T*N <= rows, no overflow
-  g.thin = !gru_before && !g.direct && thin_rows(d, sizeof(T));
+  g.thin = !gru_before && !g.direct && thin_rows<T>(d);
   if (g.thin) g.Tc = d.T;  // one input product over all T*N rows
   return g;
 }
@@ -217,13 +220,16 @@ i64 forward_work(const SeqDims& d) {
 
 // The backward's geometry: the forward's, except that it reads the weights unpacked
 // (Geo::thin) for every call of up to 64 rows (T*N) that does not take the direct path,
-// unless W_hh takes 8 MiB or more, N < 8 and T*N > 16. Its tape does not depend on how the
-// forward computed it. Unlike the forward's, the backward's transposed step product costs
-// no more per step than the packed one (dG_t is the broadcast operand there), so skipping
-// the packing of W_hh wins at nearly any T: backward alone, 2 threads, I = H = 128-1024,
-// N = 1-32, T*N <= 64: LSTM, GRU and RNN 1.04-1.8x faster (LSTM (4,4,512,512) 1.31x,
-// (16,1,512,512) 1.32x). The exception: with 12-16 MiB of W_hh (LSTM and GRU H = 1024) and
-// N <= 4, 0.6-0.95x from 24 rows on (the step's tiles read a new 4 KiB page at every k).
+// unless W_hh is large and N small: from 12 MiB with N < 8 only up to 16 rows, from 24 MiB
+// only with N = 4-7. Its tape does not depend on how the forward computed it. Unlike the
+// forward's, the backward's transposed step product costs no more per step than the packed
+// one (dG_t is the broadcast operand there), so skipping the packing of W_hh wins at nearly
+// any T: backward alone, 2 threads, I = H = 128-1024, N = 1-32, T*N <= 64, LSTM, GRU and
+// RNN: 1.04-1.8x faster in float32 (LSTM (4,4,512,512) 1.31x, (16,1,512,512) 1.32x), LSTM
+// 1.0-1.7x in float64 up to H = 512 (8 MiB). The exceptions: W_hh of 12-16 MiB (float32
+// LSTM and GRU at H = 1024) with N <= 4 was 0.6-0.95x from 24 rows on, 32 MiB (float64
+// LSTM H = 1024) with N <= 2 0.54-0.86x from 12 rows on (the step's tiles read a new 4 KiB
+// page at every k, through more than L3 holds).
 template <class T>
 Geo bwd_geometry(const SeqDims& d) {
   Geo g = geometry<T>(d);
@@ -231,7 +237,8 @@ Geo bwd_geometry(const SeqDims& d) {
   if (g.direct || gru_before || d.T > 64 / d.N) return g;  // T*N > 64, without overflow
   const double whh = static_cast<double>(g.G) * static_cast<double>(d.H) *
                      static_cast<double>(d.H) * static_cast<double>(sizeof(T));
-  g.thin = d.N >= 8 || d.T * d.N <= 16 || whh < 8.0 * (1 << 20);
+  const double mib = whh / (1 << 20);
+  g.thin = d.N >= 8 || mib < 12.0 || (d.T * d.N <= 16 && (mib < 24.0 || d.N >= 4));
   return g;
 }
 
