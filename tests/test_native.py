@@ -239,9 +239,6 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
     _check_case(kind, variant, PACKED_SIZE, dtype, rng, True, True, True)
 
 
-NOT_RNN = [(v, i) for v, i in zip(VARIANTS, VARIANT_IDS) if v[0] != "rnn"]
-
-
 def test_backward_packing_choice_follows_weight_hh_size():
     # bwd_geometry: unpacked up to 64 rows while W_hh < 12 MiB (here 8 MiB of float64
     # over 32 rows of N = 2), up to 16 rows with N >= 4 at 32 MiB, never with N < 4 there.
@@ -251,6 +248,9 @@ def test_backward_packing_choice_follows_weight_hh_size():
     assert _packs_weights("lstm", (8, 2, 1024, 1024), f64, backward=True)
     assert _packs_weights("lstm", (5, 4, 1024, 1024), f64, backward=True)
     assert not _packs_weights("lstm", (5, 8, 1024, 1024), f64, backward=True)
+
+
+NOT_RNN = [(v, i) for v, i in zip(VARIANTS, VARIANT_IDS) if v[0] != "rnn"]
 
 
 @pytest.mark.parametrize(("kind", "variant"), [v for v, _ in NOT_RNN], ids=[i for _, i in NOT_RNN])
