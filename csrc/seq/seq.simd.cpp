@@ -90,9 +90,11 @@ inline i64 direct_rows(const SeqDims& d) {
 // N = 4) or 4-8 (N >= 8). float64 (8 lanes, twice the bytes to pack) gains more from thin:
 // LSTM H = 512, N = 4 1.4x at T = 6 and still 1.06x at T = 12; the bound stays on the safe
 // side there. The backward decides for itself (bwd_geometry).
+constexpr i64 kMaxThinRows = 64;  // the most rows (T*N) Geo::thin takes, forward or backward
+
 template <class T>
 bool thin_rows(const SeqDims& d) {
-  if (d.T > 64 / d.N) return false;  // T*N > 64, without overflow
+  if (d.T > kMaxThinRows / d.N) return false;  // T*N > kMaxThinRows, without overflow
   const double bytes = static_cast<double>(d.gates()) * static_cast<double>(d.H) *
                        static_cast<double>(d.I + d.H) * static_cast<double>(sizeof(T));
   if (d.T * d.N > 16 && bytes < 4.0 * (1 << 20)) return false;
@@ -178,7 +180,7 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
     // x^T (I, ldx) and two h^T (H, ldh), rows padded to whole vectors, and one vector
     // more at the end: a tile reads whole vectors, past the last row's used columns.
     const i64 L = tile::lanes<T>();
-    l.ldx = round16(d.T * d.N, "transposed input");  // T*N <= 64
+    l.ldx = round16(d.T * d.N, "transposed input");  // T*N <= kMaxThinRows
     l.ldh = round16(d.N, "transposed state");
     l.xt = w.take(checked_add(checked_mul(d.I, l.ldx, "transposed input"), L, "transposed input"),
                   "transposed input");
@@ -234,7 +236,7 @@ template <class T>
 Geo bwd_geometry(const SeqDims& d) {
   Geo g = geometry<T>(d);
   const bool gru_before = d.cell == Cell::gru && !d.reset_after;
-  if (g.direct || gru_before || d.T > 64 / d.N) return g;  // T*N > 64, without overflow
+  if (g.direct || gru_before || d.T > kMaxThinRows / d.N) return g;  // without overflow
   const double whh = static_cast<double>(g.G) * static_cast<double>(d.H) *
                      static_cast<double>(d.H) * static_cast<double>(sizeof(T));
   const double mib = whh / (1 << 20);
@@ -852,7 +854,7 @@ void col_sums(i64 rows, i64 cols, const T* m, i64 ld, T* out, int threads) {
   }
 }
 
-constexpr i64 kMaxSmallK = 64;  // Geo::unpacked: T*N <= 64
+constexpr i64 kMaxSmallK = kMaxThinRows;  // Geo::unpacked: T*N <= kMaxThinRows
 
 // C (M x len, ldc) = A^T B for A (K x M, lda) and B (K x len, ldb) with few rows K: the
 // weight gradients of a call of at most 64 rows in all (Geo::unpacked), whose cost is
