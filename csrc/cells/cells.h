@@ -65,26 +65,40 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
   act_n(act, p, len);
 }
 
-// LSTM: p (4U) in: W_hh h; out: i, f, g, o. c_in (len) -> c_new, tc = tanh(c_new),
-// h_new = o * tc. A block is one vector per gate (U == Vec<T>::lanes: the LSTM and GRU
-// blocks of every target, seq.simd.cpp checks it), done in registers, inlined into the
-// caller's row loop (as a call it spent a third of its time in the prologue of a general
-// path's stack frame). A short last block (len < U) too: only c_in is read with a partial
-// load, p and gx hold U units, and c_new, tc and h_new must have room for U (the lanes past
-// len get finite values nobody reads). In a scalar path, the 4 units left at H = 100 took
-// a quarter of the forward's gate-math time.
+// Gate g of a block's row in q (p + gx: of both): S = U, a whole vector; S < U (a short last block
+// whose gates sit side by side, len = S units each), its len units and zeros past them.
 template <class T>
-FASTRNN_INLINE void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T* c_new, T* tc,
-                             T* h_new) {
+FASTRNN_INLINE simd::Vec<T> gate_load(const T* q, int g, int S, int U) {
   using V = simd::Vec<T>;
-  const V i = gate_sigmoid(V::load(p) + V::load(gx));
-  const V f = gate_sigmoid(V::load(p + U) + V::load(gx + U));
-  const V gg = gate_tanh(V::load(p + 2 * U) + V::load(gx + 2 * U));
-  const V o = gate_sigmoid(V::load(p + 3 * U) + V::load(gx + 3 * U));
+  return S == U ? V::load(q + g * U) : V::load_partial(q + g * S, S);
+}
+template <class T>
+FASTRNN_INLINE simd::Vec<T> gate_in(const T* p, const T* gx, int g, int S, int U) {
+  return gate_load(p, g, S, U) + gate_load(gx, g, S, U);
+}
+
+// LSTM: p (4U) in: W_hh h; out: i, f, g, o, gate g at p + g*S (S = U, or S = len for a
+// short last block laid out side by side, see gate_in). c_in (len) -> c_new,
+// tc = tanh(c_new), h_new = o * tc. A block is one vector per gate (U == Vec<T>::lanes: the
+// LSTM and GRU blocks of every target, seq.simd.cpp checks it), done in registers, inlined
+// into the caller's row loop (as a call it spent a third of its time in the prologue of a
+// general path's stack frame). A short last block (len < U) too: c_in is read with a
+// partial load, p and gx hold G*S + U - S units (each gate's vector is stored whole, in
+// gate order, so the next gate's store overwrites the lanes past len), and c_new, tc and
+// h_new must have room for U (the lanes past len get finite values nobody reads). In a
+// scalar path, the 4 units left at H = 100 took a quarter of the forward's gate-math time.
+template <class T>
+FASTRNN_INLINE void lstm_fwd(int len, int U, int S, T* p, const T* gx, const T* c_in, T* c_new,
+                             T* tc, T* h_new) {
+  using V = simd::Vec<T>;
+  const V i = gate_sigmoid(gate_in(p, gx, 0, S, U));
+  const V f = gate_sigmoid(gate_in(p, gx, 1, S, U));
+  const V gg = gate_tanh(gate_in(p, gx, 2, S, U));
+  const V o = gate_sigmoid(gate_in(p, gx, 3, S, U));
   i.store(p);
-  f.store(p + U);
-  gg.store(p + 2 * U);
-  o.store(p + 3 * U);
+  f.store(p + S);
+  gg.store(p + 2 * S);
+  o.store(p + 3 * S);
   const V cin = len == V::lanes ? V::load(c_in) : V::load_partial(c_in, len);
   const V c = f * cin + i * gg;
   c.store(c_new);
@@ -93,20 +107,21 @@ FASTRNN_INLINE void lstm_fwd(int len, int U, T* p, const T* gx, const T* c_in, T
   (o * t).store(h_new);
 }
 
-// GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n. hn = W_hn h + b_hn,
-// h_new = (1 - z) n + z h. One vector per gate in registers, a short block too, as in
-// lstm_fwd: here h is read with a partial load; b_hn, hn and h_new hold U units.
+// GRU, reset after the matmul: p (3U) in: W_hh h; out: r, z, n (gate stride S as in
+// lstm_fwd). hn = W_hn h + b_hn, h_new = (1 - z) n + z h. One vector per gate in
+// registers, a short block too, as in lstm_fwd: here h is read with a partial load; b_hn,
+// hn and h_new hold U units.
 template <class T>
-FASTRNN_INLINE void gru_fwd(int len, int U, T* p, const T* gx, const T* b_hn, const T* h, T* hn,
-                            T* h_new) {
+FASTRNN_INLINE void gru_fwd(int len, int U, int S, T* p, const T* gx, const T* b_hn, const T* h,
+                            T* hn, T* h_new) {
   using V = simd::Vec<T>;
-  const V r = gate_sigmoid(V::load(p) + V::load(gx));
-  const V z = gate_sigmoid(V::load(p + U) + V::load(gx + U));
-  const V hv = V::load(p + 2 * U) + V::load(b_hn);
-  const V n = gate_tanh(V::load(gx + 2 * U) + r * hv);
+  const V r = gate_sigmoid(gate_in(p, gx, 0, S, U));
+  const V z = gate_sigmoid(gate_in(p, gx, 1, S, U));
+  const V hv = gate_load(p, 2, S, U) + V::load(b_hn);
+  const V n = gate_tanh(gate_load(gx, 2, S, U) + r * hv);
   r.store(p);
-  z.store(p + U);
-  n.store(p + 2 * U);
+  z.store(p + S);
+  n.store(p + 2 * S);
   hv.store(hn);
   const V hv_in = len == V::lanes ? V::load(h) : V::load_partial(h, len);
   (n + z * (hv_in - n)).store(h_new);

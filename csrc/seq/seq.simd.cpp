@@ -62,6 +62,15 @@ struct Geo {
   // unpacked too.
   bool thin = false;
   bool unpacked() const { return direct || thin; }
+  // The last block, when H is not a multiple of U and the weights are packed, can keep its
+  // gates side by side: gate g of unit u in column g * len + u instead of g * U + u, in
+  // ceil(G * len / lanes) vectors instead of G * UB (tail_stride = len, tail_cv fewer).
+  // Otherwise tail_stride = U and tail_cv = G * UB, like every other block.
+  int tail_cv = 1;
+  int tail_stride = 1;
+  // Gate stride and tile width of block b.
+  int stride(i64 b) const { return b == nb - 1 ? tail_stride : U; }
+  int cv(i64 b) const { return b == nb - 1 ? tail_cv : G * UB; }
 };
 
 // The most rows (T*N) the forward computes without packing: about (I + H) / 40, between 1
@@ -131,6 +140,11 @@ Geo geometry(const SeqDims& d) {
   g.direct = !gru_before && d.T <= direct_rows(d) / d.N;  // T*N <= rows, no overflow
   g.thin = !gru_before && !g.direct && thin_rows<T>(d);
   if (g.thin) g.Tc = d.T;  // one input product over all T*N rows
+  const int len = static_cast<int>(d.H - (g.nb - 1) * g.U);
+  const int tail_cv = (g.G * len + tile::lanes<T>() - 1) / tile::lanes<T>();
+  const bool tail = !gru_before && !g.unpacked() && tail_cv < g.G * g.UB;
+  g.tail_cv = tail ? tail_cv : g.G * g.UB;
+  g.tail_stride = tail ? len : g.U;
   return g;
 }
 
@@ -615,18 +629,21 @@ void forward(const SeqForward<T>& a) {
 
     // Pack this thread's blocks and its turn of the shared ones:
     // [b][k][gate*U + u] = W[gate*H + b*U + u][k].
+    // Gates in order: each gate's U columns from gt * S on, so in a short last block laid out
+    // side by side (S = len < U) the next gate overwrites the zeros past this one's units.
     auto pack = [&](i64 b) {
       const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
+      const int S = g.stride(b);
       for (int gt = 0; gt < G; ++gt) {
         const i64 r0 = gt * H + b * U;
         if (!g.unpacked()) {
-          pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * U, GU);
-          pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * U, GU);
+          pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * S, GU);
+          pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * S, GU);
         }
         for (int u = 0; u < U; ++u) {
           const bool in = u < valid;
           const i64 row = r0 + u;
-          const i64 col = b * GU + gt * U + u;
+          const i64 col = b * GU + gt * S + u;
           // Biases folded into Gx: all of b_ih + b_hh, except b_hn when it sits inside r*(...).
           T bsum = T(0);
           if (in) {
@@ -659,6 +676,12 @@ void forward(const SeqForward<T>& a) {
       simd::transpose_rect(a.h0 + j0, H, N, j1 - j0, ht + j0 * ldh, ldh);
       simd::transpose_rect(a.h0 + n0 * H + js, H, n1 - n0, H - js, ht + js * ldh + n0, ldh);
     }
+    if (tid == 0 && g.tail_cv < G * g.UB) {
+      // Columns a short last block's tiles never write, which its tape copies may read (RNN
+      // rows a vector longer than the tile when a cache line holds two vectors).
+      const i64 c0 = g.tail_cv * tile::lanes<T>();
+      for (i64 n = 0; n < N; ++n) std::fill_n(ghs + ((g.nb - 1) * N + n) * GU + c0, GU - c0, T(0));
+    }
     omp_barrier();
 
     alignas(64) T tl[kMaxTile];
@@ -672,10 +695,27 @@ void forward(const SeqForward<T>& a) {
     // 5-12% faster than 16 KiB slices for LSTM at N >= 16.
     const i64 kc = std::max<i64>(16, 65536 / (GU * static_cast<i64>(sizeof(T))));
     i64 tlo = 0;
+    // C (rows x the block's columns, stride GU) = A (rows x K) * block b's packed panel B.
+    // A short last block's tiles (Geo::tail_cv) may be one vector wide, where a tile of one
+    // or two rows keeps partial sums (tile.h): from kMinSharedRows rows on they sum in plain
+    // k order, so the rows of a shared block (at least that many per thread) get the same
+    // bits however they are split; fewer rows are all N rows of a block or a chunk, grouped
+    // the same for any thread count, and keep the partial sums (N = 1: 4x fewer cycles).
+    auto tile_product = [&](i64 b, i64 rows, i64 K, const T* A, i64 lda, const T* B, T* C) {
+      if (g.cv(b) == cvx) {
+        tile::panel<T>(cvx, rows, K, kc, A, lda, B, GU, C, GU);
+      } else if (rows >= kMinSharedRows) {
+        tile::panel_rows<T, 1>(g.tail_cv, tile::max_rows(g.tail_cv), rows, K, kc, A, lda, B, GU,
+                               C, GU, false);
+      } else {
+        tile::panel<T>(g.tail_cv, rows, K, kc, A, lda, B, GU, C, GU);
+      }
+    };
     // Gx of block b for the `rows` rows of x from row r (all in the current chunk), biases
     // added.
     auto input_projection = [&](i64 b, i64 r, i64 rows) {
       T* C = gx + (b * TcN + r - tlo * N) * GU;
+      const i64 cols = g.cv(b) * tile::lanes<T>();  // GU, or fewer in a short last block
       if (g.unpacked()) {
         const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
         for (int gt = 0; gt < G; ++gt) {
@@ -687,10 +727,10 @@ void forward(const SeqForward<T>& a) {
           }
         }
       } else {
-        tile::panel<T>(cvx, rows, I, kc, a.x + r * I, I, wih + b * I * GU, GU, C, GU);
+        tile_product(b, rows, I, a.x + r * I, I, wih + b * I * GU, C);
       }
       for (i64 q = 0; q < rows; ++q)
-        for (i64 c = 0; c < GU; ++c) C[q * GU + c] += bias[b * GU + c];
+        for (i64 c = 0; c < cols; ++c) C[q * GU + c] += bias[b * GU + c];
     };
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? Tn - 1 - s : s;
@@ -710,11 +750,11 @@ void forward(const SeqForward<T>& a) {
       T* htout = g.thin && s + 1 < Tn ? ht + ((s + 1) & 1) * H * ldh : nullptr;
 
       if (!gru_before) {
-        const int cv = G * g.UB;
         // Block b, rows [r0, r1): its column panel (K slices of ~64 KiB), then the gate
         // math row by row on it while it is still in L1.
         auto step_block = [&](i64 b, i64 r0, i64 r1) {
           const int len = static_cast<int>(std::min<i64>(U, H - b * U));
+          const int S = g.stride(b);
           const i64 jb = b * U;
           // Tape writes cover the padding too: whole vectors, streamable (values unused).
           const int lt = static_cast<int>(std::min<i64>(U, Hp - jb));
@@ -727,8 +767,8 @@ void forward(const SeqForward<T>& a) {
               transposed_rows(a.w_hh, H, gt * H + jb, len, U, htin + r0, ldh, r1 - r0,
                               ghs + (b * N + r0) * GU + gt * U, GU);
           } else {
-            tile::panel<T>(cv, r1 - r0, H, kc, hin + r0 * Hp, Hp, whh + b * H * GU, GU,
-                           ghs + (b * N + r0) * GU, GU);
+            tile_product(b, r1 - r0, H, hin + r0 * Hp, Hp, whh + b * H * GU,
+                         ghs + (b * N + r0) * GU);
           }
           for (i64 n = r0; n < r1; ++n) {
             const i64 tn = t * N + n;
@@ -747,10 +787,10 @@ void forward(const SeqForward<T>& a) {
               T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * Hp)
                             : a.c_n + n * H) +
                         jb;
-              cells::lstm_fwd(len, U, p, gxr, cin, cnew, tcv, hnew);
+              cells::lstm_fwd(len, U, S, p, gxr, cin, cnew, tcv, hnew);
               if (tr) {
                 for (int gt = 0; gt < 4; ++gt)
-                  tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * U, lt, stream);
+                  tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * S, lt, stream);
                 tape_units(tp.tc + tn * Hp + jb, tcv, lt, stream);
               }
               if (active) {
@@ -760,10 +800,10 @@ void forward(const SeqForward<T>& a) {
               }
               hv = hnew;
             } else {
-              cells::gru_fwd(len, U, p, gxr, bhn + jb, hi, hnv, hnew);
+              cells::gru_fwd(len, U, S, p, gxr, bhn + jb, hi, hnv, hnew);
               if (tr) {
                 for (int gt = 0; gt < 3; ++gt)
-                  tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * U, lt, stream);
+                  tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * S, lt, stream);
                 tape_units(tp.aux + tn * Hp + jb, hnv, lt, stream);
               }
               hv = hnew;
