@@ -65,8 +65,9 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
   act_n(act, p, len);
 }
 
-// Gate g of a block's row in q (p + gx: of both): S = U, a whole vector; S < U (a short last block
-// whose gates sit side by side, len = S units each), its len units and zeros past them.
+// Gate g of one row of a block in q (gate_in: in p and in gx, added). S = U: a whole vector.
+// S < U, a short last block whose gates sit side by side (S = len units each): its S units,
+// zeros past them.
 template <class T>
 FASTRNN_INLINE simd::Vec<T> gate_load(const T* q, int g, int S, int U) {
   using V = simd::Vec<T>;
