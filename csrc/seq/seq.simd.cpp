@@ -65,7 +65,8 @@ struct Geo {
   // The last block, when H is not a multiple of U and the weights are packed, can keep its
   // gates side by side: gate g of unit u in column g * len + u instead of g * U + u, in
   // ceil(G * len / lanes) vectors instead of G * UB (tail_stride = len, tail_cv fewer).
-  // Otherwise tail_stride = U and tail_cv = G * UB, like every other block.
+  // Otherwise tail_stride = U and tail_cv = G * UB, like every other block. The forward's
+  // layout only: bwd_geometry may change `thin` without them (the backward never reads them).
   int tail_cv = 1;
   int tail_stride = 1;
   // Gate stride and tile width of block b.
