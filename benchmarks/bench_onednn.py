@@ -41,11 +41,11 @@ import numpy as np
 
 import fastrnn
 from fastrnn import functional as F
+from fastrnn.bench.cases import CELLS, Case
 from fastrnn.bench.suites import SUITES
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "onednn_driver.cpp"
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def find_dnnl(root: str | None) -> Path:
@@ -94,7 +94,7 @@ def build_driver(dnnl: Path, cxx: str) -> Path:
 def make_inputs(cell: str, T: int, N: int, I: int, H: int, seed: int) -> dict[str, np.ndarray]:
     """float32 inputs in PyTorch's layouts; weights uniform in +-1/sqrt(H) as torch.nn's."""
     rng = np.random.default_rng(seed)
-    G, k = GATES[cell], 1.0 / np.sqrt(H)
+    G, k = CELLS[cell], 1.0 / np.sqrt(H)
 
     def u(*shape: int) -> np.ndarray:
         return rng.uniform(-k, k, shape).astype(np.float32)
@@ -218,7 +218,7 @@ def run_case(
                     ours_once()
                     times.append(1e3 * (time.perf_counter() - t0))
             rounds[lib].append(statistics.median(times))
-    flops = 2.0 * T * N * GATES[cell] * H * (I + H) * (3 if training else 1)
+    flops = Case(cell, T, N, I, H).flops("training" if training else "inference")
     ms = {lib: statistics.median(v) for lib, v in rounds.items()}
     return {
         **dict(zip(("cell", "T", "N", "I", "H"), case)),
@@ -239,7 +239,7 @@ def parse_cases(text: str) -> list[tuple[str, int, int, int, int]]:
     for item in filter(None, (s.strip() for s in text.split(";"))):
         cell, _, dims = item.partition(":")
         values = [int(v) for v in dims.split(",")]
-        if cell not in GATES or len(values) != 4 or min(values) < 1:
+        if cell not in CELLS or len(values) != 4 or min(values) < 1:
             raise SystemExit(
                 f"--cases: expected CELL:T,N,I,H with CELL in lstm/gru/rnn, got {item!r}"
             )

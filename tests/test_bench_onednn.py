@@ -54,10 +54,10 @@ def test_arrays_match_the_driver_order(cell, training):
         "dx": (T, N, I),
         "dh0": (N, H),
         "dc0": (N, H),
-        "dw_ih": (bo.GATES[cell] * H, I),
-        "dw_hh": (bo.GATES[cell] * H, H),
-        "db_ih": (bo.GATES[cell] * H,),
-        "db_hh": (bo.GATES[cell] * H,),
+        "dw_ih": (bo.CELLS[cell] * H, I),
+        "dw_hh": (bo.CELLS[cell] * H, H),
+        "db_ih": (bo.CELLS[cell] * H,),
+        "db_hh": (bo.CELLS[cell] * H,),
     }
     assert [x.shape for x in arrays] == [shapes[n] for n in bo.names(cell, training)]
 
