@@ -178,23 +178,33 @@ void pack_b_panels(Trans tb, const T* b, std::int64_t ldb, std::int64_t p0, std:
                    std::int64_t j0, std::int64_t nc, std::int64_t panel_begin,
                    std::int64_t panel_end, std::int64_t bps, T* dst) {
   constexpr std::int64_t NR = Cfg<T>::NR;
+  if (tb == Trans::no) {
+    // Row by row: each stored row is read front to back (one stream, which the hardware
+    // prefetches) and dealt out to the panels, full ones by fixed-size copies. Panel by
+    // panel, with one memcpy call per row, the rows were fetched 128 bytes at a time ldb
+    // apart: 7% of an RNN backward ((100,64,256,256), 2 threads), now 1.05x faster.
+    const std::int64_t full_end = std::min(panel_end, nc / NR);
+    for (std::int64_t p = 0; p < kc; ++p) {
+      const T* src = b + (p0 + p) * ldb + j0;
+      T* dp = dst + p * NR;
+      std::int64_t q = panel_begin;
+      for (; q < full_end; ++q) std::memcpy(dp + q * bps, src + q * NR, sizeof(T) * NR);
+      for (; q < panel_end; ++q) {
+        const std::int64_t w = nc - q * NR;
+        std::memcpy(dp + q * bps, src + q * NR, sizeof(T) * static_cast<std::size_t>(w));
+        std::fill(dp + q * bps + w, dp + q * bps + NR, T(0));
+      }
+    }
+    return;
+  }
   for (std::int64_t q = panel_begin; q < panel_end; ++q) {
     T* d = dst + q * bps;
     const std::int64_t jq = q * NR;
     const std::int64_t w = nc - jq < NR ? nc - jq : NR;
-    if (tb == Trans::no) {
-      for (std::int64_t p = 0; p < kc; ++p) {
-        const T* src = b + (p0 + p) * ldb + j0 + jq;
-        T* dp = d + p * NR;
-        std::memcpy(dp, src, sizeof(T) * static_cast<std::size_t>(w));
-        std::fill(dp + w, dp + NR, T(0));
-      }
-    } else {
-      // Stored n x k: w stored rows transposed into the panel's columns (register blocks
-      // with AVX, simd/transpose.h), the columns past w zero.
-      simd::transpose_rect(b + (j0 + jq) * ldb + p0, ldb, w, kc, d, NR);
-      for (std::int64_t p = 0; p < kc; ++p) std::fill(d + p * NR + w, d + p * NR + NR, T(0));
-    }
+    // Stored n x k: w stored rows transposed into the panel's columns (register blocks
+    // with AVX, simd/transpose.h), the columns past w zero.
+    simd::transpose_rect(b + (j0 + jq) * ldb + p0, ldb, w, kc, d, NR);
+    for (std::int64_t p = 0; p < kc; ++p) std::fill(d + p * NR + w, d + p * NR + NR, T(0));
   }
 }
 
