@@ -55,11 +55,14 @@ __all__ = [
 
 #: Number of gates G per cell kind: weights have ``G*H`` rows.
 GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
+# G*H, and the shapes of weight_hh and of a bias, as error messages spell them
+_GDESC = {G: (g, f"({g}, H)", f"({g},)") for G, g in ((1, "H"), (3, "3*H"), (4, "4*H"))}
 
 #: Activation functions accepted by :func:`rnn`.
 NONLINEARITIES: tuple[str, ...] = ("tanh", "relu", "sigmoid")
 
 FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = FLOAT_DTYPES
 
 
 # --------------------------------------------------------------------------------------
@@ -77,15 +80,19 @@ def _check_float_dtype(name: str, a: Any, dtype: np.dtype | None = None) -> np.n
 
     Raises ``TypeError`` naming ``name`` otherwise. Does not copy ndarrays.
     """
-    if a is None:
+    # Identity tests first (the usual case; this runs for every array argument of every
+    # call), the conversion and the equality tests only when they fail.
+    if type(a) is np.ndarray:
+        arr = a
+    elif a is None:
         raise TypeError(f"{name}: expected a float32 or float64 array, got None")
-    arr = np.asarray(a)
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {arr.dtype}")
-    if dtype is not None and arr.dtype != dtype:
-        raise TypeError(
-            f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {arr.dtype}"
-        )
+    else:
+        arr = np.asarray(a)
+    dt = arr.dtype
+    if dt is not _F32 and dt is not _F64 and dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {dt}")
+    if dtype is not None and dt is not dtype and dt != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {dt}")
     return arr
 
 
@@ -103,7 +110,7 @@ def _check_float_array(
     Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong shape.
     """
     arr = _check_float_dtype(name, a, dtype)
-    if arr.shape != tuple(shape):
+    if arr.shape != shape and arr.shape != tuple(shape):
         want = _fmt_shape(shape)
         if shape_desc is not None:
             want = f"{shape_desc} = {want}"
@@ -211,10 +218,10 @@ def _check_inputs(
     dtype = x.dtype
     if x.ndim != 3:
         raise ValueError(f"x: expected a 3-D array of shape (T, N, I), got shape {x.shape}")
-    T, N, I = (int(s) for s in x.shape)
+    T, N, I = x.shape  # Python ints (an ndarray's shape)
 
     weight_ih = _check_float_dtype("weight_ih", weight_ih, dtype)
-    gdesc = f"{G}*H" if G > 1 else "H"
+    gdesc, hh_desc, b_desc = _GDESC[G]
     if weight_ih.ndim != 2 or weight_ih.shape[1] != I or weight_ih.shape[0] % G != 0:
         raise ValueError(
             f"weight_ih: expected shape ({gdesc}, I) with I = {I}, got {weight_ih.shape}"
@@ -224,9 +231,10 @@ def _check_inputs(
         raise ValueError(
             f"weight_ih: expected shape ({gdesc}, I) with H >= 1, got {weight_ih.shape}"
         )
-    weight_hh = _check_float_array("weight_hh", weight_hh, (G * H, H), dtype, f"({gdesc}, H)")
-    bias_ih = _check_optional_float_array("bias_ih", bias_ih, (G * H,), dtype, f"({gdesc},)")
-    bias_hh = _check_optional_float_array("bias_hh", bias_hh, (G * H,), dtype, f"({gdesc},)")
+    GH = G * H
+    weight_hh = _check_float_array("weight_hh", weight_hh, (GH, H), dtype, hh_desc)
+    bias_ih = _check_optional_float_array("bias_ih", bias_ih, (GH,), dtype, b_desc)
+    bias_hh = _check_optional_float_array("bias_hh", bias_hh, (GH,), dtype, b_desc)
 
     if h0 is None:
         h0 = np.zeros((N, H), dtype)
