@@ -65,6 +65,39 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
   act_n(act, p, len);
 }
 
+// rnn_fwd for inference: h' = phi(p + gx) straight to the state and to y (len units each),
+// p unchanged. Per element the same operations as rnn_fwd, so the same bits. The activation
+// is chosen once per row, outside the loop over vectors (chosen per vector, RNN inference at
+// N <= 8 was 3-4% slower than through rnn_fwd; this way 1.04-1.19x faster, 2 threads).
+template <class T, class Phi>
+FASTRNN_INLINE void rnn_out(int len, const T* p, const T* gx, T* h_out, T* y_out, Phi phi) {
+  using V = simd::Vec<T>;
+  int u = 0;
+  for (; u + V::lanes <= len; u += V::lanes) {
+    const V h = phi(V::load(p + u) + V::load(gx + u));
+    h.store(h_out + u);
+    h.store(y_out + u);
+  }
+  if (u < len) {
+    const int w = len - u;
+    const V h = phi(V::load_partial(p + u, w) + V::load_partial(gx + u, w));
+    h.store_partial(h_out + u, w);
+    h.store_partial(y_out + u, w);
+  }
+}
+template <class T>
+inline void rnn_fwd_infer(Act act, int len, const T* p, const T* gx, T* h_out, T* y_out) {
+  using V = simd::Vec<T>;
+  if (act == Act::tanh) {
+    rnn_out(len, p, gx, h_out, y_out, [](V a) { return simd::tanh_fast(a); });
+  } else if (act == Act::relu) {
+    rnn_out(len, p, gx, h_out, y_out,
+            [](V a) { return simd::select(a > V::zero(), a, V::zero()); });
+  } else {
+    rnn_out(len, p, gx, h_out, y_out, [](V a) { return simd::sigmoid_fast(a); });
+  }
+}
+
 // Gate g of one row of a block in q (gate_in: in p and in gx, added). S = U: a whole vector.
 // S < U, a short last block whose gates sit side by side (S = len units each): its S units,
 // zeros past them.

@@ -758,8 +758,8 @@ void forward(const SeqForward<T>& a) {
       const T* htin = ht + (s & 1) * H * ldh;  // Geo::thin: hin^T, and hout^T if s < T - 1
       T* htout = g.thin && s + 1 < Tn ? ht + ((s + 1) & 1) * H * ldh : nullptr;
 
-      // Inference without lengths (nor Geo::thin's transposed state): the LSTM's and GRU's
-      // new states go straight to where they live (cells::lstm_fwd_infer, gru_fwd_infer).
+      // Inference without lengths (nor Geo::thin's transposed state): the new states go
+      // straight to where they live (cells::*_fwd_infer).
       const bool lean = !tr && !a.lengths && !htout;
       if (!gru_before) {
         // Block b, rows [r0, r1): its column panel (K slices of ~64 KiB), then the gate
@@ -782,13 +782,15 @@ void forward(const SeqForward<T>& a) {
             tile_product(b, r1 - r0, H, hin + r0 * Hp, Hp, whh + b * H * GU,
                          ghs + (b * N + r0) * GU);
           }
-          if (lean && d.cell != Cell::rnn) {
+          if (lean) {
             for (i64 n = r0; n < r1; ++n) {
               const T* p = ghs + (b * N + n) * GU;
               const T* gxr = gx + (b * TcN + (t - tlo) * N + n) * GU;
               T* ho = hout + n * ldo + jb;
               T* yo = a.y + (t * N + n) * H + jb;
-              if (lstm) {
+              if (d.cell == Cell::rnn) {
+                cells::rnn_fwd_infer(d.act, len, p, gxr, ho, yo);
+              } else if (lstm) {
                 cells::lstm_fwd_infer(len, U, S, p, gxr, a.c_n + n * H + jb, ho, yo);
               } else {
                 cells::gru_fwd_infer(len, U, S, p, gxr, bhn + jb, hin + n * Hp + jb, ho, yo);
