@@ -65,6 +65,22 @@ inline void rnn_fwd(Act act, int len, T* p, const T* gx) {
   act_n(act, p, len);
 }
 
+// The first len units of a row (len <= lanes): a whole vector when len == lanes, else a
+// partial load or store that touches only those units (the row may end there).
+template <class T>
+FASTRNN_INLINE simd::Vec<T> load_units(const T* p, int len) {
+  using V = simd::Vec<T>;
+  return len == V::lanes ? V::load(p) : V::load_partial(p, len);
+}
+template <class T>
+FASTRNN_INLINE void store_units(simd::Vec<T> v, T* p, int len) {
+  if (len == simd::Vec<T>::lanes) {
+    v.store(p);
+  } else {
+    v.store_partial(p, len);
+  }
+}
+
 // rnn_fwd for inference: h' = phi(p + gx) straight to the state and to y (len units each),
 // p unchanged. Per element the same operations as rnn_fwd, so the same bits. The activation
 // is chosen once per row, outside the loop over vectors (chosen per vector, RNN inference at
@@ -80,9 +96,9 @@ FASTRNN_INLINE void rnn_out(int len, const T* p, const T* gx, T* h_out, T* y_out
   }
   if (u < len) {
     const int w = len - u;
-    const V h = phi(V::load_partial(p + u, w) + V::load_partial(gx + u, w));
-    h.store_partial(h_out + u, w);
-    h.store_partial(y_out + u, w);
+    const V h = phi(load_units(p + u, w) + load_units(gx + u, w));
+    store_units(h, h_out + u, w);
+    store_units(h, y_out + u, w);
   }
 }
 template <class T>
@@ -127,7 +143,7 @@ FASTRNN_INLINE LstmStep<T> lstm_step(int len, int U, int S, const T* p, const T*
   r.f = gate_sigmoid(gate_in(p, gx, 1, S, U));
   r.g = gate_tanh(gate_in(p, gx, 2, S, U));
   r.o = gate_sigmoid(gate_in(p, gx, 3, S, U));
-  const V cin = len == V::lanes ? V::load(c_in) : V::load_partial(c_in, len);
+  const V cin = load_units(c_in, len);
   r.c = r.f * cin + r.i * r.g;
   r.tc = gate_tanh(r.c);
   r.h = r.o * r.tc;
@@ -166,15 +182,9 @@ template <class T>
 FASTRNN_INLINE void lstm_fwd_infer(int len, int U, int S, const T* p, const T* gx, T* c_io,
                                    T* h_out, T* y_out) {
   const LstmStep<T> r = lstm_step(len, U, S, p, gx, c_io);
-  if (len == simd::Vec<T>::lanes) {
-    r.c.store(c_io);
-    r.h.store(h_out);
-    r.h.store(y_out);
-  } else {
-    r.c.store_partial(c_io, len);
-    r.h.store_partial(h_out, len);
-    r.h.store_partial(y_out, len);
-  }
+  store_units(r.c, c_io, len);
+  store_units(r.h, h_out, len);
+  store_units(r.h, y_out, len);
 }
 
 // GRU, reset after the matmul, one row of a block in registers (as lstm_step, one body for
@@ -192,7 +202,7 @@ FASTRNN_INLINE GruStep<T> gru_step(int len, int U, int S, const T* p, const T* g
   q.z = gate_sigmoid(gate_in(p, gx, 1, S, U));
   q.hn = gate_load(p, 2, S, U) + V::load(b_hn);
   q.n = gate_tanh(gate_load(gx, 2, S, U) + q.r * q.hn);
-  const V hv_in = len == V::lanes ? V::load(h) : V::load_partial(h, len);
+  const V hv_in = load_units(h, len);
   q.h = q.n + q.z * (hv_in - q.n);
   return q;
 }
@@ -219,13 +229,8 @@ template <class T>
 FASTRNN_INLINE void gru_fwd_infer(int len, int U, int S, const T* p, const T* gx, const T* b_hn,
                                   const T* h, T* h_out, T* y_out) {
   const GruStep<T> q = gru_step(len, U, S, p, gx, b_hn, h);
-  if (len == simd::Vec<T>::lanes) {
-    q.h.store(h_out);
-    q.h.store(y_out);
-  } else {
-    q.h.store_partial(h_out, len);
-    q.h.store_partial(y_out, len);
-  }
+  store_units(q.h, h_out, len);
+  store_units(q.h, y_out, len);
 }
 
 // GRU, reset before the matmul, first half: p (2U) in: W_hr h, W_hz h; out: r, z.

@@ -110,7 +110,7 @@ def _check_float_array(
     Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong shape.
     """
     arr = _check_float_dtype(name, a, dtype)
-    if arr.shape != shape and arr.shape != tuple(shape):
+    if arr.shape != tuple(shape):
         want = _fmt_shape(shape)
         if shape_desc is not None:
             want = f"{shape_desc} = {want}"
