@@ -152,6 +152,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
                     const py::object& c0_o, const py::object& wih_o, const py::object& whh_o,
                     const py::object& bih_o, const py::object& bhh_o, const py::object& len_o,
                     Act act, bool reset_after, bool reverse, bool training, bool copy_inputs,
+                    bool share_weights, const py::object& packed_o, int packed_isa,
                     bool poison_out) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
   SeqDims d = dims_of(cell, act, reset_after, reverse, x0);
@@ -188,6 +189,15 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   if (!bhh_o.is_none()) bhh = need<T>(bhh_o, "bias_hh", {GH}, "(G*H,)");
   py::array_t<std::int64_t> lens;
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
+  // Packed weights for the SIMD target in use (else ignored: the kernel packs as usual).
+  py::array_t<T, py::array::c_style> packed;
+  const bool use_packed = !packed_o.is_none() && packed_isa == static_cast<int>(active_isa());
+  if (use_packed) {
+    packed = need<T>(packed_o, "packed weights", {k.packed_size(d)}, "(packed_size,)");
+    if (reinterpret_cast<std::uintptr_t>(packed.data()) % 64 != 0) {
+      throw py::value_error("packed weights must be 64-byte aligned (seq_pack_weights' array)");
+    }
+  }
 
   auto y = pooled_array<T>({Tn, N, H});
   py::array_t<T, py::array::c_style> hn({N, H}), cn;
@@ -205,9 +215,10 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   }
   // The tape's own x and weights (written by the kernel), or the caller's arrays.
   const bool copies = training && copy_inputs;
+  const bool wcopies = copies && !share_weights;
   py::array_t<T, py::array::c_style> xk = x, wihk = wih, whhk = whh;
-  if (copies) {
-    xk = pooled_array<T>({Tn, N, I});
+  if (copies) xk = pooled_array<T>({Tn, N, I});
+  if (wcopies) {
     wihk = pooled_array<T>({GH, I});
     whhk = pooled_array<T>({GH, H});
   }
@@ -224,7 +235,8 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
       if (lstm) poison(cprev), poison(tc);
       if (gru) poison(aux);
     }
-    if (copies) poison(xk), poison(wihk), poison(whhk);
+    if (copies) poison(xk);
+    if (wcopies) poison(wihk), poison(whhk);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
 
@@ -249,11 +261,12 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     a.tape.tc = lstm ? tc.mutable_data() : nullptr;
     a.tape.aux = gru ? aux.mutable_data() : nullptr;
   }
-  if (copies) {
-    a.x_copy = xk.mutable_data();
+  if (copies) a.x_copy = xk.mutable_data();
+  if (wcopies) {
     a.w_ih_copy = wihk.mutable_data();
     a.w_hh_copy = whhk.mutable_data();
   }
+  a.packed = use_packed ? packed.data() : nullptr;
   a.work = ws.data();
   a.work_size = work;
   a.num_threads = get_num_threads();
@@ -384,6 +397,60 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   return out;
 }
 
+template <class T>
+py::array_t<T, py::array::c_style> pack_weights_t(Cell cell, const py::object& wih_o,
+                                                  const py::object& whh_o, bool reset_after,
+                                                  i64 GH, i64 I) {
+  SeqDims d;
+  d.cell = cell;
+  d.reset_after = reset_after;
+  d.I = I;
+  d.H = GH / d.gates();
+  d.T = d.N = 1;
+  auto wih = need<T>(wih_o, "weight_ih", {GH, I}, "(G*H, I)");
+  auto whh = need<T>(whh_o, "weight_hh", {GH, d.H}, "(G*H, H)");
+  const SeqFns<T>& k = fns<T>();
+  const i64 n = k.packed_size(d);
+  check_elems<T>(n, "packed weights");
+  // 64-byte aligned like the kernel's own workspace: a view into a slightly larger array.
+  constexpr i64 pad = 64 / static_cast<i64>(sizeof(T));
+  py::array_t<T, py::array::c_style> raw({checked_add(n, pad, "packed weights")});
+  const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
+  const i64 off = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
+  auto out = py::array_t<T, py::array::c_style>::ensure(raw[py::slice(off, off + n, 1)]);
+  // Zeros in the columns past a short last block's units, which no kernel reads for a result.
+  std::fill(out.mutable_data(), out.mutable_data() + n, T(0));
+  {
+    py::gil_scoped_release release;
+    k.pack_weights(d, wih.data(), whh.data(), out.mutable_data(), get_num_threads());
+  }
+  return out;
+}
+
+py::tuple pack_weights_any(Cell cell, const py::object& wih_o, const py::object& whh_o,
+                           bool reset_after) {
+  if (!py::isinstance<py::array>(wih_o) || py::reinterpret_borrow<py::array>(wih_o).ndim() != 2) {
+    throw py::type_error("weight_ih must be a 2-d numpy.ndarray (G*H, I)");
+  }
+  py::array w = py::reinterpret_borrow<py::array>(wih_o);
+  SeqDims d;
+  d.cell = cell;
+  const i64 G = d.gates(), GH = static_cast<i64>(w.shape(0)), I = static_cast<i64>(w.shape(1));
+  if (GH < G || GH % G != 0) {
+    throw py::value_error("weight_ih must have shape (G*H, I) with G=" + std::to_string(G) +
+                          " and H >= 1, got " + shape_str(shape_of(w)));
+  }
+  const int isa = static_cast<int>(active_isa());
+  if (w.dtype().is(py::dtype::of<double>())) {
+    return py::make_tuple(pack_weights_t<double>(cell, wih_o, whh_o, reset_after, GH, I), isa);
+  }
+  if (w.dtype().is(py::dtype::of<float>())) {
+    return py::make_tuple(pack_weights_t<float>(cell, wih_o, whh_o, reset_after, GH, I), isa);
+  }
+  throw py::type_error("weight_ih must have dtype float32 or float64, got " +
+                       std::string(py::str(w.dtype())));
+}
+
 bool is_f64(const py::object& x) {
   if (!py::isinstance<py::array>(x)) {
     throw py::type_error("x must be a numpy.ndarray of shape (T, N, I), got " +
@@ -404,25 +471,39 @@ void register_seq(py::module_& m) {
       [](const std::string& cell, const py::object& x, const py::object& h0, const py::object& c0,
          const py::object& wih, const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& lengths, const std::string& nonlinearity, bool reset_after, bool reverse,
-         bool training, bool copy_inputs, bool poison) {
+         bool training, bool copy_inputs, bool poison, bool share_weights,
+         const py::object& packed, int packed_isa) {
         const Cell c = parse_cell(cell);
         const Act a = parse_act(nonlinearity);
         py::array xa = py::reinterpret_borrow<py::array>(x);
         if (is_f64(x)) {
           if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
           return forward_t<double>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after,
-                                   reverse, training, copy_inputs, poison);
+                                   reverse, training, copy_inputs, share_weights, packed,
+                                   packed_isa, poison);
         }
         if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
         return forward_t<float>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after, reverse,
-                                training, copy_inputs, poison);
+                                training, copy_inputs, share_weights, packed, packed_isa, poison);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"),
       py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("lengths"),
       py::arg("nonlinearity"), py::arg("reset_after"), py::arg("reverse"), py::arg("training"),
-      py::arg("copy_inputs") = false, py::arg("poison") = false,
+      py::arg("copy_inputs") = false, py::arg("poison") = false, py::arg("share_weights") = false,
+      py::arg("packed") = py::none(), py::arg("packed_isa") = -1,
       "One layer, one direction over a whole sequence. Returns (y, h_n, c_n|None, tape|None); "
-      "with training and copy_inputs the tape keeps its own copies of x and the weights.");
+      "with training and copy_inputs the tape keeps its own copies of x and (unless "
+      "share_weights) the weights. packed: seq_pack_weights' array for these weights, used "
+      "when packed_isa is the SIMD target in use.");
+  m.def(
+      "seq_pack_weights",
+      [](const std::string& cell, const py::object& wih_o, const py::object& whh_o,
+         bool reset_after) {
+        return pack_weights_any(parse_cell(cell), wih_o, whh_o, reset_after);
+      },
+      py::arg("cell"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("reset_after"),
+      "The forward's packed layout of weight_ih (G*H, I) and weight_hh (G*H, H) for the SIMD "
+      "target in use. Returns (packed array, target id).");
   m.def(
       "seq_backward",
       [](const std::string& cell, const py::dict& tape, const std::string& nonlinearity,

@@ -77,11 +77,15 @@ struct SeqForward {
   bool training = false;
   SeqTape<T> tape;    // written when training
   // Training, where not null: copies of x, w_ih and w_hh (same shapes) for the backward,
-  // which the caller's arrays may no longer match by then. Written by the kernel's threads
-  // in parallel (past the caches from 1 MiB on).
+  // which the caller's arrays may no longer match by then (each may be null on its own).
+  // Written by the kernel's threads in parallel (past the caches from 1 MiB on).
   T* x_copy = nullptr;
   T* w_ih_copy = nullptr;
   T* w_hh_copy = nullptr;
+  // W_ih and W_hh as pack_weights laid them out for d (same cell, GRU variant, I, H, type and
+  // target), or null: the forward then packs them itself. A call whose rows (T*N) are too
+  // few to pack reads w_ih and w_hh instead, so those must hold the same weights.
+  const T* packed = nullptr;
   T* work = nullptr;  // forward_work(d) elements, 64-byte aligned
   std::int64_t work_size = 0;
   int num_threads = 1;
@@ -118,6 +122,11 @@ struct SeqFns {
   std::int64_t (*backward_work)(const SeqDims& d);
   void (*forward)(const SeqForward<T>& a);
   void (*backward)(const SeqBackward<T>& a);
+  // Elements of the forward's packed W_ih and W_hh for d's cell, GRU variant, I and H (T and
+  // N do not matter), and the packing itself into `out` (that many elements, 64-byte
+  // aligned; w_ih (G*H,I) and w_hh (G*H,H) row-major). The layout belongs to this target.
+  std::int64_t (*packed_size)(const SeqDims& d);
+  void (*pack_weights)(const SeqDims& d, const T* w_ih, const T* w_hh, T* out, int num_threads);
 };
 
 struct SeqTable {

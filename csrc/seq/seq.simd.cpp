@@ -119,6 +119,18 @@ static_assert(tile::lanes<float>() == simd::Vec<float>::lanes &&
                   tile::lanes<double>() == simd::Vec<double>::lanes,
               "tile and simd vector widths differ");
 
+// The last block's layout (Geo::tail_cv, tail_stride), which depends on whether the weights
+// are packed.
+template <class T>
+void set_tail(Geo& g, const SeqDims& d) {
+  const bool gru_before = d.cell == Cell::gru && !d.reset_after;
+  const int len = static_cast<int>(d.H - (g.nb - 1) * g.U);
+  const int tail_cv = (g.G * len + tile::lanes<T>() - 1) / tile::lanes<T>();
+  const bool tail = !gru_before && !g.unpacked() && tail_cv < g.G * g.UB;
+  g.tail_cv = tail ? tail_cv : g.G * g.UB;
+  g.tail_stride = tail ? len : g.U;
+}
+
 template <class T>
 Geo geometry(const SeqDims& d) {
   Geo g;
@@ -141,11 +153,19 @@ Geo geometry(const SeqDims& d) {
   g.direct = !gru_before && d.T <= direct_rows(d) / d.N;  // T*N <= rows, no overflow
   g.thin = !gru_before && !g.direct && thin_rows<T>(d);
   if (g.thin) g.Tc = d.T;  // one input product over all T*N rows
-  const int len = static_cast<int>(d.H - (g.nb - 1) * g.U);
-  const int tail_cv = (g.G * len + tile::lanes<T>() - 1) / tile::lanes<T>();
-  const bool tail = !gru_before && !g.unpacked() && tail_cv < g.G * g.UB;
-  g.tail_cv = tail ? tail_cv : g.G * g.UB;
-  g.tail_stride = tail ? len : g.U;
+  set_tail<T>(g, d);
+  return g;
+}
+
+// The geometry of packed weights for d's cell, GRU variant, I and H, whatever T and N: that
+// of a call which packs them (pack_weights, and every call that reads packed weights).
+template <class T>
+Geo packed_geometry(const SeqDims& d) {
+  SeqDims one = d;
+  one.T = one.N = 1;  // only the unpacked paths depend on them
+  Geo g = geometry<T>(one);
+  g.direct = g.thin = false;
+  set_tail<T>(g, one);
   return g;
 }
 
@@ -205,6 +225,22 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   }
   l.total = w.off;
   return l;
+}
+
+// Where W_hh starts in packed weights (after W_ih's nb x I x GU, rounded like Carve does),
+// and their size: FwdLayout::wih and ::whh of a call that packs.
+template <class T>
+i64 packed_whh_offset(const SeqDims& d, const Geo& g) {
+  const char* what = "packed weight_ih";
+  return round16(checked_mul(checked_mul(g.nb, d.I, what), g.GU, what), what);
+}
+
+template <class T>
+i64 packed_size(const SeqDims& d) {
+  const Geo g = packed_geometry<T>(d);
+  const char* what = "packed weight_hh";
+  return checked_add(packed_whh_offset<T>(d, g),
+                     round16(checked_mul(checked_mul(g.nb, d.H, what), g.GU, what), what), what);
 }
 
 struct BwdLayout {
@@ -583,6 +619,35 @@ void copy_share(T* dst, const T* src, i64 n, int tid, int nth) {
   }
 }
 
+// Block b of the packed weights: [b][k][gate*S + u] = W[gate*H + b*U + u][k], W_ih into
+// wih and W_hh into whh. Gates in order: each gate's U columns from gt * S on, so in a short
+// last block laid out side by side (S = len < U) the next gate overwrites the zeros past
+// this one's units.
+template <class T>
+void pack_block(const SeqDims& d, const Geo& g, i64 b, const T* w_ih, const T* w_hh, T* wih,
+                T* whh) {
+  const int U = g.U;
+  const i64 GU = g.GU;
+  const int valid = static_cast<int>(std::min<i64>(U, d.H - b * U));
+  const int S = g.stride(b);
+  for (int gt = 0; gt < g.G; ++gt) {
+    const i64 r0 = gt * d.H + b * U;
+    pack_transposed(w_ih, d.I, r0, valid, U, wih + b * d.I * GU + gt * S, GU);
+    pack_transposed(w_hh, d.H, r0, valid, U, whh + b * d.H * GU + gt * S, GU);
+  }
+}
+
+template <class T>
+void pack_weights(const SeqDims& d, const T* w_ih, const T* w_hh, T* out, int num_threads) {
+  const Geo g = packed_geometry<T>(d);
+  T* const whh = out + packed_whh_offset<T>(d, g);
+  const int nt = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads, g.nb)));
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+  for (i64 b = 0; b < g.nb; ++b) pack_block(d, g, b, w_ih, w_hh, out, whh);
+}
+
 template <class T>
 void forward(const SeqForward<T>& a) {
   const SeqDims& d = a.d;
@@ -599,8 +664,13 @@ void forward(const SeqForward<T>& a) {
   const bool lstm = d.cell == Cell::lstm;
   const bool gru = d.cell == Cell::gru;
   const bool gru_before = gru && !d.reset_after;
-  T* wih = a.work + lay.wih;
-  T* whh = a.work + lay.whh;
+  // The packed weights: this call's workspace, which its threads fill below, or the caller's
+  // (pack_weights), when the call packs at all.
+  const bool own_pack = !g.unpacked() && !a.packed;
+  T* const wih_w = a.work + lay.wih;
+  T* const whh_w = a.work + lay.whh;
+  const T* const wih = a.packed && !g.unpacked() ? a.packed : wih_w;
+  const T* const whh = a.packed && !g.unpacked() ? a.packed + packed_whh_offset<T>(d, g) : whh_w;
   T* gx = a.work + lay.gx;
   T* ghs = a.work + lay.gh;
   T* bias = a.work + lay.bias;
@@ -622,25 +692,19 @@ void forward(const SeqForward<T>& a) {
     const auto [b0, b1, j0, j1, bs, js, n0, n1, tid, nth] =
         join_team(bar, g.nb, U, H, N, !gru_before);
     auto barrier = [&bar] { bar.wait(); };
-    if (a.x_copy) {  // training: the backward's copies (seq.h)
-      copy_share(a.x_copy, a.x, Tn * N * I, tid, nth);
-      copy_share(a.w_ih_copy, a.w_ih, GH * I, tid, nth);
-      copy_share(a.w_hh_copy, a.w_hh, GH * H, tid, nth);
-    }
+    // training: the backward's copies (seq.h)
+    if (a.x_copy) copy_share(a.x_copy, a.x, Tn * N * I, tid, nth);
+    if (a.w_ih_copy) copy_share(a.w_ih_copy, a.w_ih, GH * I, tid, nth);
+    if (a.w_hh_copy) copy_share(a.w_hh_copy, a.w_hh, GH * H, tid, nth);
 
-    // Pack this thread's blocks and its turn of the shared ones:
-    // [b][k][gate*U + u] = W[gate*H + b*U + u][k].
-    // Gates in order: each gate's U columns from gt * S on, so in a short last block laid out
-    // side by side (S = len < U) the next gate overwrites the zeros past this one's units.
+    // Pack this thread's blocks and its turn of the shared ones (pack_block), unless the
+    // caller packed them, and fold their biases.
     auto pack = [&](i64 b) {
       const int valid = static_cast<int>(std::min<i64>(U, H - b * U));
       const int S = g.stride(b);
+      if (own_pack) pack_block(d, g, b, a.w_ih, a.w_hh, wih_w, whh_w);
       for (int gt = 0; gt < G; ++gt) {
         const i64 r0 = gt * H + b * U;
-        if (!g.unpacked()) {
-          pack_transposed(a.w_ih, I, r0, valid, U, wih + b * I * GU + gt * S, GU);
-          pack_transposed(a.w_hh, H, r0, valid, U, whh + b * H * GU + gt * S, GU);
-        }
         for (int u = 0; u < U; ++u) {
           const bool in = u < valid;
           const i64 row = r0 + u;
@@ -1255,8 +1319,10 @@ void backward(const SeqBackward<T>& a) {
 
 const SeqTable& seq_table() {
   static const SeqTable t{
-      {&forward_work<float>, &backward_work<float>, &forward<float>, &backward<float>},
-      {&forward_work<double>, &backward_work<double>, &forward<double>, &backward<double>},
+      {&forward_work<float>, &backward_work<float>, &forward<float>, &backward<float>,
+       &packed_size<float>, &pack_weights<float>},
+      {&forward_work<double>, &backward_work<double>, &forward<double>, &backward<double>,
+       &packed_size<double>, &pack_weights<double>},
   };
   return t;
 }
