@@ -83,6 +83,7 @@ def _forward(
     lengths: Any,
     training: Any,
     poison: bool,
+    packed: Any = None,
 ) -> tuple:
     inp = _ref._check_inputs(kind, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
     reverse = _ref._check_bool("reverse", reverse)
@@ -110,9 +111,13 @@ def _forward(
             reverse,
             training,
             # the tape must not see later in-place edits by the caller: it keeps the
-            # kernel's own copies of x and the weights
+            # kernel's own copies of x and the weights (not of a packed snapshot's weights,
+            # which are read-only)
             training and not getattr(_local, "share", False),
             poison,
+            share_weights=packed is not None,
+            packed=None if packed is None else packed._data,
+            packed_isa=-1 if packed is None else packed._isa,
         )
     if training:
         tape = NativeTape(
@@ -184,6 +189,7 @@ def rnn(
     lengths=None,
     training=False,
     _poison=False,
+    _packed=None,
 ):
     """Native :func:`fastrnn.reference.rnn` (same arguments and results)."""
     nonlinearity = _ref._check_nonlinearity(nonlinearity)
@@ -202,6 +208,7 @@ def rnn(
         lengths,
         training,
         _poison,
+        _packed,
     )
 
 
@@ -218,6 +225,7 @@ def lstm(
     lengths=None,
     training=False,
     _poison=False,
+    _packed=None,
 ):
     """Native :func:`fastrnn.reference.lstm` (same arguments and results)."""
     return _forward(
@@ -235,6 +243,7 @@ def lstm(
         lengths,
         training,
         _poison,
+        _packed,
     )
 
 
@@ -251,6 +260,7 @@ def gru(
     lengths=None,
     training=False,
     _poison=False,
+    _packed=None,
 ):
     """Native :func:`fastrnn.reference.gru` (same arguments and results)."""
     reset_after = _ref._check_bool("reset_after", reset_after)
@@ -269,6 +279,7 @@ def gru(
         lengths,
         training,
         _poison,
+        _packed,
     )
 
 
