@@ -18,7 +18,9 @@ Inference is one forward; training is a training forward and the backward with a
 upstream gradient on the outputs. Both use --threads threads (oneDNN through
 OMP_NUM_THREADS). oneDNN runs in its own process: each round times --repeat runs of one
 library and then of the other, and the reported time is the median over rounds of each
-round's median. GFLOP/s counts 2*T*N*G*H*(I+H) for a forward and three times that for
+round's median. fastrnn is timed twice: as called plainly, laying its weights out in every
+call, and with them laid out once beforehand (``F.pack_weights``), as the driver lays out
+oneDNN's. GFLOP/s counts 2*T*N*G*H*(I+H) for a forward and three times that for
 training, as fastrnn-bench does.
 """
 
@@ -112,11 +114,20 @@ def state_args(cell: str, a: dict[str, np.ndarray]) -> tuple:
     return (a["h0"], a["c0"]) if cell == "lstm" else (a["h0"],)
 
 
-def run_fastrnn(cell: str, a: dict[str, np.ndarray], training: bool, backend: str) -> list:
-    """What the driver writes, in its order, from fastrnn (native or reference)."""
+def run_fastrnn(
+    cell: str,
+    a: dict[str, np.ndarray],
+    training: bool,
+    backend: str,
+    packed: F.PackedWeights | None = None,
+) -> list:
+    """What the driver writes, in its order, from fastrnn (native or reference); with
+    ``packed`` (these weights from ``F.pack_weights``) the forward reads that layout."""
     fwd, bwd = getattr(F, cell), getattr(F, f"{cell}_backward")
     w = (a["weight_ih"], a["weight_hh"], a["bias_ih"], a["bias_hh"])
-    out = fwd(a["x"], *state_args(cell, a), *w, training=training, backend=backend)
+    if packed is not None:
+        w = (packed.weight_ih, packed.weight_hh, *w[2:])
+    out = fwd(a["x"], *state_args(cell, a), *w, training=training, backend=backend, packed=packed)
     y, state = out[0], out[1]
     arrays = [y, *(state if cell == "lstm" else (state,))]
     if training:
@@ -196,17 +207,23 @@ def run_case(
     if at != flat.size:
         raise AssertionError(f"driver wrote {flat.size} values, expected {at}")
     err = check(cell, a, training, {"fastrnn": ours, "onednn": theirs})
+    # fastrnn twice: laying the weights out in every call (as torch.nn does), and once
+    # beforehand (F.pack_weights, outside the timing), as the driver does oneDNN's.
+    packed = F.pack_weights(cell, a["weight_ih"], a["weight_hh"])
+    for mine, other in zip(run_fastrnn(cell, a, training, "native", packed), ours):
+        np.testing.assert_array_equal(mine, other)  # the same bits either way
 
-    def ours_once() -> None:
-        run_fastrnn(cell, a, training, "native")
+    def once(lib: str) -> None:
+        run_fastrnn(cell, a, training, "native", packed if lib == "packed" else None)
 
     # NumPy's BLAS threads (the reference's products in check) spin for a while after their
     # last call, on the cores the timed runs need.
     time.sleep(0.5)
-    ours_once()
-    rounds: dict[str, list[float]] = {"fastrnn": [], "onednn": []}
+    once("fastrnn")
+    libs = ("fastrnn", "packed", "onednn")
+    rounds: dict[str, list[float]] = {lib: [] for lib in libs}
     for r in range(args.rounds):
-        for lib in ("fastrnn", "onednn") if r % 2 == 0 else ("onednn", "fastrnn"):
+        for lib in libs[r % 3 :] + libs[: r % 3]:
             if lib == "onednn":
                 times = drive(
                     exe, cell, (T, N, I, H), training, args.repeat, infile, outfile, args.threads
@@ -215,7 +232,7 @@ def run_case(
                 times = []
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
-                    ours_once()
+                    once(lib)
                     times.append(1e3 * (time.perf_counter() - t0))
             rounds[lib].append(statistics.median(times))
     flops = Case(cell, T, N, I, H).flops("training" if training else "inference")
@@ -225,10 +242,13 @@ def run_case(
         "mode": "training" if training else "inference",
         "threads": args.threads,
         "fastrnn_ms": ms["fastrnn"],
+        "fastrnn_packed_ms": ms["packed"],
         "onednn_ms": ms["onednn"],
         "fastrnn_gflops": flops / ms["fastrnn"] / 1e6,
+        "fastrnn_packed_gflops": flops / ms["packed"] / 1e6,
         "onednn_gflops": flops / ms["onednn"] / 1e6,
         "speedup": ms["onednn"] / ms["fastrnn"],
+        "speedup_packed": ms["onednn"] / ms["packed"],
         "max_rel_err": err,
     }
 
@@ -272,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     fastrnn.set_num_threads(args.threads)
     print(
         f"fastrnn {fastrnn.__version__} vs oneDNN, {args.threads} thread(s), float32; "
-        "times are medians, speedup = oneDNN time / fastrnn time"
+        "times are medians, speedup = oneDNN time / fastrnn time; fastrnn lays the weights "
+        "out in every call, 'packed' once beforehand (F.pack_weights), as oneDNN's are"
     )
     results = []
     with tempfile.TemporaryDirectory() as d:
@@ -283,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                 shape = "({T},{N},{I},{H})".format(**r)
                 print(
                     f"{r['cell']:4} {shape:20} {mode:9}  fastrnn {r['fastrnn_ms']:9.3f} ms "
-                    f"{r['fastrnn_gflops']:6.1f} GF/s   oneDNN {r['onednn_ms']:9.3f} ms "
-                    f"{r['onednn_gflops']:6.1f} GF/s   {r['speedup']:5.2f}x",
+                    f"{r['fastrnn_gflops']:6.1f} GF/s   packed {r['fastrnn_packed_ms']:9.3f} ms "
+                    f"  oneDNN {r['onednn_ms']:9.3f} ms {r['onednn_gflops']:6.1f} GF/s   "
+                    f"{r['speedup']:5.2f}x / packed {r['speedup_packed']:5.2f}x",
                     flush=True,
                 )
     if args.json:

@@ -93,4 +93,5 @@ def test_quick_run_checks_and_times(tmp_path, capsys):
         assert r["max_rel_err"] < 1e-3
         assert r["fastrnn_ms"] > 0 and r["onednn_ms"] > 0
         assert np.isclose(r["speedup"], r["onednn_ms"] / r["fastrnn_ms"])
+        assert np.isclose(r["speedup_packed"], r["onednn_ms"] / r["fastrnn_packed_ms"])
     assert "oneDNN" in capsys.readouterr().out

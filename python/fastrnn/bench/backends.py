@@ -163,8 +163,13 @@ class FunctionalBackend(Backend):
 
         return functional
 
+    def _setup(self, case: Case, p: Params) -> tuple[Params, dict[str, Any]]:
+        """The parameters and extra keyword arguments of this backend's calls."""
+        return p, {"backend": self.which}
+
     def prepare(self, case: Case, mode: str, p: Params) -> Callable[[], Any]:
-        fn, cell, kw = self._fn(), case.cell, {"backend": self.which}
+        p, kw = self._setup(case, p)
+        fn, cell = self._fn(), case.cell
         state0 = _init_state(cell, p)
         if mode == "inference":
             return lambda: _forward(fn, cell, p, p["x"], state0, **kw)
@@ -186,7 +191,8 @@ class FunctionalBackend(Backend):
         return step
 
     def compute(self, case: Case, mode: str, p: Params) -> Outputs:
-        fn, cell, kw = self._fn(), case.cell, {"backend": self.which}
+        p, kw = self._setup(case, p)
+        fn, cell = self._fn(), case.cell
         state0 = _init_state(cell, p)
         if mode == "step":
             ys, state = [], state0
@@ -201,6 +207,23 @@ class FunctionalBackend(Backend):
             grads = _backward(fn, cell, out[2], p)
             res.update({f"d_{k}": np.asarray(v) for k, v in grads.items() if v is not None})
         return res
+
+
+class PackedNativeBackend(FunctionalBackend):
+    """``native`` with each case's weights laid out once before it is timed
+    (``fastrnn.functional.pack_weights``), as oneDNN's and cuDNN's programs do with theirs;
+    ``native`` lays them out in every call, as ``torch.nn`` does."""
+
+    def __init__(self) -> None:
+        super().__init__("native")
+        self.name = "native-packed"
+
+    def _setup(self, case: Case, p: Params) -> tuple[Params, dict[str, Any]]:
+        from fastrnn import functional
+
+        packed = functional.pack_weights(case.cell, p["weight_ih"], p["weight_hh"])
+        p = dict(p, weight_ih=packed.weight_ih, weight_hh=packed.weight_hh)
+        return p, {"backend": "native", "packed": packed}
 
 
 def _set_blas_threads(n: int) -> str:
@@ -545,6 +568,7 @@ def all_backends() -> dict[str, Backend]:
     """Every backend the runner knows, by name (available or not)."""
     backends: list[Backend] = [
         FunctionalBackend("native"),
+        PackedNativeBackend(),
         FunctionalBackend("reference"),
         TorchBackend(),
         FastrnnTorchBackend(),

@@ -15,7 +15,7 @@ from fastrnn.bench.backends import Backend, all_backends
 from fastrnn.bench.cases import MODES, Case, cases_from_toml, parse_case_spec
 from fastrnn.bench.suites import SUITES, get_suite
 
-DEFAULT_BACKENDS = ("native", "reference", "torch", "fastrnn.torch", "jax")
+DEFAULT_BACKENDS = ("native", "native-packed", "reference", "torch", "fastrnn.torch", "jax")
 DEFAULT_MAX_TIME = 3.0
 
 
