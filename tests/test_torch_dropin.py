@@ -737,3 +737,51 @@ def test_in_place_changes_to_inputs_before_backward_raise(what):
         target.add_(0.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_pack_weights_same_bits_and_follows_updates(mode):
+    # pack_weights(): inference reuses the layout with the same bits as without it, and lays
+    # the weights out again after an in-place update or a replaced parameter.
+    torch.manual_seed(3)
+    m = getattr(ft, mode)(23, 37, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 9, 23)
+    with torch.no_grad():
+        plain = m(x)[0]
+        m.pack_weights()
+        packed = m(x)[0]
+        again = m(x)[0]
+        torch.testing.assert_close(packed, plain, rtol=0, atol=0)
+        torch.testing.assert_close(again, plain, rtol=0, atol=0)
+        assert len(ft._PACKED[m]) == 4  # two layers, two directions
+        m.weight_hh_l1_reverse.mul_(0.5)  # in place: its version counter moves
+        got = m(x)[0]
+        m.unpack_weights()
+        torch.testing.assert_close(got, m(x)[0], rtol=0, atol=0)
+        assert not torch.equal(got, plain)
+        m.pack_weights()
+        m(x)
+        m.weight_ih_l0 = torch.nn.Parameter(m.weight_ih_l0.detach() * 2)  # replaced
+        got = m(x)[0]
+        m.unpack_weights()
+        torch.testing.assert_close(got, m(x)[0], rtol=0, atol=0)
+        assert m not in ft._PACKED
+    # with autograd the packed layout is not used, and results stay torch.nn's
+    m.pack_weights()
+    y = m(x)[0]
+    ref = getattr(torch.nn, mode)(23, 37, num_layers=2, bidirectional=True)
+    ref.load_state_dict(m.state_dict())
+    torch.testing.assert_close(y, ref(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pack_weights_on_a_cell():
+    torch.manual_seed(4)
+    cell = ft.LSTMCell(19, 70)
+    x, h, c = torch.randn(40, 19), torch.randn(40, 70), torch.randn(40, 70)
+    with torch.no_grad():
+        want = cell(x, (h, c))
+        cell.pack_weights()
+        got = cell(x, (h, c))
+        assert "l0" in ft._PACKED[cell]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
