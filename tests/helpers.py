@@ -119,12 +119,27 @@ def scalar_loss(kind: str, out: tuple, up: dict[str, np.ndarray]) -> float:
     return float(total)
 
 
-def backward(module: Any, kind: str, tape: Any, up: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Call ``module.<kind>_backward`` with the upstream gradients in ``up``."""
+def backward(
+    module: Any, kind: str, tape: Any, up: dict[str, np.ndarray], **kw: Any
+) -> dict[str, Any]:
+    """Call ``module.<kind>_backward`` with the upstream gradients in ``up`` (and ``kw``,
+    e.g. ``_poison=True`` for the native backend)."""
     fn = getattr(module, f"{kind}_backward")
     if kind == "lstm":
-        return fn(tape, up["dy"], up["dh_n"], up["dc_n"])
-    return fn(tape, up["dy"], up["dh_n"])
+        return fn(tape, up["dy"], up["dh_n"], up["dc_n"], **kw)
+    return fn(tape, up["dy"], up["dh_n"], **kw)
+
+
+def packs_weights(kind: str, size: tuple, dtype: Any = np.float32, backward: bool = False) -> bool:
+    """Whether the native forward's workspace for ``size`` = (T, N, I, H) holds packed
+    copies of weight_ih and weight_hh (the backward's: of weight_hh; sizes with T*N well
+    below H, so dG alone cannot pass that)."""
+    import fastrnn
+
+    T, N, I, H = size
+    f64 = np.dtype(dtype) == np.float64
+    work = fastrnn._core.seq_work_elements(kind, T, N, I, H, f64, backward=backward)
+    return work >= GATES[kind] * H * (H if backward else I + H)
 
 
 def assert_allclose_named(

@@ -23,6 +23,8 @@ from helpers import (
     VARIANT_IDS,
     VARIANTS,
     assert_allclose_named,
+    backward,
+    packs_weights,
     random_case,
     random_lengths,
     random_upstream,
@@ -60,13 +62,6 @@ def _call(module, kind, variant, case, **kw):
     return getattr(module, f"{kind}")(**case, **variant, **kw)
 
 
-def _backward(module, kind, tape, up, **kw):
-    fn = getattr(module, f"{kind}_backward")
-    if kind == "lstm":
-        return fn(tape, up["dy"], up["dh_n"], up["dc_n"], **kw)
-    return fn(tape, up["dy"], up["dh_n"], **kw)
-
-
 def _as64(case):
     return {k: None if v is None else np.asarray(v, np.float64) for k, v in case.items()}
 
@@ -97,8 +92,8 @@ def _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths):
         t = np.arange(T)[:, None]
         assert not y_g[t >= lengths[None, :]].any(), "inactive steps must write y = 0"
 
-    g_w = _backward(REF, kind, tape_w, _as64(up))
-    g_g = _backward(NAT, kind, tape_g, up, _poison=True)
+    g_w = backward(REF, kind, tape_w, _as64(up))
+    g_g = backward(NAT, kind, tape_g, up, _poison=True)
     assert list(g_g) == list(g_w)
     for key, w in g_w.items():
         if w is None:
@@ -169,15 +164,6 @@ PACKED_SIZE = (3, 7, 251, 70)
 LONG_FEW_ROWS = [(12, 1, 512, 512), (8, 4, 256, 256)]
 
 
-def _packs_weights(kind, size, dtype=np.float32, backward=False):
-    """Whether the forward's workspace holds packed copies of weight_ih and weight_hh (the
-    backward's: of weight_hh; sizes with T*N well below H, so dG alone cannot pass that)."""
-    T, N, I, H = size
-    f64 = np.dtype(dtype) == np.float64
-    work = fastrnn._core.seq_work_elements(kind, T, N, I, H, f64, backward=backward)
-    return work >= GATES[kind] * H * (H if backward else I + H)
-
-
 # The variants with one RNN nonlinearity (paths that do not depend on it), with their ids.
 ONE_RNN_VARIANT = [
     (v, i) for v, i in zip(VARIANTS, VARIANT_IDS) if i not in ("rnn-relu", "rnn-sigmoid")
@@ -197,7 +183,7 @@ def test_streamed_weight_gradients_match_reference(kind, variant, dtype, isa, th
     for size in ((1, 3, 1031, H), (2, 9, 1031, H)):
         assert GATES[kind] * H * 1031 * 4 >= 4 << 20
         if variant.get("reset_after", True):
-            assert not _packs_weights(kind, size, dtype), size
+            assert not packs_weights(kind, size, dtype), size
         _check_case(kind, variant, size, dtype, rng, True, size[0] == 2, size[0] == 2)
 
 
@@ -219,10 +205,10 @@ def test_long_weight_gradients_match_reference(kind, variant, dtype, isa, thread
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
 def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, rng):
     # (GRU with the reset before the matmul always packs, in its own loop: the same sizes
-    # check that path; _packs_weights sizes the reset-after workspace.)
-    assert _packs_weights(kind, PACKED_SIZE, dtype)
+    # check that path; packs_weights sizes the reset-after workspace.)
+    assert packs_weights(kind, PACKED_SIZE, dtype)
     for size in LONG_FEW_ROWS:
-        assert _packs_weights(kind, size, dtype), size
+        assert packs_weights(kind, size, dtype), size
     flags = [
         (True, False, False),
         (True, True, True),
@@ -231,10 +217,10 @@ def test_unpacked_forward_matches_reference(kind, variant, dtype, isa, threads, 
         (True, False, True),
     ]
     for size, (bias, reverse, with_lengths) in zip(DIRECT_SIZES, flags):
-        assert not _packs_weights(kind, size, dtype), size
+        assert not packs_weights(kind, size, dtype), size
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
     for size, (bias, reverse, with_lengths) in zip(THIN_SIZES, flags[1:]):
-        assert not _packs_weights(kind, size, dtype), size
+        assert not packs_weights(kind, size, dtype), size
         _check_case(kind, variant, size, dtype, rng, bias, reverse, with_lengths)
     _check_case(kind, variant, PACKED_SIZE, dtype, rng, True, True, True)
 
@@ -243,11 +229,11 @@ def test_backward_packing_choice_follows_weight_hh_size():
     # bwd_geometry: unpacked up to 64 rows while W_hh < 12 MiB (here 8 MiB of float64
     # over 32 rows of N = 2), up to 16 rows with N >= 4 at 32 MiB, never with N < 4 there.
     f64 = np.float64
-    assert not _packs_weights("lstm", (16, 2, 512, 512), f64, backward=True)
-    assert not _packs_weights("lstm", (3, 4, 1024, 1024), f64, backward=True)
-    assert _packs_weights("lstm", (8, 2, 1024, 1024), f64, backward=True)
-    assert _packs_weights("lstm", (5, 4, 1024, 1024), f64, backward=True)
-    assert not _packs_weights("lstm", (5, 8, 1024, 1024), f64, backward=True)
+    assert not packs_weights("lstm", (16, 2, 512, 512), f64, backward=True)
+    assert not packs_weights("lstm", (3, 4, 1024, 1024), f64, backward=True)
+    assert packs_weights("lstm", (8, 2, 1024, 1024), f64, backward=True)
+    assert packs_weights("lstm", (5, 4, 1024, 1024), f64, backward=True)
+    assert not packs_weights("lstm", (5, 8, 1024, 1024), f64, backward=True)
 
 
 NOT_RNN = [(v, i) for v, i in zip(VARIANTS, VARIANT_IDS) if v[0] != "rnn"]
@@ -259,11 +245,11 @@ def test_forward_and_backward_pack_apart(kind, variant, isa, threads, rng):
     # bwd_geometry): PACKED_SIZE packs in the forward and reads the weights unpacked in the
     # backward; 24 rows of LSTM H = 1024 (20 of GRU) with N = 4 the other way round (W_hh
     # of 12-16 MiB). (GRU with the reset before the matmul packs in both, in its own loops;
-    # _packs_weights sizes the reset-after workspaces.)
+    # packs_weights sizes the reset-after workspaces.)
     big = (6, 4, 1024, 1024) if kind == "lstm" else (5, 4, 1024, 1024)
-    assert _packs_weights(kind, PACKED_SIZE) and not _packs_weights(kind, big)
-    assert not _packs_weights(kind, PACKED_SIZE, backward=True)
-    assert _packs_weights(kind, big, backward=True)
+    assert packs_weights(kind, PACKED_SIZE) and not packs_weights(kind, big)
+    assert not packs_weights(kind, PACKED_SIZE, backward=True)
+    assert packs_weights(kind, big, backward=True)
     for size in (PACKED_SIZE, big):
         _check_case(kind, variant, size, np.float32, rng, True, True, True)
 
@@ -298,7 +284,7 @@ def test_thread_count_is_bitwise_invisible(kind, variant, shape, isa, rng):
             fastrnn.set_num_threads(n)
             out = _call(NAT, kind, variant, case, training=True, lengths=lengths, _poison=True)
             y, states, tape = split_output(kind, out)
-            grads = _backward(NAT, kind, tape, up)
+            grads = backward(NAT, kind, tape, up)
             results.append((y, states, grads))
     finally:
         fastrnn.set_num_threads(before)
@@ -323,14 +309,14 @@ def test_one_bias_and_threaded_bias_sums(kind, variant, only, rng):
     case["bias_hh" if only == "bias_ih" else "bias_ih"] = None
     up = random_upstream(kind, T, N, H, np.float64, rng)
     _, _, tape_w = split_output(kind, _call(REF, kind, variant, case, training=True))
-    want = _backward(REF, kind, tape_w, up)
+    want = backward(REF, kind, tape_w, up)
     before = fastrnn.get_num_threads()
     got = []
     try:
         for n in (1, 2):
             fastrnn.set_num_threads(n)
             _, _, tape = split_output(kind, _call(NAT, kind, variant, case, training=True))
-            got.append(_backward(NAT, kind, tape, up, _poison=True))
+            got.append(backward(NAT, kind, tape, up, _poison=True))
     finally:
         fastrnn.set_num_threads(before)
     for key, w in want.items():
@@ -394,13 +380,13 @@ def test_tape_is_independent_of_later_edits(kind, size, threads, rng):
     case = random_case(kind, T, N, I, H, np.float64, rng)
     up = random_upstream(kind, T, N, H, np.float64, rng)
     ref_tape = split_output(kind, getattr(REF, kind)(**case, training=True))[2]
-    want = _backward(REF, kind, ref_tape, up)
+    want = backward(REF, kind, ref_tape, up)
     tape = split_output(kind, getattr(NAT, kind)(**case, training=True, _poison=True))[2]
-    g0 = _backward(NAT, kind, tape, up)
+    g0 = backward(NAT, kind, tape, up)
     case["weight_hh"] *= 2.0
     case["weight_ih"][::2] = np.nan
     case["x"][:] = 0.0
-    g1 = _backward(NAT, kind, tape, up)
+    g1 = backward(NAT, kind, tape, up)
     for key in want:
         if want[key] is not None:
             np.testing.assert_array_equal(g1[key], g0[key])
@@ -419,8 +405,8 @@ def test_empty_sequences(kind, rng):
         assert yg.shape == yw.shape == (T, N, 5)
         for key in sw:
             np.testing.assert_array_equal(sg[key], sw[key])
-        gw = _backward(REF, kind, tw, up)
-        gg = _backward(NAT, kind, tg, up)
+        gw = backward(REF, kind, tw, up)
+        gg = backward(NAT, kind, tg, up)
         assert list(gg) == list(gw)
         for key in gw:
             if gw[key] is not None:
@@ -535,7 +521,7 @@ def test_torch_parity(kind, dtype, rng):
     loss.backward()
     out = getattr(NAT, kind)(**case, training=True)
     yg, sg, tape = split_output(kind, out)
-    g = _backward(NAT, kind, tape, up)
+    g = backward(NAT, kind, tape, up)
     tol = TOL64 if dtype == np.float64 else TOL32
     assert_allclose_named("y", yg, y.detach().numpy(), **tol)
     assert_allclose_named("h_n", sg["h_n"], hn[0].detach().numpy(), **tol)

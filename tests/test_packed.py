@@ -14,10 +14,11 @@ from fastrnn import _native as NAT
 from fastrnn import functional as F
 from fastrnn import reference as REF
 from helpers import (
-    GATES,
     VARIANT_IDS,
     VARIANTS,
     assert_allclose_named,
+    backward,
+    packs_weights,
     random_case,
     random_lengths,
     random_upstream,
@@ -37,23 +38,6 @@ SIZES = [
 ]
 
 
-def _packs(kind, size, dtype):
-    T, N, I, H = size
-    f64 = np.dtype(dtype) == np.float64
-    return fastrnn._core.seq_work_elements(kind, T, N, I, H, f64) >= GATES[kind] * H * (I + H)
-
-
-def _weights(case):
-    return {k: case[k] for k in ("weight_ih", "weight_hh")}
-
-
-def _backward(kind, tape, up):
-    fn = getattr(NAT, f"{kind}_backward")
-    if kind == "lstm":
-        return fn(tape, up["dy"], up["dh_n"], up["dc_n"], _poison=True)
-    return fn(tape, up["dy"], up["dh_n"], _poison=True)
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
 def test_packed_forward_is_bitwise_the_plain_one(kind, variant, dtype, isa, threads, rng):
@@ -66,7 +50,7 @@ def test_packed_forward_is_bitwise_the_plain_one(kind, variant, dtype, isa, thre
             kw["lengths"] = random_lengths(T, N, rng)
         pw = F.pack_weights(kind, case["weight_ih"], case["weight_hh"], **_gru_kw(variant))
         packed_case = dict(case, weight_ih=pw.weight_ih, weight_hh=pw.weight_hh)
-        packs.append(_packs(kind, size, dtype))
+        packs.append(packs_weights(kind, size, dtype))
         for training in (False, True):
             plain = getattr(NAT, kind)(**case, **kw, training=training, _poison=True)
             fast = getattr(NAT, kind)(
@@ -81,7 +65,8 @@ def test_packed_forward_is_bitwise_the_plain_one(kind, variant, dtype, isa, thre
                 # the tape keeps the read-only snapshot instead of a copy of the weights
                 assert tape1.data["weight_ih"] is pw.weight_ih
                 up = random_upstream(kind, T, N, H, dtype, rng)
-                g0, g1 = _backward(kind, tape0, up), _backward(kind, tape1, up)
+                g0 = backward(NAT, kind, tape0, up, _poison=True)
+                g1 = backward(NAT, kind, tape1, up, _poison=True)
                 for key, v in g0.items():
                     if v is None:
                         assert g1[key] is None, key
@@ -119,7 +104,7 @@ def test_kernel_reads_the_packed_layout(kind, rng):
     # The bitwise test above cannot fail if the kernels ignored the packed layout; here the
     # layout of other weights is swapped in, so the outputs must change where it is used.
     T, N, I, H = 5, 7, 19, 37
-    assert _packs(kind, (T, N, I, H), np.float32)
+    assert packs_weights(kind, (T, N, I, H), np.float32)
     case = random_case(kind, T, N, I, H, np.float32, rng)
     pw = F.pack_weights(kind, case["weight_ih"], case["weight_hh"])
     other = F.pack_weights(kind, case["weight_ih"] * 2, case["weight_hh"] * 2)

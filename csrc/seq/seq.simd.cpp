@@ -227,20 +227,19 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   return l;
 }
 
-// Where W_hh starts in packed weights (after W_ih's nb x I x GU, rounded like Carve does),
-// and their size: FwdLayout::wih and ::whh of a call that packs.
+// Packed weights as a call that packs holds them in its workspace: W_ih from 0, W_hh from
+// .whh, both ending where .gx starts. Their size and offsets depend only on d's cell, GRU
+// variant, I and H (packed_geometry).
 template <class T>
-i64 packed_whh_offset(const SeqDims& d, const Geo& g) {
-  const char* what = "packed weight_ih";
-  return round16(checked_mul(checked_mul(g.nb, d.I, what), g.GU, what), what);
+FwdLayout packed_layout(const SeqDims& d) {
+  SeqDims one = d;
+  one.T = one.N = 1;
+  return fwd_layout<T>(one, packed_geometry<T>(d));
 }
 
 template <class T>
 i64 packed_size(const SeqDims& d) {
-  const Geo g = packed_geometry<T>(d);
-  const char* what = "packed weight_hh";
-  return checked_add(packed_whh_offset<T>(d, g),
-                     round16(checked_mul(checked_mul(g.nb, d.H, what), g.GU, what), what), what);
+  return packed_layout<T>(d).gx;
 }
 
 struct BwdLayout {
@@ -640,7 +639,7 @@ void pack_block(const SeqDims& d, const Geo& g, i64 b, const T* w_ih, const T* w
 template <class T>
 void pack_weights(const SeqDims& d, const T* w_ih, const T* w_hh, T* out, int num_threads) {
   const Geo g = packed_geometry<T>(d);
-  T* const whh = out + packed_whh_offset<T>(d, g);
+  T* const whh = out + packed_layout<T>(d).whh;
   const int nt = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads, g.nb)));
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
@@ -666,11 +665,13 @@ void forward(const SeqForward<T>& a) {
   const bool gru_before = gru && !d.reset_after;
   // The packed weights: this call's workspace, which its threads fill below, or the caller's
   // (pack_weights), when the call packs at all.
-  const bool own_pack = !g.unpacked() && !a.packed;
+  // The caller's layout has this workspace's offsets (packed_layout, lay.wih = 0).
+  const bool given = a.packed && !g.unpacked();
+  const bool own_pack = !g.unpacked() && !given;
   T* const wih_w = a.work + lay.wih;
   T* const whh_w = a.work + lay.whh;
-  const T* const wih = a.packed && !g.unpacked() ? a.packed : wih_w;
-  const T* const whh = a.packed && !g.unpacked() ? a.packed + packed_whh_offset<T>(d, g) : whh_w;
+  const T* const wih = given ? a.packed : wih_w;
+  const T* const whh = given ? a.packed + lay.whh : whh_w;
   T* gx = a.work + lay.gx;
   T* ghs = a.work + lay.gh;
   T* bias = a.work + lay.bias;

@@ -165,24 +165,20 @@ def _param_arrays(module: Any, names: list[str], params: tuple[torch.Tensor, ...
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _packed_weights(cfg: _Config, tensors: tuple, sfx: str) -> Any:
-    """The packed weights of one layer and direction of a module under pack_weights(), made
-    again when either weight tensor was replaced, moved or changed in place since."""
+def _packed_weights(cfg: _Config, named: dict, sfx: str) -> Any:
+    """The packed weights of one layer and direction of a module under pack_weights()
+    (``named``: its parameter tensors by name), made again when either weight tensor was
+    replaced, moved or changed in place since."""
     cache = _PACKED[cfg.owner]
-    named = dict(zip(cfg.names, tensors))
     wi, wh = named[f"weight_ih_{sfx}"], named[f"weight_hh_{sfx}"]
-    key = (wi, wh, wi.data_ptr(), wh.data_ptr(), wi._version, wh._version)
+    key = (wi.data_ptr(), wh.data_ptr(), wi._version, wh._version)
     hit = cache.get(sfx)
-    if (
-        hit is None
-        or len(hit[0]) != len(key)
-        or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(hit[0], key))
-    ):
+    if hit is None or hit[0] is not wi or hit[1] is not wh or hit[2] != key:
         from fastrnn import functional
 
-        hit = (key, functional.pack_weights(cfg.mode, _np(wi), _np(wh)))
+        hit = (wi, wh, key, functional.pack_weights(cfg.mode, _np(wi), _np(wh)))
         cache[sfx] = hit
-    return hit[1]
+    return hit[3]
 
 
 def _tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -369,13 +365,14 @@ def _native_stack(
     zeros = np.zeros((x.shape[1], H), x.dtype) if h0 is None or (lstm and c0 is None) else None
     hs, cs = [], []
     tape = _NativeStackTape() if training else None
+    named = None if packed_from is None else dict(zip(cfg.names, packed_from))
     inp = x
     for k in range(L):
         outs, tapes = [], []
         for d in range(D):
             sfx = f"l{k}" + ("_reverse" if d else "")
             row = k * D + d
-            pw = None if packed_from is None else _packed_weights(cfg, packed_from, sfx)
+            pw = None if named is None else _packed_weights(cfg, named, sfx)
             y, h_n, c_n, t = _core.seq_forward(
                 cfg.mode,
                 inp,
@@ -895,7 +892,7 @@ def _cell_step(cfg: _Config, params: tuple, x: np.ndarray, states: tuple, n: int
     zeros = None if states else np.zeros((n, H), x.dtype)
     h0 = _np(states[0]).reshape(n, H) if states else zeros
     c0 = (_np(states[1]).reshape(n, H) if states else zeros) if cfg.mode == "lstm" else None
-    pw = _packed_weights(cfg, params, "l0") if cfg.owner in _PACKED else None
+    pw = _packed_weights(cfg, dict(zip(cfg.names, params)), "l0") if cfg.owner in _PACKED else None
     with _ThreadScope():
         _, h, c, _ = _core.seq_forward(
             cfg.mode,
