@@ -2,7 +2,10 @@
 forward without them bit for bit, for every cell and variant, both dtypes, every SIMD
 target the CPU has, 1 and 2 threads, inference and training (and the backward of that
 training tape), on odd sizes that pack and sizes that never pack (few rows); the snapshot
-does not follow later edits of the weights; misuse is a clear error."""
+does not follow later edits of the weights; misuse is a clear error. The NumPy layers'
+pack_weights(): bitwise the same, their layouts really read, their weights guarded against
+changes (in-place edits, optimizers), reloaded by load_state_dict, reached through
+containers."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 import fastrnn
 from fastrnn import _native as NAT
 from fastrnn import functional as F
+from fastrnn import layers, modules, optim, seq2seq
 from fastrnn import reference as REF
 from helpers import (
     VARIANT_IDS,
@@ -230,3 +234,150 @@ def test_binding_rejects_a_wrong_packed_array(rng):
     assert shifted.ctypes.data % 64 != 0
     with pytest.raises(ValueError, match="packed weights must be 64-byte aligned"):
         fastrnn._core.seq_forward(*args, packed=shifted, packed_isa=pw._isa)
+
+
+# ------------------------------------------------------------------ NumPy layers and modules
+LAYER_CLASSES = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}
+
+
+def _layer(kind, variant, dtype, backend="native", seed=0, **kw):
+    return LAYER_CLASSES[kind](
+        19, 37, num_layers=2, bidirectional=True, dtype=dtype, seed=seed, backend=backend,
+        **variant, **kw,
+    )  # fmt: skip
+
+
+def _state(kind, state):
+    return state if kind == "lstm" else (state,)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS, ids=VARIANT_IDS)
+def test_packed_layer_is_bitwise_the_plain_one(kind, variant, dtype, rng):
+    # Two layers of two directions each, inference and training (forward, backward and the
+    # parameter gradients), at a size whose forward packs: bit for bit with and without.
+    T, N = 5, 7
+    assert packs_weights(kind, (T, N, 19, 37), dtype) and packs_weights(kind, (T, N, 74, 37), dtype)
+    plain, fast = _layer(kind, variant, dtype), _layer(kind, variant, dtype)
+    fast.pack_weights()
+    assert fast.weights_packed and not plain.weights_packed
+    assert set(fast._packed) == {"l0", "l0_reverse", "l1", "l1_reverse"}
+    x = rng.standard_normal((T, N, 19)).astype(dtype)
+    lengths = random_lengths(T, N, rng)
+    y0, s0 = plain(x, lengths=lengths)
+    y1, s1 = fast(x, lengths=lengths)
+    np.testing.assert_array_equal(y1, y0)
+    for a, b in zip(_state(kind, s1), _state(kind, s0)):
+        np.testing.assert_array_equal(a, b)
+    dy = rng.standard_normal(y0.shape).astype(dtype)
+    grads = []
+    for m in (plain, fast):
+        _, _, tape = m.forward(x, lengths=lengths)
+        dx, _ = m.backward(tape, dy)
+        grads.append((dx, m.grads))
+    np.testing.assert_array_equal(grads[1][0], grads[0][0])
+    for key, g in grads[0][1].items():
+        np.testing.assert_array_equal(grads[1][1][key], g, err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_packed_layer_reads_its_layout(kind, rng):
+    # Each layer and direction's layout swapped for that of doubled weights: the packed
+    # layer must then compute what a plain layer with doubled weights does.
+    variant = {"nonlinearity": "tanh"} if kind == "rnn" else {}
+    fast, doubled = _layer(kind, variant, np.float32), _layer(kind, variant, np.float32)
+    fast.pack_weights()
+    for sfx, pw in fast._packed.items():
+        pw._data = F.pack_weights(kind, pw.weight_ih * 2, pw.weight_hh * 2)._data
+        for name in ("weight_ih", "weight_hh"):
+            doubled.params[f"{name}_{sfx}"] *= 2
+    x = rng.standard_normal((5, 7, 19)).astype(np.float32)
+    np.testing.assert_array_equal(fast(x)[0], doubled(x)[0])
+    assert not np.array_equal(fast(x)[0], _layer(kind, variant, np.float32)(x)[0])
+
+
+def test_packed_layer_cannot_change_under_its_layout(rng):
+    m = _layer("lstm", {}, np.float32)
+    x = rng.standard_normal((5, 7, 19)).astype(np.float32)
+    m.pack_weights()
+    with pytest.raises(ValueError, match="read-only"):
+        m.params["weight_hh_l1"][0, 0] = 1.0
+    # an optimizer checks every parameter before it changes any: the Linear first in the
+    # chain keeps its weights
+    head = modules.Linear(5, 19, seed=0)
+    model = modules.Sequential(head, m)
+    before = {k: v.copy() for k, v in model.params.items()}
+    for k in model.grads:
+        model.grads[k][...] = 1.0
+    for opt in (optim.SGD(model, lr=0.1), optim.Adam(model, lr=0.1)):
+        with pytest.raises(ValueError, match=r"weight_ih_l0.*unpack_weights\(\)"):
+            opt.step()
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    # unpacked: writable arrays of the same values; training works again
+    y_packed = m(x)[0]
+    model.unpack_weights()
+    assert not m.weights_packed and not model.weights_packed
+    assert all(v.flags.writeable for v in m.params.values())
+    np.testing.assert_array_equal(m(x)[0], y_packed)
+    optim.SGD(model, lr=0.1).step()
+    assert not np.array_equal(m(x)[0], y_packed)
+
+
+def test_packed_layer_load_state_dict_lays_out_the_new_weights(rng):
+    m, plain = _layer("gru", {}, np.float32), _layer("gru", {}, np.float32)
+    x = rng.standard_normal((5, 7, 19)).astype(np.float32)
+    m.pack_weights()
+    new = {k: v * 1.5 for k, v in plain.state_dict().items()}
+    m.load_state_dict(new)
+    plain.load_state_dict(new)
+    assert m.weights_packed and not m.params["weight_ih_l0"].flags.writeable
+    np.testing.assert_array_equal(m(x)[0], plain(x)[0])
+    # a failed load changes nothing and leaves the layer packed
+    bad = dict(new, weight_hh_l0=np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="weight_hh_l0"):
+        m.load_state_dict(bad)
+    assert m.weights_packed
+    np.testing.assert_array_equal(m(x)[0], plain(x)[0])
+
+
+def test_packed_layer_with_a_replaced_weight_runs_it_unpacked(rng):
+    m, plain = _layer("lstm", {}, np.float32), _layer("lstm", {}, np.float32)
+    x = rng.standard_normal((5, 7, 19)).astype(np.float32)
+    m.pack_weights()
+    w = rng.standard_normal(m.params["weight_hh_l0"].shape).astype(np.float32) * 0.1
+    m.params["weight_hh_l0"] = w
+    plain.params["weight_hh_l0"] = w.copy()
+    np.testing.assert_array_equal(m(x)[0], plain(x)[0])
+    m.unpack_weights()
+    assert m.params["weight_hh_l0"] is w  # the caller's array stays
+
+
+def test_pack_weights_reaches_every_layer_of_a_container(rng):
+    enc, dec = layers.LSTM(3, 8, seed=0), layers.GRU(8, 4, seed=1)
+    model = modules.Sequential(enc, modules.Linear(8, 8, seed=2), dec)
+    assert not model.weights_packed
+    model.pack_weights()
+    assert enc.weights_packed and dec.weights_packed and model.weights_packed
+    assert not modules.Linear(2, 2).weights_packed
+    x = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    y = model(x)
+    sd = {k: v * 0.5 for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+    assert enc.weights_packed and dec.weights_packed
+    model.unpack_weights()
+    y_half = model(x)
+    model.load_state_dict({k: v * 2 for k, v in sd.items()})
+    np.testing.assert_array_equal(model(x), y)
+    assert not np.array_equal(y_half, y)
+    s2s = seq2seq.Seq2Seq(5, 6, 7, cell="lstm", seed=0)
+    s2s.pack_weights()
+    assert s2s.encoder.weights_packed and s2s.decoder.weights_packed
+
+
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS[2:5], ids=VARIANT_IDS[2:5])
+def test_packed_reference_layer_ignores_the_layout(kind, variant, rng):
+    m, plain = _layer(kind, variant, np.float64, "reference"), _layer(kind, variant, np.float64)
+    x = rng.standard_normal((4, 3, 19))
+    m.pack_weights()
+    assert_allclose_named("y", m(x)[0], plain(x)[0], rtol=1e-11, atol=1e-12)

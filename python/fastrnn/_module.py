@@ -8,6 +8,9 @@ Every module (recurrent layers and cells, ``Linear``, ``Embedding``, ``Recurrent
 - ``zero_grad()``, ``state_dict()`` (copies), ``load_state_dict(d, strict=True)`` (copies
   into the existing arrays, all keys checked before anything changes),
 - ``num_parameters()``,
+- ``pack_weights()`` / ``unpack_weights()`` / ``weights_packed``: recurrent layers' weights
+  laid out once for the native kernels (containers: every recurrent layer inside them;
+  other modules have nothing to lay out),
 - ``config()`` (constructor arguments), ``save(path)`` / ``load(path)`` / ``from_file(path)``
   for ``.npz`` files holding the parameters and a JSON entry ``__fastrnn__``.
 
@@ -71,6 +74,46 @@ class Module:
         for g in self.grads.values():
             g[...] = 0
 
+    def _submodules(self) -> list[Any]:
+        """The modules this one holds (containers override)."""
+        return []
+
+    def _walk(self) -> list[Module]:
+        """This module and every module inside it."""
+        out: list[Module] = [self]
+        for m in self._submodules():
+            if isinstance(m, Module):
+                out += m._walk()
+        return out
+
+    # A module's own packed weights (recurrent layers override these three).
+    def _pack_own(self) -> None:
+        pass
+
+    def _unpack_own(self) -> None:
+        pass
+
+    def _own_packed(self) -> bool:
+        return False
+
+    def pack_weights(self) -> None:
+        """Lay out every recurrent layer's weights (this module's and those inside it)
+        once for the native kernels, instead of in every forward (see
+        :meth:`fastrnn.layers.LSTM.pack_weights`). A module without recurrent weights has
+        nothing to lay out. :meth:`unpack_weights` undoes it."""
+        for m in self._walk():
+            m._pack_own()
+
+    def unpack_weights(self) -> None:
+        """Undo :meth:`pack_weights`: the weights become writable arrays again."""
+        for m in self._walk():
+            m._unpack_own()
+
+    @property
+    def weights_packed(self) -> bool:
+        """Whether any recurrent layer in this module holds packed weights."""
+        return any(m._own_packed() for m in self._walk())
+
     def num_parameters(self) -> int:
         """Total number of scalar parameters."""
         return int(sum(p.size for p in self.params.values()))
@@ -86,10 +129,21 @@ class Module:
         (also ones that require grad, as from ``named_parameters()``); they are cast to
         the parameter's dtype. Raises ``ValueError`` for a shape mismatch, or (with
         ``strict``) for missing or unexpected keys, and ``TypeError`` for values that are
-        not real numbers. Nothing is changed unless every key checks out.
+        not real numbers. Nothing is changed unless every key checks out. Packed weights
+        (:meth:`pack_weights`) are loaded, then laid out again.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        packed = [m for m in self._walk() if m._own_packed()]
+        for m in packed:
+            m._unpack_own()
+        try:
+            self._load(state_dict, strict)
+        finally:
+            for m in packed:
+                m._pack_own()
+
+    def _load(self, state_dict: Mapping[str, Any], strict: bool) -> None:
         params = self.params  # containers build this dict on access: build it once
         if strict:
             missing = [k for k in params if k not in state_dict]

@@ -172,6 +172,7 @@ def stack_forward(
     nonlinearity: str = "tanh",
     reset_after: bool = True,
     backend: str = "native",
+    packed: Mapping[str, functional.PackedWeights] | None = None,
 ) -> tuple[np.ndarray, State, StackTape | None]:
     """Run a stack of ``num_layers`` recurrent layers over ``x``.
 
@@ -191,6 +192,9 @@ def stack_forward(
         nonlinearity: rnn only: ``"tanh"``, ``"relu"`` or ``"sigmoid"``.
         reset_after: gru only: PyTorch's GRU (True) or Keras' ``reset_after=False``.
         backend: ``"native"`` or ``"reference"``.
+        packed: layer/direction suffix (``"l0"``, ``"l0_reverse"``, ...) -> that layer's
+            :func:`fastrnn.functional.pack_weights`, used where ``params`` holds its
+            snapshot arrays themselves (any other weights run unpacked).
 
     Returns:
         ``(y, state_n, tape)``: y (T, N, D*H); state_n like ``state`` (``(h_n, c_n)`` for
@@ -249,6 +253,9 @@ def stack_forward(
             kw: dict[str, Any] = dict(
                 reverse=bool(d), lengths=lengths, training=training, backend=backend
             )
+            pw = packed.get(sfx) if packed else None
+            if pw is not None and pw.weight_ih is args[0] and pw.weight_hh is args[1]:
+                kw["packed"] = pw
             row = k * D + d
             hrow = None if h0 is None else h0[row]
             if mode == "lstm":

@@ -273,6 +273,9 @@ class Recurrent(Module):
     def zero_grad(self) -> None:
         self.layer.zero_grad()
 
+    def _submodules(self) -> list[Any]:
+        return [self.layer]
+
     def __call__(self, x: Any) -> np.ndarray:
         """Inference: the layer's output sequence ``y`` only."""
         return self.forward(x, training=False)[0]
@@ -345,6 +348,9 @@ class Sequential(Module):
     def zero_grad(self) -> None:
         for m in self.modules:
             m.zero_grad()
+
+    def _submodules(self) -> list[Any]:
+        return list(self.modules)
 
     def __call__(self, x: Any) -> Any:
         """Inference through the chain (``training=False``)."""

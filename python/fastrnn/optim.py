@@ -118,18 +118,27 @@ class Optimizer:
         self.state: dict[tuple[int, str], dict[str, Any]] = {}
 
     def _pairs(self) -> Iterator[tuple[tuple[int, str], np.ndarray, np.ndarray]]:
-        # a parameter reachable twice (a module and its parent both passed) updates once
+        # every pair checked before the first update; a parameter reachable twice (a module
+        # and its parent both passed) updates once
         seen: set[int] = set()
+        pairs = []
         for i, m in enumerate(self.modules):
             params, grads = m.params, m.grads
             for name, p in params.items():
                 if id(p) in seen:
                     continue
                 seen.add(id(p))
+                if not p.flags.writeable:
+                    raise ValueError(
+                        f"params[{name!r}] is read-only: an optimizer updates parameters in "
+                        "place (weights packed for inference by pack_weights(): call "
+                        "unpack_weights() before training)"
+                    )
                 g = grads[name]
                 if g.shape != p.shape:
                     raise ValueError(f"grads[{name!r}] shape {g.shape} != params {p.shape}")
-                yield (i, name), p, g
+                pairs.append(((i, name), p, g))
+        return iter(pairs)
 
     def zero_grad(self) -> None:
         """Zero every module's gradients."""

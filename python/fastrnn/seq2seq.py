@@ -126,6 +126,9 @@ class Seq2Seq(Module):
         for m in self._children().values():
             m.zero_grad()
 
+    def _submodules(self) -> list[Any]:
+        return list(self._children().values())
+
     def config(self) -> dict[str, Any]:
         """Constructor arguments (``seed`` is None when a Generator was passed)."""
         return dict(
