@@ -185,6 +185,8 @@ def test_packed_misuse_is_a_clear_error(rng):
         F.lstm(case["x"], None, None, None, None, packed=pw)
     with pytest.raises(ValueError, match="packed: packed with reset_after=True"):
         F.gru(**args, weight_ih=None, weight_hh=None, reset_after=False, packed=pw)
+    with pytest.raises(TypeError, match="reset_after: expected a bool"):
+        F.gru(**args, weight_ih=None, weight_hh=None, reset_after="yes", packed=pw)
     with pytest.raises(TypeError, match="packed: expected None or a PackedWeights"):
         F.gru(**case, packed=pw._data)
     x64 = case["x"].astype(np.float64)

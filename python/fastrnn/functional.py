@@ -158,7 +158,7 @@ def _unpack(kind: str, packed: Any, weight_ih: Any, weight_hh: Any, reset_after:
         )
     if packed.kind != kind:
         raise ValueError(f"packed: packed for {packed.kind}(), not {kind}()")
-    if kind == "gru" and packed.reset_after != reset_after:
+    if kind == "gru" and type(reset_after) is bool and packed.reset_after != reset_after:
         raise ValueError(
             f"packed: packed with reset_after={packed.reset_after}, called with "
             f"reset_after={reset_after}"
