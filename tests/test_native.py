@@ -547,3 +547,29 @@ def test_functional_dispatches_to_native(rng):
     assert set(g) == {"x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"}
     y3, _ = F.gru(**case, backend="reference")
     assert_allclose_named("y", y, y3, **TOL64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_unpickled_arrays_are_accepted(dtype, rng):
+    # An unpickled array's dtype equals NumPy's float32/float64 but is another object; the
+    # bindings once compared dtypes by identity and rejected it ("got float32").
+    import pickle
+
+    from fastrnn import functional as F
+    from fastrnn import ops
+
+    case = random_case("lstm", 4, 3, 5, 6, dtype, rng)
+    copied = {k: None if v is None else pickle.loads(pickle.dumps(v)) for k, v in case.items()}
+    assert copied["x"].dtype is not np.dtype(dtype)
+    want = F.lstm(**case, training=True)
+    got = F.lstm(**copied, training=True)
+    np.testing.assert_array_equal(got[0], want[0])
+    up = pickle.loads(pickle.dumps(rng.standard_normal(want[0].shape).astype(dtype)))
+    g_got, g_want = F.lstm_backward(got[2], up), F.lstm_backward(want[2], up)
+    for key, v in g_want.items():
+        np.testing.assert_array_equal(g_got[key], v, err_msg=key)
+    pw = F.pack_weights("lstm", copied["weight_ih"], copied["weight_hh"])
+    unpacked = dict(copied, weight_ih=None, weight_hh=None)
+    np.testing.assert_array_equal(F.lstm(**unpacked, packed=pw)[0], F.lstm(**case)[0])
+    a, b = copied["weight_ih"], copied["x"][0].T.copy()
+    np.testing.assert_array_equal(ops.matmul(a, b), ops.matmul(case["weight_ih"], b))

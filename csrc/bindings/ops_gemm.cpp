@@ -116,12 +116,12 @@ void run_gemm(const py::array& a, const py::array& b, bool ta, bool tb, py::arra
 void gemm_entry(const py::array& a, const py::array& b, bool ta, bool tb, py::array& out,
                 double alpha, double beta) {
   const auto dt = a.dtype();
-  if (!dt.is(b.dtype()) || !dt.is(out.dtype())) {
+  if (!dt.equal(b.dtype()) || !dt.equal(out.dtype())) {
     throw py::type_error("a, b and out must have the same dtype");
   }
-  if (dt.is(py::dtype::of<float>())) {
+  if (dt.equal(py::dtype::of<float>())) {
     run_gemm<float>(a, b, ta, tb, out, alpha, beta);
-  } else if (dt.is(py::dtype::of<double>())) {
+  } else if (dt.equal(py::dtype::of<double>())) {
     run_gemm<double>(a, b, ta, tb, out, alpha, beta);
   } else {
     throw py::type_error("gemm supports float32 and float64 only");
@@ -161,10 +161,10 @@ class PackedB {
     k_ = transpose_b ? B.cols : B.rows;
     n_ = transpose_b ? B.rows : B.cols;
     const Trans tb = transpose_b ? Trans::yes : Trans::no;
-    if (b.dtype().is(py::dtype::of<float>())) {
+    if (b.dtype().equal(py::dtype::of<float>())) {
       is_double_ = false;
       pack<float>(tb, B, f32_);
-    } else if (b.dtype().is(py::dtype::of<double>())) {
+    } else if (b.dtype().equal(py::dtype::of<double>())) {
       is_double_ = true;
       pack<double>(tb, B, f64_);
     } else {
@@ -188,7 +188,7 @@ class PackedB {
   py::object matmul(const py::array& a, py::array& out, bool ta, double alpha, double beta,
                     std::int64_t j0, std::optional<std::int64_t> j1_opt, bool record,
                     std::optional<py::array> snapshot, std::optional<py::array> counts) {
-    if (!a.dtype().is(dtype()) || !out.dtype().is(dtype())) {
+    if (!a.dtype().equal(dtype()) || !out.dtype().equal(dtype())) {
       throw py::type_error("a and out must have the dtype of the packed b");
     }
     if (is_double_) return matmul_t<double>(a, out, ta, alpha, beta, j0, j1_opt, record,
@@ -238,9 +238,9 @@ class PackedB {
     Epilogue<T> ep;
     if (record) {
       if (!snapshot || !counts) throw py::value_error("record=True needs snapshot and counts");
-      if (!snapshot->dtype().is(dtype()) || snapshot->ndim() != 2 || snapshot->shape(0) != m ||
+      if (!snapshot->dtype().equal(dtype()) || snapshot->ndim() != 2 || snapshot->shape(0) != m ||
           snapshot->shape(1) != n_ || !(snapshot->flags() & py::array::c_style) ||
-          !counts->dtype().is(py::dtype::of<std::int32_t>()) || counts->ndim() != 2 ||
+          !counts->dtype().equal(py::dtype::of<std::int32_t>()) || counts->ndim() != 2 ||
           counts->shape(0) != m || counts->shape(1) != n_ ||
           !(counts->flags() & py::array::c_style)) {
         throw py::value_error("snapshot/counts must be C-contiguous (m, n) of dtype/int32");

@@ -229,8 +229,8 @@ void register_pool(py::module_& m) {
         for (std::int64_t s : shape) {
           if (s < 0) throw py::value_error("empty: shape has a negative dimension");
         }
-        if (dtype.is(py::dtype::of<float>())) return pooled_array<float>(shape);
-        if (dtype.is(py::dtype::of<double>())) return pooled_array<double>(shape);
+        if (dtype.equal(py::dtype::of<float>())) return pooled_array<float>(shape);
+        if (dtype.equal(py::dtype::of<double>())) return pooled_array<double>(shape);
         throw py::type_error("empty: dtype must be float32 or float64");
       },
       py::arg("shape"), py::arg("dtype"),

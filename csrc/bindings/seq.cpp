@@ -59,7 +59,7 @@ py::array_t<T, py::array::c_style> need(const py::handle& o, const char* name,
                          std::string(py::str(py::type::of(o).attr("__name__"))));
   }
   py::array arr = py::reinterpret_borrow<py::array>(o);
-  if (!arr.dtype().is(py::dtype::of<T>())) {
+  if (!arr.dtype().equal(py::dtype::of<T>())) {
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + " (the dtype of x), got " +
                          std::string(py::str(arr.dtype())));
@@ -441,10 +441,10 @@ py::tuple pack_weights_any(Cell cell, const py::object& wih_o, const py::object&
                           " and H >= 1, got " + shape_str(shape_of(w)));
   }
   const int isa = static_cast<int>(active_isa());
-  if (w.dtype().is(py::dtype::of<double>())) {
+  if (w.dtype().equal(py::dtype::of<double>())) {
     return py::make_tuple(pack_weights_t<double>(cell, wih_o, whh_o, reset_after, GH, I), isa);
   }
-  if (w.dtype().is(py::dtype::of<float>())) {
+  if (w.dtype().equal(py::dtype::of<float>())) {
     return py::make_tuple(pack_weights_t<float>(cell, wih_o, whh_o, reset_after, GH, I), isa);
   }
   throw py::type_error("weight_ih must have dtype float32 or float64, got " +
@@ -457,8 +457,8 @@ bool is_f64(const py::object& x) {
                          std::string(py::str(py::type::of(x).attr("__name__"))));
   }
   py::array a = py::reinterpret_borrow<py::array>(x);
-  if (a.dtype().is(py::dtype::of<double>())) return true;
-  if (a.dtype().is(py::dtype::of<float>())) return false;
+  if (a.dtype().equal(py::dtype::of<double>())) return true;
+  if (a.dtype().equal(py::dtype::of<float>())) return false;
   throw py::type_error("x must have dtype float32 or float64, got " +
                        std::string(py::str(a.dtype())));
 }
