@@ -9,6 +9,9 @@ containers."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -353,6 +356,32 @@ def test_packed_layer_with_a_replaced_weight_runs_it_unpacked(rng):
     np.testing.assert_array_equal(m(x)[0], plain(x)[0])
     m.unpack_weights()
     assert m.params["weight_hh_l0"] is w  # the caller's array stays
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_of_packed_weights_are_laid_out_again(how, rng):
+    # A copied array is writable: a copy that kept the old layout could drift from its
+    # weights. Copies of PackedWeights and of packed layers are packed afresh instead.
+    clone = copy.deepcopy if how == "deepcopy" else lambda o: pickle.loads(pickle.dumps(o))
+    case = random_case("lstm", 5, 7, 19, 37, np.float32, rng)
+    pw = F.pack_weights("lstm", case["weight_ih"], case["weight_hh"])
+    pw2 = clone(pw)
+    assert not pw2.weight_ih.flags.writeable and not pw2.weight_hh.flags.writeable
+    args = {k: v for k, v in case.items() if k not in ("weight_ih", "weight_hh")}
+    y = F.lstm(**args, weight_ih=None, weight_hh=None, packed=pw)[0]
+    np.testing.assert_array_equal(F.lstm(**args, weight_ih=None, weight_hh=None, packed=pw2)[0], y)
+    m = _layer("gru", {}, np.float32)
+    m.pack_weights()
+    m2 = clone(m)
+    assert m2.weights_packed and set(m2._packed) == set(m._packed)
+    for sfx, p2 in m2._packed.items():
+        assert m2.params[f"weight_ih_{sfx}"] is p2.weight_ih and not p2.weight_ih.flags.writeable
+    x = rng.standard_normal((5, 7, 19)).astype(np.float32)
+    np.testing.assert_array_equal(m2(x)[0], m(x)[0])
+    with pytest.raises(ValueError, match="read-only"):
+        m2.params["weight_hh_l0"][...] = 0.0
+    plain = clone(_layer("gru", {}, np.float32))
+    assert not plain.weights_packed and plain.params["weight_ih_l0"].flags.writeable
 
 
 def test_pack_weights_reaches_every_layer_of_a_container(rng):

@@ -121,6 +121,11 @@ class PackedWeights:
         self.dtype, self.input_size, self.hidden_size = wih.dtype, wih.shape[1], H
         self._data, self._isa = data, isa
 
+    def __reduce__(self) -> tuple:
+        # A copy (pickle, copy.deepcopy) lays the snapshot out again: unpickled arrays are
+        # writable, and the layout belongs to the SIMD target of the machine that made it.
+        return (PackedWeights, (self.kind, self.weight_ih, self.weight_hh, self.reset_after))
+
     @property
     def nbytes(self) -> int:
         return self.weight_ih.nbytes + self.weight_hh.nbytes + self._data.nbytes

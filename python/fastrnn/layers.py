@@ -294,6 +294,20 @@ class _RecurrentLayer(Module):
     def _own_packed(self) -> bool:
         return bool(self._packed)
 
+    # Copies (pickle, copy.deepcopy) lay their weights out again: copied arrays are
+    # writable, so a copied layout could drift from them.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_repack"] = bool(state.get("_packed"))
+        state["_packed"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        repack = state.pop("_repack", False)
+        self.__dict__.update(state)
+        if repack:
+            self._pack_own()
+
     # ---------------------------------------------------------------- running
     def _run(self, x: Any, state: Any, lengths: Any, training: bool, record: bool):
         x, state, lengths, unbatched = self._prepare(x, state, lengths)
