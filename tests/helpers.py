@@ -142,6 +142,15 @@ def packs_weights(kind: str, size: tuple, dtype: Any = np.float32, backward: boo
     return work >= GATES[kind] * H * (H if backward else I + H)
 
 
+def assert_same_grads(got: dict, want: dict, what: str = "grad") -> None:
+    """Two gradient dicts bit for bit: every key of ``want``, None exactly where it is None."""
+    for key, w in want.items():
+        if w is None:
+            assert got[key] is None, f"{what} {key}"
+        else:
+            np.testing.assert_array_equal(got[key], w, err_msg=f"{what} {key}")
+
+
 def assert_allclose_named(
     name: str, got: Any, want: Any, rtol: float = 1e-7, atol: float = 0.0
 ) -> None:

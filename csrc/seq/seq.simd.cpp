@@ -1020,7 +1020,7 @@ void backward(const SeqBackward<T>& a) {
   // Column sums of dG (and of dhn, GRU reset-after, from GH on): the bias gradients.
   T* bsum = a.work + lay.bsum;
   const bool bias = a.db_ih || a.db_hh;
-  const bool with_dhn = gru && d.reset_after;
+  const bool with_dhn = gru && d.reset_after;  // dhn = dL/d(W_hn h + b_hn) exists
   i64 shared_js = H;  // the first unit of the shared blocks (join_team)
   const i64 kc = std::max<i64>(16, 16384 / (U * static_cast<i64>(sizeof(T))));
   // Blocks per superblock (LSTM/GRU blocks are one vector wide) and the row group of
@@ -1117,7 +1117,7 @@ void backward(const SeqBackward<T>& a) {
           T* dgr = dG + tn * GH + jb;
           if (a.lengths && t >= a.lengths[n]) {
             for (int gt = 0; gt < G; ++gt) std::fill(dgr + gt * H, dgr + gt * H + len, T(0));
-            if (gru && d.reset_after) std::fill(dhn + tn * H + jb, dhn + tn * H + jb + len, T(0));
+            if (with_dhn) std::fill(dhn + tn * H + jb, dhn + tn * H + jb + len, T(0));
             continue;
           }
           if (s + 1 < Tn) prefetch_row(t_next * N + n, jb, len);
@@ -1201,8 +1201,6 @@ void backward(const SeqBackward<T>& a) {
         const i64 rows = r1 - r0;
         T* C = dts + sb * N * U + r0 * wU;  // (N, w*U), from row r0
         const T* dGt = dG + (t * N + r0) * GH;
-        // GRU reset-after adds dhn_t W_hn (dhn exists only then).
-        const bool with_hn = gru && d.reset_after;
         // The tiles of cv vectors into C from B (rows ldb apart).
         auto tiles = [&](int cv, const T* B, i64 ldb, T* Cc) {
           if (SB == 1) {  // RNN: one width, the plain tiles
@@ -1210,14 +1208,14 @@ void backward(const SeqBackward<T>& a) {
           } else {
             tile::panel_fixed<T>(cv, mr_bwd, rows, K1, kc, dGt, GH, B, ldb, Cc, wU, false);
           }
-          if (with_hn) {
+          if (with_dhn) {  // GRU reset-after adds dhn_t W_hn
             tile::panel_fixed<T>(cv, mr_bwd, rows, H, kc, dhn + (t * N + r0) * H, H,
                                  B + 2 * H * ldb, ldb, Cc, wU, true);
           }
         };
         if (g.direct) {
           axpy_rows(rows, K1, dGt, GH, whh + jb, H, len, C, wU, false);
-          if (with_hn) {
+          if (with_dhn) {
             axpy_rows(rows, H, dhn + (t * N + r0) * H, H, whh + 2 * H * H + jb, H, len, C, wU,
                       true);
           }

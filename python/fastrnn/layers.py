@@ -270,13 +270,13 @@ class _RecurrentLayer(Module):
         super().pack_weights()
 
     def _pack_own(self) -> None:
-        self._unpack_own()
         packed = {}
         for sfx in self._suffixes():
-            wih, whh = f"weight_ih_{sfx}", f"weight_hh_{sfx}"
-            pw = functional.pack_weights(
-                self.mode, self.params[wih], self.params[whh], reset_after=self.reset_after
-            )
+            wih, whh = self.params[f"weight_ih_{sfx}"], self.params[f"weight_hh_{sfx}"]
+            pw = self._packed.get(sfx)
+            # A layout whose read-only snapshot is still in params is current as it is.
+            if pw is None or pw.weight_ih is not wih or pw.weight_hh is not whh:
+                pw = functional.pack_weights(self.mode, wih, whh, reset_after=self.reset_after)
             packed[sfx] = pw
         for sfx, pw in packed.items():
             self.params[f"weight_ih_{sfx}"] = pw.weight_ih
