@@ -20,8 +20,10 @@ OMP_NUM_THREADS). oneDNN runs in its own process: each round times --repeat runs
 library and then of the other, and the reported time is the median over rounds of each
 round's median. fastrnn is timed twice: as called plainly, laying its weights out in every
 call, and with them laid out once beforehand (``F.pack_weights``), as the driver lays out
-oneDNN's. GFLOP/s counts 2*T*N*G*H*(I+H) for a forward and three times that for
-training, as fastrnn-bench does.
+oneDNN's. Training also reports the forward and the backward apart (each run's forward
+timed on its own, the backward being the rest of the run), for both libraries. GFLOP/s
+counts 2*T*N*G*H*(I+H) for a forward and three times that for training, as fastrnn-bench
+does.
 """
 
 from __future__ import annotations
@@ -114,6 +116,12 @@ def state_args(cell: str, a: dict[str, np.ndarray]) -> tuple:
     return (a["h0"], a["c0"]) if cell == "lstm" else (a["h0"],)
 
 
+def weights(a: dict[str, np.ndarray], packed: F.PackedWeights | None) -> tuple:
+    """(w_ih, w_hh, b_ih, b_hh) for a call; with ``packed``, its read-only weights."""
+    w = (a["weight_ih"], a["weight_hh"], a["bias_ih"], a["bias_hh"])
+    return w if packed is None else (packed.weight_ih, packed.weight_hh, *w[2:])
+
+
 def run_fastrnn(
     cell: str,
     a: dict[str, np.ndarray],
@@ -124,9 +132,7 @@ def run_fastrnn(
     """What the driver writes, in its order, from fastrnn (native or reference); with
     ``packed`` (these weights from ``F.pack_weights``) the forward reads that layout."""
     fwd, bwd = getattr(F, cell), getattr(F, f"{cell}_backward")
-    w = (a["weight_ih"], a["weight_hh"], a["bias_ih"], a["bias_hh"])
-    if packed is not None:
-        w = (packed.weight_ih, packed.weight_hh, *w[2:])
+    w = weights(a, packed)
     out = fwd(a["x"], *state_args(cell, a), *w, training=training, backend=backend, packed=packed)
     y, state = out[0], out[1]
     arrays = [y, *(state if cell == "lstm" else (state,))]
@@ -135,6 +141,32 @@ def run_fastrnn(
         arrays += [g["x"], g["h0"], *([g["c0"]] if cell == "lstm" else [])]
         arrays += [g["weight_ih"], g["weight_hh"], g["bias_ih"], g["bias_hh"]]
     return arrays
+
+
+def time_fastrnn(
+    cell: str, a: dict[str, np.ndarray], training: bool, packed: F.PackedWeights | None
+) -> tuple[float, float]:
+    """One run of the native kernels, timed as the driver times oneDNN's: (the whole run,
+    the forward alone) in ms."""
+    fwd, bwd = getattr(F, cell), getattr(F, f"{cell}_backward")
+    w = weights(a, packed)
+    t0 = time.perf_counter()
+    out = fwd(a["x"], *state_args(cell, a), *w, training=training, packed=packed)
+    t1 = time.perf_counter()
+    if training:
+        bwd(out[2], a["dy"])
+    t2 = time.perf_counter()
+    return 1e3 * (t2 - t0), 1e3 * (t1 - t0)
+
+
+def parse_times(text: str) -> list[tuple[float, float]]:
+    """The driver's output: one line per timed run, 'whole-run-ms forward-ms'."""
+    runs = []
+    for line in text.splitlines():
+        if line.strip():
+            total, forward = (float(v) for v in line.split())
+            runs.append((total, forward))
+    return runs
 
 
 NAMES = {
@@ -156,15 +188,15 @@ def drive(
     infile: Path,
     outfile: Path,
     threads: int,
-) -> list[float]:
-    """Runs the driver; returns its per-run times in ms."""
+) -> list[tuple[float, float]]:
+    """Runs the driver; returns its per-run times in ms, (whole run, forward alone)."""
     mode = "training" if training else "inference"
     cmd = [str(exe), cell, *map(str, shape), mode, str(repeat), str(infile), str(outfile)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"oneDNN driver failed ({' '.join(cmd)}): {done.stderr.strip()}")
-    return [float(v) for v in done.stdout.split()]
+    return parse_times(done.stdout)
 
 
 def check(cell: str, a: dict[str, np.ndarray], training: bool, got: dict[str, list]) -> float:
@@ -213,15 +245,16 @@ def run_case(
     for mine, other in zip(run_fastrnn(cell, a, training, "native", packed), ours):
         np.testing.assert_array_equal(mine, other)  # the same bits either way
 
-    def once(lib: str) -> None:
-        run_fastrnn(cell, a, training, "native", packed if lib == "packed" else None)
+    def once(lib: str) -> tuple[float, float]:
+        return time_fastrnn(cell, a, training, packed if lib == "packed" else None)
 
     # NumPy's BLAS threads (the reference's products in check) spin for a while after their
     # last call, on the cores the timed runs need.
     time.sleep(0.5)
     once("fastrnn")
     libs = ("fastrnn", "packed", "onednn")
-    rounds: dict[str, list[float]] = {lib: [] for lib in libs}
+    # per library, per round: medians of the whole runs, of the forwards, of the backwards
+    rounds: dict[str, list[tuple[float, float, float]]] = {lib: [] for lib in libs}
     for r in range(args.rounds):
         for lib in libs[r % 3 :] + libs[: r % 3]:
             if lib == "onednn":
@@ -229,14 +262,22 @@ def run_case(
                     exe, cell, (T, N, I, H), training, args.repeat, infile, outfile, args.threads
                 )
             else:
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    once(lib)
-                    times.append(1e3 * (time.perf_counter() - t0))
-            rounds[lib].append(statistics.median(times))
+                times = [once(lib) for _ in range(args.repeat)]
+            rounds[lib].append(
+                (
+                    statistics.median(t for t, _ in times),
+                    statistics.median(f for _, f in times),
+                    statistics.median(t - f for t, f in times),
+                )
+            )
     flops = Case(cell, T, N, I, H).flops("training" if training else "inference")
-    ms = {lib: statistics.median(v) for lib, v in rounds.items()}
+    ms = {lib: statistics.median(v[0] for v in rounds[lib]) for lib in libs}
+    split = {}
+    keys = {"fastrnn": "fastrnn", "packed": "fastrnn_packed", "onednn": "onednn"}
+    if training:
+        for lib, key in keys.items():
+            split[f"{key}_forward_ms"] = statistics.median(v[1] for v in rounds[lib])
+            split[f"{key}_backward_ms"] = statistics.median(v[2] for v in rounds[lib])
     return {
         **dict(zip(("cell", "T", "N", "I", "H"), case)),
         "mode": "training" if training else "inference",
@@ -250,7 +291,19 @@ def run_case(
         "speedup": ms["onednn"] / ms["fastrnn"],
         "speedup_packed": ms["onednn"] / ms["packed"],
         "max_rel_err": err,
+        **split,
     }
+
+
+def split_line(r: dict[str, Any]) -> str:
+    """A training row's forward and backward, each library's ms and the speed-ups."""
+    parts = []
+    for part in ("forward", "backward"):
+        f, p, o = (r[f"{k}_{part}_ms"] for k in ("fastrnn", "fastrnn_packed", "onednn"))
+        parts.append(
+            f"{part} {f:.3f} / packed {p:.3f} / oneDNN {o:.3f} ms ({o / f:.2f}x / {o / p:.2f}x)"
+        )
+    return "; ".join(parts)
 
 
 def parse_cases(text: str) -> list[tuple[str, int, int, int, int]]:
@@ -309,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['speedup']:5.2f}x / packed {r['speedup_packed']:5.2f}x",
                     flush=True,
                 )
+                if mode == "training":
+                    print(f"{'':26}  {split_line(r)}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -22,6 +22,7 @@ def _load():
 
 
 bo = _load()
+PARTS = ("forward", "backward")
 
 
 def test_parse_cases():
@@ -32,6 +33,29 @@ def test_parse_cases():
     for bad in ("lstmx:1,2,3,4", "rnn:1,2,3", "gru:1,0,3,4"):
         with pytest.raises(SystemExit, match="CELL:T,N,I,H"):
             bo.parse_cases(bad)
+
+
+def test_parse_times():
+    assert bo.parse_times("3.5 1.25\n\n4.0 4.0\n") == [(3.5, 1.25), (4.0, 4.0)]
+    with pytest.raises(ValueError):
+        bo.parse_times("3.5\n")  # a driver from before the forward column
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_time_fastrnn_times_the_forward_within_the_run(training):
+    a = bo.make_inputs("lstm", 5, 3, 4, 6, seed=3)
+    packed = bo.F.pack_weights("lstm", a["weight_ih"], a["weight_hh"])
+    for p in (None, packed):
+        total, forward = bo.time_fastrnn("lstm", a, training, p)
+        assert 0 < forward <= total
+
+
+def test_split_line_names_both_parts_and_their_ratios():
+    r = {"fastrnn_forward_ms": 2.0, "fastrnn_packed_forward_ms": 1.0, "onednn_forward_ms": 3.0}
+    r |= {"fastrnn_backward_ms": 4.0, "fastrnn_packed_backward_ms": 5.0, "onednn_backward_ms": 2.0}
+    line = bo.split_line(r)
+    assert "forward 2.000 / packed 1.000 / oneDNN 3.000 ms (1.50x / 3.00x)" in line
+    assert "backward 4.000 / packed 5.000 / oneDNN 2.000 ms (0.50x / 0.40x)" in line
 
 
 def test_missing_onednn_says_how_to_install(tmp_path):
@@ -94,4 +118,9 @@ def test_quick_run_checks_and_times(tmp_path, capsys):
         assert r["fastrnn_ms"] > 0 and r["onednn_ms"] > 0
         assert np.isclose(r["speedup"], r["onednn_ms"] / r["fastrnn_ms"])
         assert np.isclose(r["speedup_packed"], r["onednn_ms"] / r["fastrnn_packed_ms"])
+        split = [f"{k}_{p}_ms" for k in ("fastrnn", "fastrnn_packed", "onednn") for p in PARTS]
+        if r["mode"] == "training":
+            assert all(r[k] > 0 for k in split)
+        else:
+            assert not any(k in r for k in split)
     assert "oneDNN" in capsys.readouterr().out
