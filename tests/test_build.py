@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastrnn
@@ -33,15 +34,36 @@ def test_set_num_threads_round_trip():
         fastrnn.set_num_threads(before)
 
 
-@pytest.mark.parametrize("bad", [0, -3])
-def test_set_num_threads_rejects_non_positive(bad):
-    with pytest.raises(ValueError, match="n must be >= 1"):
+@pytest.mark.parametrize("bad", [0, -3, 4097, 2**31, 2**40, np.int64(-1)])
+def test_set_num_threads_rejects_out_of_range(bad):
+    before = fastrnn.get_num_threads()
+    with pytest.raises(ValueError, match=r"n must be in \[1, 4096\], got " + str(int(bad))):
+        fastrnn.set_num_threads(bad)
+    assert fastrnn.get_num_threads() == before
+
+
+def test_core_set_num_threads_checks_its_range_too():
+    from fastrnn import _core
+
+    for bad in (0, 4097):
+        with pytest.raises(ValueError, match=r"n must be in \[1, 4096\]"):
+            _core.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("bad", [2.0, True, np.bool_(True), "2", None])
+def test_set_num_threads_rejects_non_int(bad):
+    with pytest.raises(TypeError, match="must be an int"):
         fastrnn.set_num_threads(bad)
 
 
-def test_set_num_threads_rejects_non_int():
-    with pytest.raises(TypeError, match="must be an int"):
-        fastrnn.set_num_threads(2.0)
+def test_set_num_threads_takes_numpy_integers():
+    before = fastrnn.get_num_threads()
+    try:
+        for n in (np.int64(1), np.uint8(2), 4096):
+            fastrnn.set_num_threads(n)
+            assert fastrnn.get_num_threads() == int(n)
+    finally:
+        fastrnn.set_num_threads(before)
 
 
 def test_set_isa_rejects_unknown():

@@ -17,7 +17,7 @@ int default_threads() {
   if (const char* env = std::getenv("FASTRNN_NUM_THREADS")) {
     char* end = nullptr;
     long v = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && v >= 1 && v <= 4096) return static_cast<int>(v);
+    if (end != env && *end == '\0' && v >= 1 && v <= kMaxThreads) return static_cast<int>(v);
   }
   return available_cpus();
 }
@@ -45,8 +45,9 @@ int available_cpus() {
 int get_num_threads() { return setting().load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  if (n < 1) {
-    throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads) {
+    throw std::invalid_argument("set_num_threads: n must be in [1, " +
+                                std::to_string(kMaxThreads) + "], got " + std::to_string(n));
   }
   setting().store(n, std::memory_order_relaxed);
 }

@@ -27,16 +27,22 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+#: The most threads :func:`set_num_threads` (and ``FASTRNN_NUM_THREADS``) accepts.
+MAX_THREADS = 4096
+
+
 def set_num_threads(n: int) -> None:
-    """Set the threads the native kernels use (``n >= 1``).
+    """Set the threads the native kernels use (an int, ``1 <= n <= 4096``; NumPy
+    integers are accepted).
 
     The default is ``FASTRNN_NUM_THREADS`` when set, else the CPUs this process may run
     on. Results are bitwise identical for any thread count.
     """
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    n = int(n)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be in [1, {MAX_THREADS}], got {n}")
     _core.set_num_threads(n)
 
 
