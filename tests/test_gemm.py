@@ -266,11 +266,22 @@ def _f32(*shape):
         ((_f32(2, 3), _f32(3, 2)), {"out": np.zeros((2, 2))}, TypeError, "out must have dtype"),
         ((_f32(2, 3), _f32(3, 2)), {"out": _f32(2, 4)[:, ::2]}, ValueError, "C-contiguous"),
         ((_f32(2, 3), _f32(3, 2)), {"out": [[0.0]]}, TypeError, "out must be a numpy.ndarray"),
+        # flags are bools: 'no' or 0.0 would otherwise count by their truth value
+        ((_f32(2, 2), _f32(2, 2)), {"transpose_a": "no"}, TypeError, "transpose_a: expected a"),
+        ((_f32(2, 2), _f32(2, 2)), {"transpose_b": 0.0}, TypeError, "transpose_b: expected a"),
+        ((_f32(2, 2), _f32(2, 2)), {"transpose_a": None}, TypeError, "transpose_a: expected a"),
     ],
 )
 def test_bad_arguments(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         matmul(*args, **kwargs)
+
+
+def test_numpy_bool_flags_are_accepted():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 5))
+    got = matmul(a, b, transpose_a=np.bool_(True), transpose_b=np.bool_(False))
+    np.testing.assert_allclose(got, a.T @ b, rtol=1e-12, atol=1e-12)
 
 
 def test_bad_out_readonly_and_aliased():

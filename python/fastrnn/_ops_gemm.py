@@ -12,7 +12,7 @@ import numpy as np
 
 from fastrnn import _core
 from fastrnn._runtime import _empty
-from fastrnn.reference import FLOAT_DTYPES
+from fastrnn.reference import FLOAT_DTYPES, _check_bool
 
 __all__ = ["matmul"]
 
@@ -83,11 +83,13 @@ def matmul(
         whose last axis is not unit-stride are copied once first.
 
     Raises:
-        TypeError: an argument is not an ndarray, a dtype is not float32/float64, or
-            the dtypes differ.
+        TypeError: an argument is not an ndarray, a dtype is not float32/float64, the
+            dtypes differ, or a ``transpose_*`` flag is not a bool.
         ValueError: an argument is not 2-D, the inner dimensions disagree, or ``out``
             has the wrong shape, is not C-contiguous, is read-only or overlaps an input.
     """
+    transpose_a = _check_bool("transpose_a", transpose_a)
+    transpose_b = _check_bool("transpose_b", transpose_b)
     if not isinstance(a, np.ndarray):
         raise TypeError(f"a must be a numpy.ndarray, got {type(a).__name__}")
     if not isinstance(b, np.ndarray):
@@ -112,9 +114,7 @@ def matmul(
         out = _empty((m, n), a.dtype)
     else:
         out = _check_out(out, (m, n), a.dtype, a, b)
-    _core.gemm(
-        _operand(a, "a"), _operand(b, "b"), bool(transpose_a), bool(transpose_b), out, 1.0, 0.0
-    )
+    _core.gemm(_operand(a, "a"), _operand(b, "b"), transpose_a, transpose_b, out, 1.0, 0.0)
     return out
 
 
@@ -128,7 +128,7 @@ class PackedB:
 
     def __init__(self, b: np.ndarray, transpose_b: bool = False) -> None:
         b = _operand(b, "b")
-        self._packed = _core.PackedB(b, bool(transpose_b))
+        self._packed = _core.PackedB(b, _check_bool("transpose_b", transpose_b))
         self.k: int = int(self._packed.k)
         self.n: int = int(self._packed.n)
         self.dtype: np.dtype = np.dtype(self._packed.dtype)
@@ -153,13 +153,14 @@ class PackedB:
         multiple of ``self.panel``.
         """
         a = self._check_a(a)
+        transpose_a = _check_bool("transpose_a", transpose_a)
         m = a.shape[1] if transpose_a else a.shape[0]
         if out is None:
             out = np.empty((m, self.n), dtype=self.dtype)
         else:
             out = _check_out(out, (m, self.n), self.dtype, a, a)
         self._packed._matmul(
-            a, out, bool(transpose_a), float(alpha), float(beta), int(j0), j1, False, None, None
+            a, out, transpose_a, float(alpha), float(beta), int(j0), j1, False, None, None
         )
         return out
 
@@ -181,6 +182,7 @@ class PackedB:
         none), and how many calls covered each element of ``out``.
         """
         a = self._check_a(a)
+        transpose_a = _check_bool("transpose_a", transpose_a)
         m = a.shape[1] if transpose_a else a.shape[0]
         out = _check_out(out, (m, self.n), self.dtype, a, a)
         snapshot = np.full((m, self.n), np.nan, dtype=self.dtype)
@@ -188,7 +190,7 @@ class PackedB:
         tiles = self._packed._matmul(
             a,
             out,
-            bool(transpose_a),
+            transpose_a,
             float(alpha),
             float(beta),
             int(j0),
