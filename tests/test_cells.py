@@ -181,3 +181,20 @@ def test_cell_bad_inputs(backend):
     _, tape = cell.forward(x)
     with pytest.raises(ValueError, match=r"dstate\[0\] \(h\)"):
         cell.backward(tape, (np.zeros((N + 1, H)), None))
+
+
+@pytest.mark.parametrize("other_cls", [LSTMCell, RNNCell])
+def test_backward_rejects_another_cells_tape(other_cls):
+    # Another cell's tape holds activations of other weights: its gradients would be
+    # silently wrong for this cell.
+    rng = np.random.default_rng(13)
+    cell = LSTMCell(3, 4, seed=1)
+    other = other_cls(3, 4, seed=2)
+    state, tape = other.forward(rng.standard_normal((2, 3)).astype(np.float32))
+    ones = tuple(map(np.ones_like, state)) if isinstance(state, tuple) else np.ones_like(state)
+    before = {k: v.copy() for k, v in cell.grads.items()}
+    with pytest.raises(ValueError, match="tape from this cell's forward"):
+        cell.backward(tape, ones)
+    assert all(np.array_equal(cell.grads[k], v) for k, v in before.items())
+    other.backward(tape, ones)
+    assert any(v.any() for v in other.grads.values())

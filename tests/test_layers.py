@@ -245,3 +245,38 @@ def test_layer_bad_inputs(backend):
         LSTM(I, H, nonlinearity="relu")  # not an LSTM option
     with pytest.raises(TypeError, match="reset_after"):
         GRU(I, H, reset_after="no")
+
+
+@pytest.mark.parametrize("other_cls", [LSTM, GRU])
+def test_backward_rejects_another_layers_tape(other_cls):
+    # A tape holds the activations of the weights that recorded it: another layer's tape
+    # (even one of the same class and sizes) would give gradients silently wrong for this
+    # layer's weights, and one of another class failed deep inside NumPy.
+    rng = np.random.default_rng(11)
+    m = LSTM(3, 4, seed=1)
+    other = other_cls(3, 4, seed=2)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _, tape = other.forward(x)
+    before = {k: v.copy() for k, v in m.grads.items()}
+    with pytest.raises(ValueError, match="tape from this layer's forward"):
+        m.backward(tape, np.ones_like(y))
+    assert all(np.array_equal(m.grads[k], v) for k, v in before.items())
+    other.backward(tape, np.ones_like(y))  # its own layer still takes it
+    assert any(v.any() for v in other.grads.values())
+
+
+def test_backward_rejects_a_copy_or_a_freed_layers_tape():
+    import copy
+    import gc
+
+    rng = np.random.default_rng(12)
+    m = GRU(3, 4, seed=1)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    y, _, tape = m.forward(x)
+    twin = copy.deepcopy(m)
+    with pytest.raises(ValueError, match="another layer"):
+        twin.backward(tape, np.ones_like(y))
+    _, _, orphan = GRU(3, 4, seed=3).forward(x)
+    gc.collect()
+    with pytest.raises(ValueError, match="another layer"):
+        m.backward(orphan, np.ones_like(y))

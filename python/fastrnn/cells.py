@@ -11,6 +11,7 @@ Shapes: ``x`` (N, I) or unbatched (I,); state ``h`` (N, H) or (H,), for LSTM a p
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,11 +31,14 @@ __all__ = ["GRUCell", "LSTMCell", "RNNCell"]
 
 
 class _CellTape:
-    """A cell's tape: the functional tape (T = 1) and whether the input was unbatched."""
+    """A cell's tape: the functional tape (T = 1), whether the input was unbatched, and
+    (weakly) the cell that recorded it (another cell's tape would give silently wrong
+    gradients)."""
 
-    __slots__ = ("batch", "tape", "unbatched")
+    __slots__ = ("batch", "owner", "tape", "unbatched")
 
-    def __init__(self, tape: Any, batch: int, unbatched: bool) -> None:
+    def __init__(self, owner: Module, tape: Any, batch: int, unbatched: bool) -> None:
+        self.owner = weakref.ref(owner)
         self.tape = tape
         self.batch = batch
         self.unbatched = unbatched
@@ -155,7 +159,7 @@ class _Cell(Module):
             res = functional.rnn(x3, h0, *args, nonlinearity=self.nonlinearity, **kw)
             h, c = res[1], None
         new_state = self._state_out(h, c, unbatched)
-        return new_state, (_CellTape(res[2], x.shape[0], unbatched) if training else None)
+        return new_state, (_CellTape(self, res[2], x.shape[0], unbatched) if training else None)
 
     def __call__(self, x: Any, state: Any = None) -> Any:
         """One step: the new state (``h``, or ``(h, c)`` for LSTM) from ``x`` and ``state``.
@@ -190,6 +194,10 @@ class _Cell(Module):
         """
         if not isinstance(tape, _CellTape):
             raise TypeError(f"tape: expected a tape from forward(), got {type(tape).__name__}")
+        if tape.owner() is not self:
+            raise ValueError(
+                "tape: expected a tape from this cell's forward(), got one from another cell"
+            )
         dh, dc = self._state_in(dstate, tape.batch, tape.unbatched, "dstate")
         if self.mode == "lstm":
             g = functional.lstm_backward(tape.tape, None, dh, dc)

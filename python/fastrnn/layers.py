@@ -29,6 +29,7 @@ rest of fastrnn (``Linear``, ``Embedding``, cells, ``Seq2Seq``): ``params`` and 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -101,11 +102,16 @@ def _recurrent_options_config(m: Any) -> dict[str, Any]:
 
 
 class _LayerTape:
-    """A layer's tape: the stack tape plus how to map shapes back for backward."""
+    """A layer's tape: the stack tape, how to map shapes back for backward, and (weakly)
+    the layer that recorded it: another layer's tape holds activations of other weights,
+    so its gradients would be silently wrong for this one."""
 
-    __slots__ = ("batch_first", "stack", "unbatched")
+    __slots__ = ("batch_first", "owner", "stack", "unbatched")
 
-    def __init__(self, stack: _stack.StackTape, batch_first: bool, unbatched: bool) -> None:
+    def __init__(
+        self, owner: Module, stack: _stack.StackTape, batch_first: bool, unbatched: bool
+    ) -> None:
+        self.owner = weakref.ref(owner)
         self.stack = stack
         self.batch_first = batch_first
         self.unbatched = unbatched
@@ -329,7 +335,7 @@ class _RecurrentLayer(Module):
             packed=self._packed,
         )
         out = (self._out(y, unbatched), self._unbatch_state(state_n, unbatched))
-        return out, (None if tape is None else _LayerTape(tape, self.batch_first, unbatched))
+        return out, (None if tape is None else _LayerTape(self, tape, self.batch_first, unbatched))
 
     def __call__(self, x: Any, state: Any = None, lengths: Any = None) -> tuple[np.ndarray, Any]:
         """Inference (no dropout, nothing recorded): returns ``(y, state_n)``.
@@ -375,6 +381,10 @@ class _RecurrentLayer(Module):
         """
         if not isinstance(tape, _LayerTape):
             raise TypeError(f"tape: expected a tape from forward(), got {type(tape).__name__}")
+        if tape.owner() is not self:
+            raise ValueError(
+                "tape: expected a tape from this layer's forward(), got one from another layer"
+            )
         st = tape.stack
         T, N, DH = st.T, st.N, st.num_directions * st.hidden_size
         if dy is not None:
