@@ -487,7 +487,12 @@ def test_huge_sizes_fail_cleanly():
     # T*N*I fits in 64 bits but T*N*4H does not.
     x = np.broadcast_to(np.zeros((1, 1, 1), f), (2**30, 2**30, 1))
     h0 = np.broadcast_to(np.zeros((1, 1), f), (2**30, 16))
-    with pytest.raises(ValueError, match="overflows 64-bit"):
+    # The message names the arguments' sizes, then the first product that overflowed.
+    want = (
+        r"x of shape \(T, N, I\) = \(1073741824, 1073741824, 1\) with hidden size H = 16 "
+        r"\(G = 4 gates\) is too large: .*size overflows 64-bit"
+    )
+    with pytest.raises(ValueError, match=want):
         NAT.lstm(x, h0, h0, w_ih, w_hh)
     # Representable but far too large to allocate.
     x = np.broadcast_to(np.zeros((1, 1, 1), f), (2**20, 2**20, 1))

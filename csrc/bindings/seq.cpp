@@ -169,14 +169,22 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   if (N < 1 || Tn < 1) throw py::value_error("x must have T >= 1 and N >= 1 here");
   const i64 GH = checked_mul(G, H, "G*H");
   std::string ghs = "(G*H, I) with G=" + std::to_string(G);
-  // Sizes first (overflow-checked), before any copy or allocation.
-  const i64 TN = checked_mul(Tn, N, "T*N");
-  check_elems<T>(checked_mul(TN, I, "x"), "x");
-  check_elems<T>(checked_mul(TN, GH, "gates"), "gates");
-  check_elems<T>(checked_mul(GH, checked_add(I, H, "weights"), "weights"), "weights");
+  // Sizes first (overflow-checked), before any copy or allocation; the message names the
+  // arguments' sizes, not the buffer that would have overflowed.
   const SeqFns<T>& k = fns<T>();
-  const i64 work = k.forward_work(d);
-  check_elems<T>(work, "workspace");
+  i64 work = 0;
+  try {
+    const i64 TN = checked_mul(Tn, N, "T*N");
+    check_elems<T>(checked_mul(TN, I, "x"), "x");
+    check_elems<T>(checked_mul(TN, GH, "T*N*G*H gate values"), "T*N*G*H gate values");
+    check_elems<T>(checked_mul(GH, checked_add(I, H, "weights"), "weights"), "weights");
+    work = k.forward_work(d);
+    check_elems<T>(work, "workspace");
+  } catch (const std::length_error& e) {
+    throw std::length_error("x of shape (T, N, I) = " + shape_str({Tn, N, I}) +
+                            " with hidden size H = " + std::to_string(H) + " (G = " +
+                            std::to_string(G) + " gates) is too large: " + e.what());
+  }
 
   auto x = need<T>(x_o, "x", {Tn, N, I}, "(T, N, I)");
   auto h0 = need<T>(h0_o, "h0", {N, H}, "(N, H)");
