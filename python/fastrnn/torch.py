@@ -728,7 +728,8 @@ def _forward(module: Any, input: Any, hx: Any) -> Any:
         name = {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "RNN")
         if input.dim() not in (2, 3):
             raise ValueError(
-                f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead"
+                f"{name}: Expected input to be 2D or 3D, got {input.dim()}D"
+                f"{' tensor' if name == 'RNN' else ''} instead"  # PyTorch's words for each
             )
         is_batched = input.dim() == 3
         if not is_batched:
