@@ -280,3 +280,28 @@ def test_backward_rejects_a_copy_or_a_freed_layers_tape():
     gc.collect()
     with pytest.raises(ValueError, match="another layer"):
         m.backward(orphan, np.ones_like(y))
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "xavier", "orthogonal"])
+def test_init_recurrent_checks_its_arguments(scheme):
+    def call(shapes, gates=4, hidden_size=5, dtype="float64"):
+        return frinit.init_recurrent(
+            shapes, gates=gates, hidden_size=hidden_size, scheme=scheme, dtype=dtype
+        )
+
+    got = call({"weight_ih_l0": (20, 3), "weight_hh_l0": (20, 5), "bias_ih_l0": (20,)})
+    assert [a.shape for a in got.values()] == [(20, 3), (20, 5), (20,)]
+    # rows not G*H: the gate-aware schemes returned fewer rows than asked, silently
+    for bad in ({"weight_hh_l0": (10, 5)}, {"weight_ih": (5, 3)}, {"weight_ih": (20,)}):
+        with pytest.raises(ValueError, match=r"must have shape \(G\*H, n\) = \(20, n\)"):
+            call(bad)
+    with pytest.raises(ValueError, match=r"bias_hh must have shape \(G\*H,\) = \(20,\)"):
+        call({"bias_hh": (10,)})
+    with pytest.raises(ValueError, match="unknown parameter name 'gamma'"):
+        call({"gamma": (20,)})
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
+        call({"bias": (0,)}, hidden_size=0)
+    with pytest.raises(TypeError, match="gates must be an int"):
+        call({"bias": (20,)}, gates=4.0)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got int32"):
+        call({"bias": (20,)}, dtype="int32")

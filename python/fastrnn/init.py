@@ -98,24 +98,50 @@ def init_recurrent(
 
     Returns:
         dict name -> new C-contiguous array, same order as ``shapes``.
+
+    Raises:
+        ValueError: an unknown scheme or parameter name, ``gates`` or ``hidden_size``
+            below 1, or a shape that is not ``(G*H, ·)`` for a weight / ``(G*H,)`` for a
+            bias (the gate-aware schemes split the rows into G blocks of H).
+        TypeError: ``gates`` or ``hidden_size`` not an int, ``dtype`` not float32/float64.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"init: expected one of {SCHEMES}, got {scheme!r}")
+    for arg, value in (("gates", gates), ("hidden_size", hidden_size)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"init: {arg} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"init: {arg} must be >= 1, got {value}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"init: dtype must be float32 or float64, got {np.dtype(dtype)}")
     if rng is None:
         rng = np.random.default_rng()
     out: dict[str, np.ndarray] = {}
+    GH = int(gates) * int(hidden_size)
     k = 1.0 / math.sqrt(hidden_size)
     for name, shape in shapes.items():
         shape = tuple(int(s) for s in shape)
+        if name.startswith(("weight_ih", "weight_hh")):
+            if len(shape) != 2 or shape[0] != GH or shape[1] < 1:
+                raise ValueError(
+                    f"init: {name} must have shape (G*H, n) = ({GH}, n) with n >= 1 "
+                    f"(G = {gates}, H = {hidden_size}), got {shape}"
+                )
+        elif name.startswith("bias"):
+            if shape != (GH,):
+                raise ValueError(
+                    f"init: {name} must have shape (G*H,) = ({GH},) "
+                    f"(G = {gates}, H = {hidden_size}), got {shape}"
+                )
+        else:
+            raise ValueError(f"init: unknown parameter name {name!r}")
         if scheme == "uniform":
             arr = uniform(rng, shape, k, dtype)
         elif name.startswith("bias"):
             arr = np.zeros(shape, dtype)
         elif name.startswith("weight_hh") and scheme == "orthogonal":
             arr = _gate_blocks(orthogonal, rng, shape, gates, dtype)  # type: ignore[arg-type]
-        elif name.startswith(("weight_ih", "weight_hh")):
-            arr = _gate_blocks(xavier_uniform, rng, shape, gates, dtype)  # type: ignore[arg-type]
         else:
-            raise ValueError(f"init: unknown parameter name {name!r}")
+            arr = _gate_blocks(xavier_uniform, rng, shape, gates, dtype)  # type: ignore[arg-type]
         out[name] = np.ascontiguousarray(arr)
     return out
