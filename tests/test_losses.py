@@ -196,3 +196,20 @@ def test_bad_input():
         mse(np.zeros((2, 3)), np.zeros((2, 3)), mask=np.ones((2, 3)), lengths=[1, 1, 1])
     with pytest.raises(ValueError, match="lengths must have shape"):
         mse(np.zeros((2, 3)), np.zeros((2, 3)), lengths=[1, 1])
+
+
+def test_losses_want_float32_or_float64():
+    # float16's "mean" divisor overflowed past 65504 elements: a zero gradient, silently.
+    x = np.ones(70000, np.float16)
+    with pytest.raises(TypeError, match="pred must be a float32 or float64 array"):
+        mse(x, np.zeros_like(x), reduction="mean")
+    with pytest.raises(TypeError, match="logits must be a float32 or float64 array"):
+        softmax_cross_entropy(x.reshape(-1, 7), np.zeros(10000, np.int64), reduction="mean")
+    loss, grad = mse(x.astype(np.float32), np.zeros(70000, np.float16), reduction="mean")
+    assert loss == 1.0 and np.allclose(grad, 2 / 70000)
+
+
+@pytest.mark.parametrize("bad", [np.array(["1.5"] * 3), np.array([None] * 3), np.ones(3, complex)])
+def test_mse_target_must_be_real_numbers(bad):
+    with pytest.raises(TypeError, match="target must be a real numeric array"):
+        mse(np.zeros(3), bad)

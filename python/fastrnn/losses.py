@@ -39,6 +39,11 @@ def mask_from_lengths(lengths: Any, T: int, batch_first: bool = False) -> np.nda
     return mask.T.copy() if batch_first else mask
 
 
+# float16 would overflow "mean"'s divisor past 65504 elements (a zero gradient); wider
+# floats than float64 are not what the rest of the library computes in.
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -79,7 +84,7 @@ def softmax_cross_entropy(
     """Softmax cross-entropy fused with its gradient.
 
     Args:
-        logits: (..., C) float scores, e.g. (T, N, C).
+        logits: (..., C) float32 or float64 scores, e.g. (T, N, C).
         targets: (...) integer classes in [0, C) (checked only where the mask is nonzero,
             so padding may hold any value, e.g. -1).
         mask: (...) bool/float weights, or None. ``lengths``: (N,) instead of a mask.
@@ -93,8 +98,10 @@ def softmax_cross_entropy(
     """
     _check_reduction(reduction)
     logits = np.asarray(logits)
-    if not np.issubdtype(logits.dtype, np.floating):
-        raise TypeError(f"logits must be a float array (..., C), got dtype {logits.dtype}")
+    if logits.dtype not in _FLOATS:
+        raise TypeError(
+            f"logits must be a float32 or float64 array (..., C), got dtype {logits.dtype}"
+        )
     if logits.ndim < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape (..., C) with C >= 1, got {logits.shape}")
     targets = np.asarray(targets)
@@ -154,7 +161,8 @@ def mse(
     """Squared error ``l = (pred - target)^2`` per element, fused with its gradient.
 
     Args:
-        pred, target: float arrays of the same shape, e.g. (T, N, F).
+        pred, target: arrays of the same shape, e.g. (T, N, F); ``pred`` float32 or
+            float64, ``target`` any real numbers (converted to ``pred``'s dtype).
         mask: weights of shape ``pred.shape`` or a prefix of it (e.g. (T, N)), broadcast
             over the remaining axes; ``lengths`` (N,) instead of a mask.
         reduction: ``"sum"`` -> ``sum(w l)``; ``"mean"`` -> ``sum(w l) / sum(w)``
@@ -164,9 +172,11 @@ def mse(
     """
     _check_reduction(reduction)
     pred = np.asarray(pred)
-    if not np.issubdtype(pred.dtype, np.floating):
-        raise TypeError(f"pred must be a float array, got dtype {pred.dtype}")
+    if pred.dtype not in _FLOATS:
+        raise TypeError(f"pred must be a float32 or float64 array, got dtype {pred.dtype}")
     target = np.asarray(target)
+    if not any(np.issubdtype(target.dtype, k) for k in (np.bool_, np.integer, np.floating)):
+        raise TypeError(f"target must be a real numeric array, got dtype {target.dtype}")
     if target.shape != pred.shape:
         raise ValueError(f"target must have shape {pred.shape} (like pred), got {target.shape}")
     diff = pred - target.astype(pred.dtype, copy=False)
