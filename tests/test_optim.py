@@ -283,3 +283,77 @@ def test_bad_arguments():
         clip_grad_value(m, -1)
     with pytest.raises(RuntimeError, match="non-finite"):
         clip_grad_norm({"x": np.array([np.inf])}, 1.0, error_if_nonfinite=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        # dampening outside [0, 1] (or NaN) turned the parameters to NaN from step 2
+        (lambda m: SGD(m, lr=0.1, momentum=0.9, dampening=float("nan")), ValueError, "dampening"),
+        (lambda m: SGD(m, lr=0.1, momentum=0.9, dampening=-0.5), ValueError, "dampening"),
+        (lambda m: SGD(m, lr=0.1, momentum=0.9, dampening=1.5), ValueError, "<= 1.0"),
+        (lambda m: SGD(m, lr="0.1"), TypeError, "lr must be a number, got str"),
+        (lambda m: SGD(m, lr=None), TypeError, "lr must be a number"),
+        (lambda m: SGD(m, lr=True), TypeError, "lr must be a number, got bool"),
+        (lambda m: SGD(m, lr=float("nan")), ValueError, "lr must be >= 0"),
+        (lambda m: SGD(m, lr=0.1, momentum=0.5, nesterov="yes"), TypeError, "nesterov"),
+        (lambda m: Adam(m, betas=0.9), TypeError, "betas must be a pair"),
+        (lambda m: Adam(m, betas=(0.9, "x")), TypeError, r"betas\[1\] must be a number"),
+        (lambda m: Adam(m, betas=(-0.1, 0.9)), ValueError, r"betas\[0\] must be >= 0"),
+        (lambda m: Adam(m, eps=-1e-8), ValueError, "eps must be >= 0"),
+    ],
+)
+def test_hyperparameters_are_checked(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make(Params([1.0], [1.0]))
+
+
+def test_sgd_dampening_at_its_bounds_matches_the_rule():
+    for damp in (0.0, 1.0):
+        m = Params([1.0], [1.0])
+        opt = SGD(m, lr=0.5, momentum=0.9, dampening=damp)
+        opt.step()  # buffer = g = 1 -> p = 0.5
+        opt.step()  # buffer = 0.9 * 1 + (1 - damp) * 1
+        np.testing.assert_allclose(m.params["w"], [0.5 - 0.5 * (0.9 + 1 - damp)])
+
+
+def test_step_names_a_missing_gradient():
+    m = Params([1.0], [1.0])
+    del m.grads["w"]
+    with pytest.raises(KeyError, match=r"grads has no entry for params\['w'\]"):
+        SGD(m, lr=0.1).step()
+
+
+def test_clipping_refuses_integer_gradients():
+    # scaled in place by a coefficient cast to their dtype, they became zeros
+    g = {"x": np.array([3, 4])}
+    with pytest.raises(TypeError, match="gradient 'x' must be a float array, got dtype int"):
+        clip_grad_norm(g, 1.0)
+    with pytest.raises(TypeError, match="must be a float array"):
+        clip_grad_value(g, 0.5)
+    np.testing.assert_array_equal(g["x"], [3, 4])
+
+
+def test_load_state_dict_checks_before_changing_anything():
+    m = Params([1.0, 2.0], [1.0, 1.0])
+    opt = Adam(m, lr=0.1)
+    opt.step()
+    good = opt.state_dict()
+    key = (0, "w")
+    bad_shape = {"state": {key: {**good["state"][key], "exp_avg": np.zeros(3)}}}
+    bad_step = {"state": {key: {**good["state"][key], "step": -1}}}
+    cases = [
+        ({}, "a 'state' dict"),
+        ({"state": {(1, "w"): {}}}, r"key \(1, 'w'\) names no parameter"),
+        ({"state": {(0, "v"): {}}}, "names no parameter"),
+        (bad_shape, r"has shape \(3,\), the parameter \(2,\)"),
+        (bad_step, "'step'] must be an int >= 0"),
+    ]
+    for d, match in cases:
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(d)
+        assert opt.state[key]["step"] == 1  # unchanged
+    step_np = {"state": {key: {**good["state"][key], "step": np.int64(1)}}}
+    opt.load_state_dict(step_np)  # an int that went through NumPy is fine
+    opt.step()
+    assert opt.state[key]["step"] == 2

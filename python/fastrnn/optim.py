@@ -33,6 +33,20 @@ def _as_module_list(modules: Any) -> list[Any]:
     return items
 
 
+def _number(name: str, value: Any, lo: float, hi: float = math.inf, hi_open: bool = False) -> float:
+    """``value`` as a float in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``): a real number,
+    not a bool or a string, and not NaN; a clear error naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, np.complexfloating):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not (lo <= v and (v < hi if hi_open else v <= hi)):
+        upper = "" if hi == math.inf else (f" and < {hi}" if hi_open else f" and <= {hi}")
+        raise ValueError(f"{name} must be >= {lo}{upper}, got {value!r}")
+    return v
+
+
 def _grad_arrays(modules_or_grad_dicts: Any) -> list[np.ndarray]:
     items = (
         list(modules_or_grad_dicts)
@@ -52,6 +66,9 @@ def _grad_arrays(modules_or_grad_dicts: Any) -> list[np.ndarray]:
         for k, g in grads.items():
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"gradient {k!r} must be a numpy array, got {type(g).__name__}")
+            if not np.issubdtype(g.dtype, np.floating):
+                # an integer array would be scaled by a coefficient cast to int: zeros
+                raise TypeError(f"gradient {k!r} must be a float array, got dtype {g.dtype}")
             out.append(g)
     return out
 
@@ -78,9 +95,7 @@ def clip_grad_norm(
         p = float(norm_type)
     if not p > 0:
         raise ValueError(f"norm_type must be positive, got {norm_type!r}")
-    max_norm = float(max_norm)
-    if not max_norm >= 0:
-        raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
+    max_norm = _number("max_norm", max_norm, 0.0)
     grads = _grad_arrays(modules_or_grad_dicts)
     if not grads:
         return 0.0
@@ -103,9 +118,7 @@ def clip_grad_norm(
 
 def clip_grad_value(modules_or_grad_dicts: Any, clip_value: float) -> None:
     """Clamp every gradient element to ``[-clip_value, clip_value]`` in place."""
-    clip_value = float(clip_value)
-    if not clip_value >= 0:
-        raise ValueError(f"clip_value must be >= 0, got {clip_value!r}")
+    clip_value = _number("clip_value", clip_value, 0.0)
     for g in _grad_arrays(modules_or_grad_dicts):
         np.clip(g, -clip_value, clip_value, out=g)
 
@@ -134,6 +147,8 @@ class Optimizer:
                         "place (weights packed for inference by pack_weights(): call "
                         "unpack_weights() before training)"
                     )
+                if name not in grads:
+                    raise KeyError(f"grads has no entry for params[{name!r}]")
                 g = grads[name]
                 if g.shape != p.shape:
                     raise ValueError(f"grads[{name!r}] shape {g.shape} != params {p.shape}")
@@ -158,11 +173,33 @@ class Optimizer:
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore state saved by :meth:`state_dict`."""
-        self.state = {
-            tuple(k): {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in s.items()}
-            for k, s in d["state"].items()
-        }
+        """Restore state saved by :meth:`state_dict` (of an optimizer over modules with
+        the same parameters): checked entry by entry before anything changes."""
+        if not isinstance(d, dict) or not isinstance(d.get("state"), dict):
+            raise ValueError("expected a dict with a 'state' dict, as state_dict() returns")
+        state = {}
+        for k, s in d["state"].items():
+            i, name = k if isinstance(k, (tuple, list)) and len(k) == 2 else (None, None)
+            if not (
+                isinstance(i, int) and 0 <= i < len(self.modules) and name in self.modules[i].params
+            ):
+                raise ValueError(f"state: key {k!r} names no parameter of these modules")
+            p = self.modules[i].params[name]
+            if not isinstance(s, dict):
+                raise ValueError(f"state[{k!r}] must be a dict, got {type(s).__name__}")
+            for n, v in s.items():
+                if isinstance(v, np.ndarray) and v.shape != p.shape:
+                    raise ValueError(
+                        f"state[{k!r}][{n!r}] has shape {v.shape}, the parameter {p.shape}"
+                    )
+                if n == "step" and (
+                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
+                ):
+                    raise ValueError(f"state[{k!r}]['step'] must be an int >= 0, got {v!r}")
+            state[(i, name)] = {
+                n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in s.items()
+            }
+        self.state = state
 
 
 def _fused_ok(p: np.ndarray, *others: np.ndarray) -> bool:
@@ -200,16 +237,15 @@ class SGD(Optimizer):
         dampening: float = 0.0,
     ) -> None:
         super().__init__(modules)
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr!r}")
-        if not momentum >= 0:
-            raise ValueError(f"momentum must be >= 0, got {momentum!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if nesterov and (momentum <= 0 or dampening != 0):
+        self.lr = _number("lr", lr, 0.0)
+        self.momentum = _number("momentum", momentum, 0.0)
+        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
+        self.dampening = _number("dampening", dampening, 0.0, 1.0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov requires momentum > 0 and dampening == 0")
-        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
-        self.nesterov, self.dampening = bool(nesterov), float(dampening)
+        self.nesterov = bool(nesterov)
 
     def step(self) -> None:
         """Apply one update to every parameter, in place."""
@@ -249,16 +285,15 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(modules)
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr!r}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
-        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.lr = _number("lr", lr, 0.0)
+        if not isinstance(betas, (tuple, list, np.ndarray)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        self.betas = (
+            _number("betas[0]", betas[0], 0.0, 1.0, hi_open=True),
+            _number("betas[1]", betas[1], 0.0, 1.0, hi_open=True),
+        )
+        self.eps = _number("eps", eps, 0.0)
+        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
 
     def step(self) -> None:
         """Apply one update to every parameter, in place."""
