@@ -61,6 +61,8 @@ def test_case_spec_parses_all_fields():
         ("lstm:T=1,N=1,H=1,H=2", "H given twice"),
         ("lstm:T=1,N=1,H=1,modes=fly", "modes must be"),
         ("lstm:T=1,N=1 H=1", "must be a positive integer"),
+        # np.sqrt of an int past 64 bits raised TypeError inside the run
+        ("lstm:T=1,N=1,H=99999999999999999999999", r"H must be a positive integer <= 2147483647"),
     ],
 )
 def test_case_spec_errors(spec, match):
@@ -100,6 +102,13 @@ def test_toml_config(tmp_path):
         ("modes = []\n", "modes must be"),
         ("[[case]\n", "invalid TOML"),
         ("", "expected one or more"),
+        # not tables: TypeError from set() before
+        ("case = [1, 2]\n", "case #1: expected a \\[\\[case\\]\\] table, got 1"),
+        ("case = [[1]]\n", "case #1: expected a \\[\\[case\\]\\] table, got \\[1\\]"),
+        (
+            '[[case]]\ncell = "lstm"\nT = 1\nN = 1\nI = 2\nH = 4294967296\n',
+            "H must be a positive int <=",
+        ),
     ],
 )
 def test_toml_config_errors(tmp_path, text, match):
@@ -117,6 +126,15 @@ def test_example_config_in_the_repository_parses():
         pytest.skip("not run from a source checkout")
     cases = cases_from_toml(example)
     assert len(cases) == 3 and cases[1].label == "speech-like GRU"
+
+
+def test_non_utf8_config_is_a_usage_error_naming_the_file(tmp_path, capsys):
+    f = tmp_path / "latin1.toml"
+    f.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(f)])
+    assert exc.value.code == 2
+    assert "latin1.toml" in capsys.readouterr().err
 
 
 def test_missing_config_file_is_a_usage_error(tmp_path, capsys):
@@ -160,6 +178,16 @@ def test_argument_parsing():
         ["--backends", "nonesuch"],
         ["--backends", "reference", "--baseline", "torch"],
         ["--filter", "no-such-case"],
+        # let through before, then a traceback (or every row failing) at run time
+        ["--seed", "-1"],
+        ["--min-time", "inf"],
+        ["--min-time", "1e308"],
+        ["--max-time", "nan"],
+        ["--backends", ","],
+        ["--backends", "native,native"],
+        ["--case", "lstm:T=1,N=1,H=1000000"],
+        ["--json", "/nonexistent-dir/x.json"],
+        ["--csv", "/"],
     ],
 )
 def test_bad_arguments_exit_2(argv, capsys):
@@ -167,6 +195,17 @@ def test_bad_arguments_exit_2(argv, capsys):
         cli.main(argv)
     assert exc.value.code == 2
     assert capsys.readouterr().err
+
+
+def test_unwritable_output_is_refused_before_measuring(tmp_path, capsys):
+    # A results file under a regular file: nothing can create it (whoever runs this).
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--case", "rnn:T=1,N=1,H=2", "--csv", str(blocker / "out.csv")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "measuring" not in err
 
 
 def test_standard_suite_has_the_listed_shapes():

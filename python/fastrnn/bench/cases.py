@@ -29,6 +29,7 @@ CELLS: dict[str, int] = {"lstm": 4, "gru": 3, "rnn": 1}
 MODES: tuple[str, ...] = ("inference", "training", "step")
 DEFAULT_MODES: tuple[str, ...] = ("inference", "training")
 _SIZE_KEYS = ("T", "N", "I", "H")
+_MAX_SIZE = 2**31 - 1  # per size; the memory a case needs is checked by the command line
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class Case:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
         for key in _SIZE_KEYS:
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"case {key} must be a positive int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
+                raise ValueError(f"case {key} must be a positive int <= {_MAX_SIZE}, got {value!r}")
         if not self.modes:
             raise ValueError("case modes must not be empty")
         for mode in self.modes:
@@ -81,6 +82,11 @@ class Case:
         steps = 1 if mode == "step" else self.T
         forward = 2.0 * steps * self.N * self.gates * self.H * (self.I + self.H)
         return 3.0 * forward if mode == "training" else forward
+
+    def input_bytes(self, itemsize: int) -> int:
+        """Bytes of the inputs, states, weights and upstream gradients one run draws."""
+        T, N, I, H, G = self.T, self.N, self.I, self.H, self.gates
+        return itemsize * (T * N * (I + H) + G * H * (I + H + 2) + 4 * N * H)
 
     def small(self, T: int = 4, N: int = 3) -> Case:
         """The same cell and feature sizes with tiny T and N, for the correctness check."""
@@ -108,8 +114,10 @@ def _parse_int(key: str, text: str, spec: str) -> int:
         value = int(text.strip())
     except ValueError:
         raise ValueError(f"case {spec!r}: {key} must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"case {spec!r}: {key} must be a positive integer, got {value}")
+    if not 1 <= value <= _MAX_SIZE:
+        raise ValueError(
+            f"case {spec!r}: {key} must be a positive integer <= {_MAX_SIZE}, got {value}"
+        )
     return value
 
 
@@ -167,7 +175,7 @@ def _load_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except OSError as exc:
         raise ValueError(f"config {str(path)!r}: cannot read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"config {str(path)!r}: invalid TOML ({exc})") from None
 
 
@@ -200,6 +208,8 @@ def cases_from_toml(path: str | Path) -> list[Case]:
     cases = []
     for k, table in enumerate(tables):
         at = f"{where} case #{k + 1}"
+        if not isinstance(table, dict):
+            raise ValueError(f"{at}: expected a [[case]] table, got {table!r}")
         unknown = set(table) - {"cell", "T", "N", "I", "H", "modes", "name", "note"}
         if unknown:
             raise ValueError(f"{at}: unknown keys {sorted(unknown)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -21,6 +22,26 @@ DEFAULT_MAX_TIME = 3.0
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _backend_list(text: str) -> list[str]:
+    names = _csv_list(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated backend names, got {text!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"backend(s) given more than once: {twice}")
+    return names
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
 
 
 def _positive_int(text: str) -> int:
@@ -44,12 +65,19 @@ def _float_where(text: str, ok: Callable[[float], bool], expected: str) -> float
     return v
 
 
-def _positive_float(text: str) -> float:
-    return _float_where(text, lambda v: v > 0, "a positive number")
+_MAX_SECONDS = 86400.0  # a day: longer timings are typos (1e308 overflowed the timers)
 
 
-def _nonnegative_float(text: str) -> float:
-    return _float_where(text, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+def _seconds(text: str) -> float:
+    return _float_where(
+        text, lambda v: 0 < v <= _MAX_SECONDS, f"a positive number of seconds <= {_MAX_SECONDS:g}"
+    )
+
+
+def _nonnegative_seconds(text: str) -> float:
+    return _float_where(
+        text, lambda v: 0 <= v <= _MAX_SECONDS, f"a number of seconds in [0, {_MAX_SECONDS:g}]"
+    )
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -113,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--filter", metavar="TEXT", help="keep only cases whose label contains TEXT")
     g.add_argument(
         "--backends",
-        type=_csv_list,
+        type=_backend_list,
         metavar="LIST",
         help=f"comma-separated, from {', '.join(DEFAULT_BACKENDS)} (default: every one installed)",
     )
@@ -146,20 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--min-time",
-        type=_positive_float,
+        type=_seconds,
         default=0.02,
         metavar="S",
         help="minimum seconds per sample; short calls are batched (default 0.02)",
     )
     m.add_argument(
         "--max-time",
-        type=_positive_float,
+        type=_seconds,
         metavar="S",
         help="time budget per case, backend and mode (default: the suite's)",
     )
     m.add_argument(
         "--settle",
-        type=_nonnegative_float,
+        type=_nonnegative_seconds,
         default=0.03,
         metavar="S",
         help="pause between samples of different backends, so that the thread pool of "
@@ -172,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--reference-max-seconds",
-        type=_positive_float,
+        type=_seconds,
         default=2.0,
         metavar="S",
         help="skip the NumPy reference where one call is estimated to take longer (default 2)",
@@ -185,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="size of the square float32 matmul that measures the peak (default 2048)",
     )
     m.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
-    m.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
+    m.add_argument(
+        "--seed", type=_nonnegative_int, default=0, help="seed for the random inputs (>= 0)"
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write header and results as JSON")
     o.add_argument("--csv", metavar="FILE", help="write results as CSV (header as # lines)")
@@ -208,6 +238,34 @@ def collect_cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
     if args.filter:
         cases = [c for c in cases if args.filter in c.label]
     return cases, suites
+
+
+def check_output_path(flag: str, path: str) -> None:
+    """Refuse an output file that cannot be written before anything is measured."""
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r}: is a directory")
+    if not os.path.isdir(where):
+        raise ValueError(f"{flag} {path!r}: directory {where!r} does not exist")
+    target = path if os.path.exists(path) else where
+    if not os.access(target, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: not writable")
+
+
+def check_memory(cases: Sequence[Case], dtype: str) -> None:
+    """Refuse a case whose inputs alone would not fit in this machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    itemsize = 4 if dtype == "float32" else 8
+    for c in cases:
+        need = c.input_bytes(itemsize)
+        if need > total:
+            raise ValueError(
+                f"case {c.label}: its {dtype} inputs alone take {need / 2**30:.1f} GiB, "
+                f"more than this machine's {total / 2**30:.1f} GiB"
+            )
 
 
 def choose_backends(
@@ -256,6 +314,10 @@ def main(
         cases, suites = collect_cases(args)
         if not cases:
             raise ValueError("no cases selected (check --filter)")
+        check_memory(cases, args.dtype)
+        for flag in ("json", "csv", "plot"):
+            if getattr(args, flag):
+                check_output_path(f"--{flag}", getattr(args, flag))
         registry = dict(registry) if registry is not None else all_backends()
         backends, status = choose_backends(args.backends, registry)
         if not backends:
