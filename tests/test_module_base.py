@@ -96,6 +96,41 @@ def test_from_file_checks_class(tmp_path):
         Module.from_file(tmp_path / "plain.npz")
 
 
+def _write(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content) if path.suffix == ".npy" else np.savez(path, **content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        # NumPy's own errors before: no context manager protocol, "pickled data", EOFError
+        ("a.npy", np.zeros(3), r"not a fastrnn module file .* single array of shape \(3,\)"),
+        ("text.npz", b"hello, world\n", "not a fastrnn module file"),
+        ("empty.npz", b"", "not a fastrnn module file"),
+        # a damaged entry: JSONDecodeError, KeyError, or the constructor's TypeError before
+        ("j.npz", {"__fastrnn__": np.array("{not json")}, "damaged '__fastrnn__' entry"),
+        ("k.npz", {"__fastrnn__": np.array('{"config": {}}')}, "damaged '__fastrnn__' entry"),
+        (
+            "c.npz",
+            {"__fastrnn__": np.array('{"class": "Linear", "config": {"colour": 1}}')},
+            r"damaged '__fastrnn__' entry: Linear\(.*colour",
+        ),
+    ],
+)
+def test_loading_something_else_names_the_file(tmp_path, name, content, match):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(ValueError, match=match) as exc:
+        load_module(path)
+    assert name in str(exc.value)
+    if "__fastrnn__" not in str(content):  # not an .npz at all: load() says so too
+        with pytest.raises(ValueError, match="not a fastrnn module file"):
+            modules.Linear(2, 2).load(path)
+
+
 def test_linear_load_state_dict_strict_and_staged():
     lin = modules.Linear(3, 2, seed=0)
     before = lin.state_dict()

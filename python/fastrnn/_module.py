@@ -23,9 +23,10 @@ children. Containers have no ``config()``: their weights save and load, but
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,25 @@ __all__ = ["Module", "load_module"]
 
 _META = "__fastrnn__"
 _REGISTRY: dict[str, type[Module]] = {}
+
+
+@contextlib.contextmanager
+def _open_npz(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """``np.load`` of a file ``save`` wrote; anything else (an ``.npy``, a text or empty
+    file, a pickle) is a ValueError naming the path, not NumPy's own error."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise ValueError(
+            f"{path}: not a fastrnn module file (an .npz written by save()): {exc}"
+        ) from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path}: not a fastrnn module file (an .npz written by save()), but a single "
+            f"array of shape {getattr(f, 'shape', '?')}"
+        )
+    with f:
+        yield f
 
 
 class Module:
@@ -193,28 +213,36 @@ class Module:
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Load the parameters saved by :meth:`save` into this module (strictly)."""
-        with np.load(path, allow_pickle=False) as f:
+        with _open_npz(path) as f:
             self.load_state_dict({k: f[k] for k in f.files if k != _META})
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Module:
         """A new module built from a file written by :meth:`save` (config and weights)."""
-        with np.load(path, allow_pickle=False) as f:
+        with _open_npz(path) as f:
             if _META not in f.files:
                 raise ValueError(f"{path}: not a fastrnn module file (no {_META!r} entry)")
-            meta = json.loads(str(f[_META]))
-            name = meta["class"]
+            try:
+                meta = json.loads(str(f[_META]))
+                name, config = meta["class"], meta.get("config")
+                if not isinstance(name, str) or not (config is None or isinstance(config, dict)):
+                    raise TypeError("'class' must be a name and 'config' a dict or null")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{path}: damaged {_META!r} entry ({exc!r})") from None
             if name not in _REGISTRY:
                 raise ValueError(f"{path}: unknown module class {name!r}")
             klass = _REGISTRY[name]
             if cls is not Module and not issubclass(klass, cls):
                 raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
-            if meta.get("config") is None:
+            if config is None:
                 raise ValueError(
                     f"{path}: a {name} wraps other modules and cannot be rebuilt from a file; "
                     f"build the {name} again and call .load({str(path)!r}) on it"
                 )
-            module = klass(**meta["config"])
+            try:
+                module = klass(**config)
+            except TypeError as exc:
+                raise ValueError(f"{path}: damaged {_META!r} entry: {name}({exc})") from None
             module.load_state_dict({k: f[k] for k in f.files if k != _META})
         return module
 
