@@ -166,6 +166,13 @@ def test_class_wrappers(rng):
     assert MSELoss()(logits, logits * 2)[0] == mse(logits, logits * 2)[0]
 
 
+def test_mask_from_lengths_wants_an_integer_T():
+    for bad in (2.5, -1, True):
+        with pytest.raises(ValueError, match="T must be an integer >= 0"):
+            mask_from_lengths([1, 2], bad)
+    assert mask_from_lengths([1, 2], np.int64(2)).shape == (2, 2)
+
+
 def test_mask_from_lengths():
     m = mask_from_lengths([2, 0, 3], 3)
     assert m.shape == (3, 3)

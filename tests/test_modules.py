@@ -169,6 +169,10 @@ def test_embedding_bad_input():
         emb.backward(tape, np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="padding_idx"):
         Embedding(5, 2, padding_idx=5)
+    for bad in (1.5, True):  # NumPy's IndexError, or row 1 taken for True, before
+        with pytest.raises(ValueError, match=r"padding_idx must be an int in \[0, 5\) or None"):
+            Embedding(5, 2, padding_idx=bad)
+    assert Embedding(5, 2, padding_idx=np.int64(4)).padding_idx == 4
 
 
 class Tanh:

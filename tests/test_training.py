@@ -109,3 +109,11 @@ def test_tbptt_with_lstm_carries_state_and_cuts_gradients(rng):
     for n in full:
         np.testing.assert_allclose(g_tr[n], lstm.grads[n], rtol=1e-12)
     assert not np.allclose(g_tr["weight_hh_l0"], full["weight_hh_l0"])
+
+
+def test_chunk_bounds_and_detach_state_check_their_arguments():
+    with pytest.raises(ValueError, match=r"T_total must be an integer, got 5\.7"):
+        list(chunk_bounds(5.7, 2))
+    with pytest.raises(TypeError, match="state must be None, an array or a tuple/list"):
+        detach_state({"h": np.ones(2)})  # became a 0-d object array
+    assert list(chunk_bounds(np.int64(3), 2)) == [(0, 2), (2, 3)]

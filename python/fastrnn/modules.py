@@ -183,9 +183,14 @@ class Embedding(Module):
         self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
         self.dtype = _float_dtype(dtype)
-        if padding_idx is not None and not (0 <= padding_idx < self.num_embeddings):
+        if padding_idx is not None and (
+            isinstance(padding_idx, (bool, np.bool_))
+            or not isinstance(padding_idx, (int, np.integer))
+            or not 0 <= padding_idx < self.num_embeddings
+        ):
             raise ValueError(
-                f"padding_idx must be in [0, {self.num_embeddings}), got {padding_idx!r}"
+                f"padding_idx must be an int in [0, {self.num_embeddings}) or None, "
+                f"got {padding_idx!r}"
             )
         self.padding_idx = padding_idx
         self.seed = _seed_config(seed)

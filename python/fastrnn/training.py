@@ -38,6 +38,10 @@ def detach_state(state: Any) -> Any:
         return None
     if isinstance(state, (tuple, list)):
         return type(state)(detach_state(s) for s in state)
+    if not isinstance(state, np.ndarray):
+        raise TypeError(
+            f"state must be None, an array or a tuple/list of arrays, got {type(state).__name__}"
+        )
     return np.array(state, copy=True)
 
 
@@ -46,6 +50,8 @@ def chunk_bounds(T_total: int, k: int) -> Iterator[tuple[int, int]]:
     the last chunk is shorter when ``k`` does not divide ``T_total``."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k (chunk length) must be a positive integer, got {k!r}")
+    if isinstance(T_total, (bool, np.bool_)) or not isinstance(T_total, (int, np.integer)):
+        raise ValueError(f"T_total must be an integer, got {T_total!r}")
     for s in range(0, int(T_total), int(k)):
         yield s, min(s + int(k), int(T_total))
 
