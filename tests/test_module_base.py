@@ -168,6 +168,19 @@ def test_linear_load_state_dict_torch_tensors():
     np.testing.assert_allclose(lin(x), tl(torch.from_numpy(x).double()).detach().numpy(), rtol=1e-5)
 
 
+def test_load_state_dict_takes_half_precision_tensors_and_names_bad_values():
+    torch = pytest.importorskip("torch")
+    lin = modules.Linear(3, 2, seed=0)
+    w = torch.linspace(-1, 1, 6).reshape(2, 3)
+    for dt in (torch.bfloat16, torch.float16):  # bfloat16 failed inside torch's .numpy()
+        lin.load_state_dict({"weight": w.to(dt), "bias": torch.zeros(2, dtype=dt)})
+        np.testing.assert_array_equal(lin.params["weight"], w.to(dt).float().numpy())
+    before = lin.state_dict()
+    with pytest.raises(TypeError, match=r"'weight' is not an array of real numbers of shape"):
+        lin.load_state_dict({"weight": [[1.0, 2.0], [3.0]], "bias": np.zeros(2)})  # ragged
+    assert all(np.array_equal(lin.params[k], v) for k, v in before.items())
+
+
 def _chain(seed):
     return modules.Sequential(
         modules.Embedding(5, 3, seed=seed),

@@ -178,9 +178,18 @@ class Module:
             if key not in params:
                 continue
             target = params[key]
-            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = np.asarray(value)
+            try:
+                if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+                    value = value.detach().cpu()
+                    if value.dtype.is_floating_point and value.dtype.itemsize < 4:
+                        value = value.float()  # bfloat16 (and float16): not in NumPy
+                    value = value.numpy()
+                arr = np.asarray(value)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise TypeError(
+                    f"load_state_dict: {key!r} is not an array of real numbers of shape "
+                    f"{target.shape} ({exc})"
+                ) from None
             if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
                 raise TypeError(
                     f"load_state_dict: {key!r} must hold real numbers (cast to {target.dtype}), "
