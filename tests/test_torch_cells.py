@@ -141,6 +141,29 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(f, (x, *states, *params))
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_checkpoint_gives_the_same_gradients(name, use_reentrant):
+    # Non-reentrant checkpointing lets each saved tensor be unpacked once per backward.
+    fast, _ = make_pair(name, {})
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    state = make_state(name, (3, 7), torch.float64)
+    leaves = [x, *as_list(state), *fast.parameters()]
+
+    def loss(step):
+        for t in leaves:
+            t.grad = None
+        sum(o.pow(2).sum() for o in as_list(step(x, state))).backward()
+        return [t.grad.clone() for t in leaves]
+
+    plain = loss(fast)
+    ckpt = loss(
+        lambda x, s: torch.utils.checkpoint.checkpoint(fast, x, s, use_reentrant=use_reentrant)
+    )
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_double_backward_recomputes_with_torch():
     fast, _ = make_pair("GRUCell", {}, input_size=2, hidden_size=3)
     x = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)

@@ -514,13 +514,15 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh, dc=None):  # type: ignore[override]
+        # Unpacked once: with non-reentrant checkpointing each saved tensor may be
+        # unpacked only once per backward (a second read raised CheckpointError).
         saved = ctx.saved_tensors
         x, h0, c0, params = saved[0], saved[1], saved[2], saved[3:]
         cfg: _Config = ctx.cfg
         if torch.is_grad_enabled():
             return (None, *_double_backward(cfg, x, h0, c0, params, dy, dh, dc))
         if isinstance(ctx.tape, _NativeStackTape):
-            return _native_backward(ctx, dy, dh, dc)
+            return _native_backward(ctx, x, dy, dh, dc)
         if dh is None and dc is None:
             dstate: Any = None
         elif not ctx.has_c:
@@ -546,9 +548,8 @@ class _StackFunction(torch.autograd.Function):
         return (None, gx, gh, gc, *gp)
 
 
-def _native_backward(ctx: Any, dy: Any, dh: Any, dc: Any) -> tuple:
-    """``_StackFunction.backward`` for a ``_native_stack`` tape."""
-    x = ctx.saved_tensors[0]
+def _native_backward(ctx: Any, x: torch.Tensor, dy: Any, dh: Any, dc: Any) -> tuple:
+    """``_StackFunction.backward`` for a ``_native_stack`` tape (``x``: the saved input)."""
     with _ThreadScope():
         dx, dstates, grads = _native_stack_backward(
             ctx.cfg,
