@@ -1,4 +1,8 @@
-"""The README's Python examples run as written."""
+"""The Python examples of the README and of docs/*.md run as written.
+
+In the docs, ```python blocks are complete examples (run here); ```py blocks are
+signatures or fragments that need objects from elsewhere (a Keras layer, an ONNX model).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,26 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def _blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+BLOCKS = _blocks(README)
+DOC_BLOCKS = [
+    (f"{doc.name} python block {k}", code)
+    for doc in sorted((ROOT / "docs").glob("*.md"))
+    for k, code in enumerate(_blocks(doc))
+]
+
+
+def _run(code: str, name: str) -> None:
+    if "import torch" in code:
+        pytest.importorskip("torch")
+    exec(compile(code, name, "exec"), {})
 
 
 def test_readme_has_python_examples():
@@ -17,7 +39,13 @@ def test_readme_has_python_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index):
-    code = BLOCKS[index]
-    if "import torch" in code:
-        pytest.importorskip("torch")
-    exec(compile(code, f"README.md python block {index}", "exec"), {})
+    _run(BLOCKS[index], f"README.md python block {index}")
+
+
+def test_docs_have_python_examples():
+    assert len(DOC_BLOCKS) >= 5
+
+
+@pytest.mark.parametrize(("name", "code"), DOC_BLOCKS, ids=[n for n, _ in DOC_BLOCKS])
+def test_docs_example_runs(name, code):
+    _run(code, name)
