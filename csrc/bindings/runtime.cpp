@@ -37,6 +37,7 @@ py::dict build_info() {
   d["compiler"] = compiler_id();
   d["openmp"] = have_openmp();
   d["num_threads"] = get_num_threads();
+  d["fork_limited"] = fork_limited();
   d["available_cpus"] = available_cpus();
   py::list compiled, supported;
   py::dict targets;
@@ -66,6 +67,8 @@ void register_runtime(py::module_& m) {
   m.def("build_info", &build_info, "Facts about this build and the SIMD target in use.");
   m.def("get_num_threads", &get_num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Set the threads the kernels use.");
+  m.def("fork_limited", &fork_limited,
+        "True in a process forked after the kernels ran on several threads (one thread).");
   m.def(
       "get_isa", []() { return std::string(isa_name(active_isa())); },
       "The SIMD target in use.");

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -14,21 +15,27 @@ def build_info() -> dict[str, Any]:
     """Facts about this build and this machine.
 
     Keys: ``version``, ``compiler``, ``openmp`` (bool), ``num_threads`` (threads the
-    kernels use now), ``available_cpus`` (CPUs this process may run on),
-    ``targets_compiled`` and ``targets_supported`` (SIMD targets in the build / runnable
-    here), ``target_details`` (lanes and features per target), ``isa`` (target in use),
-    ``isa_best`` and ``isa_reason`` (why ``isa`` was chosen).
+    kernels use now), ``fork_limited`` (this process was forked after the kernels ran on
+    several threads, so they run on one: :func:`set_num_threads`), ``available_cpus``
+    (CPUs this process may run on), ``targets_compiled`` and ``targets_supported`` (SIMD
+    targets in the build / runnable here), ``target_details`` (lanes and features per
+    target), ``isa`` (target in use), ``isa_best`` and ``isa_reason`` (why ``isa`` was
+    chosen).
     """
     return dict(_core.build_info())
 
 
 def get_num_threads() -> int:
-    """Threads the native kernels use."""
+    """Threads the native kernels use (1 in a process forked after they ran on several
+    threads: see :func:`set_num_threads`)."""
     return int(_core.get_num_threads())
 
 
 #: The most threads :func:`set_num_threads` (and ``FASTRNN_NUM_THREADS``) accepts.
 MAX_THREADS = 4096
+
+
+_fork_warned = False
 
 
 def set_num_threads(n: int) -> None:
@@ -37,12 +44,30 @@ def set_num_threads(n: int) -> None:
 
     The default is ``FASTRNN_NUM_THREADS`` when set, else the CPUs this process may run
     on. Results are bitwise identical for any thread count.
+
+    A process forked (``os.fork``, multiprocessing's default ``"fork"`` start method on
+    Linux) after fastrnn's kernels ran on several threads runs them on one thread:
+    ``get_num_threads()`` says 1 there and asking for more warns once. GNU OpenMP keeps
+    its worker threads between calls and cannot start them again in a forked child,
+    which would otherwise wait for them forever. Workers that need threads: use the
+    ``"spawn"`` or ``"forkserver"`` start method.
     """
+    global _fork_warned
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     n = int(n)
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"set_num_threads: n must be in [1, {MAX_THREADS}], got {n}")
+    if n > 1 and not _fork_warned and _core.fork_limited():
+        _fork_warned = True
+        warnings.warn(
+            "fastrnn: this process was forked after fastrnn's kernels ran on several "
+            "threads; here they run on one (GNU OpenMP cannot start its threads again after "
+            "fork). Start workers with multiprocessing's 'spawn' or 'forkserver' method to "
+            "give them threads.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     _core.set_num_threads(n)
 
 
