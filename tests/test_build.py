@@ -128,6 +128,12 @@ def work():
     return np.concatenate([y.ravel(), g["x"].ravel(), g["weight_hh"].ravel()])
 
 fastrnn.set_num_threads(2)
+early = os.fork()  # before any kernel ran here: another library may share the runtime
+if early == 0:
+    os._exit(0 if fastrnn.get_num_threads() == 1 and fastrnn.build_info()["fork_limited"] else 1)
+if os.waitstatus_to_exitcode(os.waitpid(early, 0)[1]) != 0:
+    print("early child not limited")
+    sys.exit(1)
 want = work()  # the parent's OpenMP threads now exist
 read, write = os.pipe()
 pid = os.fork()

@@ -101,7 +101,7 @@ void run_gemm(const py::array& a, const py::array& b, bool ta, bool tb, py::arra
   if (!out.writeable()) throw py::value_error("out must be writable");
   const Operand C = operand(out, "out");
   const GemmFns<T>& f = fns<T>(FASTRNN_DISPATCH(gemm_table));
-  const int nt = kernel_threads();
+  const int nt = get_num_threads();
   T* c = static_cast<T*>(out.mutable_data());
   {
     // Safe without the GIL: the kernel touches only these buffers, which the
@@ -232,7 +232,7 @@ class PackedB {
                             std::to_string(p));
     }
     const GemmFns<T>& f = fns<T>(table_for(isa_));
-    const int nt = kernel_threads();
+    const int nt = get_num_threads();
     T* c = static_cast<T*>(out.mutable_data());
     TileRecorder<T> rec;
     Epilogue<T> ep;

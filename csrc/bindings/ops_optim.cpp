@@ -32,7 +32,7 @@ void adam_run(py::array& p, const py::array& g, py::array& m, py::array& v, bool
   T* mp = static_cast<T*>(m.mutable_data());
   T* vp = static_cast<T*>(v.mutable_data());
   const auto n = static_cast<std::int64_t>(p.size());
-  const int threads = kernel_threads();
+  const int threads = get_num_threads();
   py::gil_scoped_release release;
   adam_update<T>(n, pp, gp, mp, vp, s, threads);
 }

@@ -64,6 +64,7 @@ py::dict build_info() {
 }  // namespace
 
 void register_runtime(py::module_& m) {
+  init_threads();
   m.def("build_info", &build_info, "Facts about this build and the SIMD target in use.");
   m.def("get_num_threads", &get_num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Set the threads the kernels use.");

@@ -277,7 +277,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   a.packed = use_packed ? packed.data() : nullptr;
   a.work = ws.data();
   a.work_size = work;
-  a.num_threads = kernel_threads();
+  a.num_threads = get_num_threads();
   {
     py::gil_scoped_release release;  // safe: the kernel touches only the buffers above
     k.forward(a);
@@ -389,7 +389,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
   a.work = ws.data();
   a.work_size = work;
-  a.num_threads = kernel_threads();
+  a.num_threads = get_num_threads();
   {
     py::gil_scoped_release release;  // safe: the kernel touches only the buffers above
     k.backward(a);
@@ -430,7 +430,7 @@ py::array_t<T, py::array::c_style> pack_weights_t(Cell cell, const py::object& w
   std::fill(out.mutable_data(), out.mutable_data() + n, T(0));
   {
     py::gil_scoped_release release;
-    k.pack_weights(d, wih.data(), whh.data(), out.mutable_data(), kernel_threads());
+    k.pack_weights(d, wih.data(), whh.data(), out.mutable_data(), get_num_threads());
   }
   return out;
 }

@@ -25,14 +25,9 @@ int default_threads() {
   return available_cpus();
 }
 
-std::atomic<bool> g_threads_started{false};  // a kernel has run on several threads
 std::atomic<bool> g_fork_limited{false};
 
-void after_fork_in_child() {
-  if (g_threads_started.load(std::memory_order_relaxed)) {
-    g_fork_limited.store(true, std::memory_order_relaxed);
-  }
-}
+void after_fork_in_child() { g_fork_limited.store(true, std::memory_order_relaxed); }
 
 std::atomic<int>& setting() {
   static std::atomic<int> n{default_threads()};
@@ -58,15 +53,11 @@ int available_cpus() {
   return hc >= 1 ? static_cast<int>(hc) : 1;
 }
 
+void init_threads() { (void)setting(); }
+
 int get_num_threads() {
   const int n = setting().load(std::memory_order_relaxed);
   return g_fork_limited.load(std::memory_order_relaxed) ? 1 : n;
-}
-
-int kernel_threads() {
-  const int n = get_num_threads();
-  if (n > 1) g_threads_started.store(true, std::memory_order_relaxed);
-  return n;
 }
 
 bool fork_limited() { return g_fork_limited.load(std::memory_order_relaxed); }

@@ -9,16 +9,20 @@ namespace fastrnn {
 // The most threads set_num_threads and FASTRNN_NUM_THREADS accept.
 constexpr int kMaxThreads = 4096;
 
+// Reads FASTRNN_NUM_THREADS and registers the fork handler (fork_limited()); called when
+// the module loads, so that every later fork is seen. Idempotent.
+void init_threads();
 // Threads kernels use. Default: FASTRNN_NUM_THREADS if set (1..kMaxThreads), else the
-// CPUs this process may run on (its affinity mask), else the machine's CPU count. One in a
-// process forked after this one ran kernels on several threads (fork_limited()).
+// CPUs this process may run on (its affinity mask), else the machine's CPU count. One in
+// a forked process (fork_limited()).
 int get_num_threads();
-// get_num_threads() for a kernel about to run: also notes when that is more than one, so
-// that a process forked later runs its kernels on one thread. GNU OpenMP keeps its worker
-// threads between parallel regions and cannot start them again in a forked child, whose
-// first parallel region would wait forever for the parent's workers.
-int kernel_threads();
-// True in a process forked (at any depth) after kernels ran on several threads.
+// True in a process forked (at any depth) from one that had loaded fastrnn. GNU OpenMP
+// keeps its worker threads between parallel regions and cannot start them again in a
+// forked child, whose first parallel region would wait forever for the parent's workers.
+// Whether the parent's runtime had workers cannot be told: another library may share it
+// (PyTorch's wheels ship a libgomp of the same name, which then serves both), and
+// NumPy's BLAS threads alone make every process multithreaded. So every forked child
+// runs the kernels on one thread.
 bool fork_limited();
 // 1 <= n <= kMaxThreads; throws std::invalid_argument otherwise. Without OpenMP the
 // kernels always run on one thread whatever this says, and so do they after fork_limited().

@@ -15,8 +15,8 @@ def build_info() -> dict[str, Any]:
     """Facts about this build and this machine.
 
     Keys: ``version``, ``compiler``, ``openmp`` (bool), ``num_threads`` (threads the
-    kernels use now), ``fork_limited`` (this process was forked after the kernels ran on
-    several threads, so they run on one: :func:`set_num_threads`), ``available_cpus``
+    kernels use now), ``fork_limited`` (this process was forked from one that had loaded
+    fastrnn, so the kernels run on one thread: :func:`set_num_threads`), ``available_cpus``
     (CPUs this process may run on), ``targets_compiled`` and ``targets_supported`` (SIMD
     targets in the build / runnable here), ``target_details`` (lanes and features per
     target), ``isa`` (target in use), ``isa_best`` and ``isa_reason`` (why ``isa`` was
@@ -26,8 +26,7 @@ def build_info() -> dict[str, Any]:
 
 
 def get_num_threads() -> int:
-    """Threads the native kernels use (1 in a process forked after they ran on several
-    threads: see :func:`set_num_threads`)."""
+    """Threads the native kernels use (1 in a forked process: see :func:`set_num_threads`)."""
     return int(_core.get_num_threads())
 
 
@@ -45,12 +44,13 @@ def set_num_threads(n: int) -> None:
     The default is ``FASTRNN_NUM_THREADS`` when set, else the CPUs this process may run
     on. Results are bitwise identical for any thread count.
 
-    A process forked (``os.fork``, multiprocessing's default ``"fork"`` start method on
-    Linux) after fastrnn's kernels ran on several threads runs them on one thread:
-    ``get_num_threads()`` says 1 there and asking for more warns once. GNU OpenMP keeps
-    its worker threads between calls and cannot start them again in a forked child,
-    which would otherwise wait for them forever. Workers that need threads: use the
-    ``"spawn"`` or ``"forkserver"`` start method.
+    A process forked from one that had loaded fastrnn (``os.fork``, multiprocessing's
+    default ``"fork"`` start method on Linux, DataLoader workers) runs the kernels on one
+    thread: ``get_num_threads()`` says 1 there and asking for more warns once. GNU OpenMP
+    keeps its worker threads between calls and cannot start them again in a forked
+    child, which would wait for them forever; whether the parent's runtime had workers
+    cannot be told (PyTorch's wheels ship a libgomp that then serves fastrnn too).
+    Workers that need threads: use the ``"spawn"`` or ``"forkserver"`` start method.
     """
     global _fork_warned
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
@@ -61,10 +61,9 @@ def set_num_threads(n: int) -> None:
     if n > 1 and not _fork_warned and _core.fork_limited():
         _fork_warned = True
         warnings.warn(
-            "fastrnn: this process was forked after fastrnn's kernels ran on several "
-            "threads; here they run on one (GNU OpenMP cannot start its threads again after "
-            "fork). Start workers with multiprocessing's 'spawn' or 'forkserver' method to "
-            "give them threads.",
+            "fastrnn: in a forked process the kernels run on one thread (GNU OpenMP cannot "
+            "start its threads again after fork). Start workers with multiprocessing's "
+            "'spawn' or 'forkserver' method to give them threads.",
             RuntimeWarning,
             stacklevel=2,
         )
