@@ -305,3 +305,26 @@ def test_init_recurrent_checks_its_arguments(scheme):
         call({"bias": (20,)}, gates=4.0)
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got int32"):
         call({"bias": (20,)}, dtype="int32")
+
+
+def test_tapes_pickle_with_their_layer():
+    import pickle
+
+    from fastrnn.cells import LSTMCell
+
+    rng = np.random.default_rng(14)
+    m = LSTM(3, 4, seed=1)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _, tape = m.forward(x)
+    m2, tape2 = pickle.loads(pickle.dumps((m, tape)))  # a weakref failed to pickle before
+    dx, _ = m.backward(tape, np.ones_like(y))
+    dx2, _ = m2.backward(tape2, np.ones_like(y))
+    np.testing.assert_array_equal(dx, dx2)
+    assert all(np.array_equal(m.grads[k], m2.grads[k]) for k in m.grads)
+    with pytest.raises(ValueError, match="another layer"):  # alone: a copy's tape
+        m.backward(pickle.loads(pickle.dumps(tape)), np.ones_like(y))
+    cell = LSTMCell(3, 4, seed=2)
+    (h, c), ctape = cell.forward(x[0])
+    cell2, ctape2 = pickle.loads(pickle.dumps((cell, ctape)))
+    got = cell2.backward(ctape2, (np.ones_like(h), np.ones_like(c)))[0]
+    np.testing.assert_array_equal(got, cell.backward(ctape, (np.ones_like(h), np.ones_like(c)))[0])

@@ -43,6 +43,16 @@ class _CellTape:
         self.batch = batch
         self.unbatched = unbatched
 
+    def __getstate__(self) -> dict[str, Any]:
+        # as _LayerTape's: the cell travels with its tape
+        return {"owner": self.owner(), "tape": self.tape, "batch": self.batch,
+                "unbatched": self.unbatched}  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        owner = state["owner"]
+        self.owner = (lambda: None) if owner is None else weakref.ref(owner)
+        self.tape, self.batch, self.unbatched = state["tape"], state["batch"], state["unbatched"]
+
 
 class _Cell(Module):
     mode: ClassVar[str]

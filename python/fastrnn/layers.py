@@ -116,6 +116,18 @@ class _LayerTape:
         self.batch_first = batch_first
         self.unbatched = unbatched
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The layer travels with its tape (a weak reference cannot be pickled): pickled
+        # together they stay together; a tape pickled alone belongs to a copy of its layer.
+        return {"owner": self.owner(), "stack": self.stack, "batch_first": self.batch_first,
+                "unbatched": self.unbatched}  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        owner = state["owner"]
+        self.owner = (lambda: None) if owner is None else weakref.ref(owner)
+        self.stack, self.batch_first = state["stack"], state["batch_first"]
+        self.unbatched = state["unbatched"]
+
 
 class _RecurrentLayer(Module):
     mode: ClassVar[str]
