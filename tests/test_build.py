@@ -103,6 +103,37 @@ def test_env_sets_thread_count():
     assert _run({"FASTRNN_NUM_THREADS": "1"}, code) == "1"
 
 
+def _run_full(env_extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **env_extra)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "4097", "abc", "", "2 ", "1.5", "0x2"])
+def test_env_bad_thread_count_warns_and_uses_the_cpus(bad):
+    # These fell back to the CPU count without a word.
+    code = "import fastrnn as f; print(f.get_num_threads(), f.build_info()['available_cpus'])"
+    done = _run_full({"FASTRNN_NUM_THREADS": bad}, code)
+    used, cpus = done.stdout.split()
+    assert used == cpus
+    assert f"FASTRNN_NUM_THREADS={bad!r} is not an integer in [1, 4096]" in done.stderr
+
+
+@pytest.mark.parametrize(("text", "want"), [(" 3", "3"), ("+2", "2"), ("4096", "4096")])
+def test_env_thread_counts_the_kernels_take_do_not_warn(text, want):
+    code = "import fastrnn; print(fastrnn.get_num_threads())"
+    done = _run_full({"FASTRNN_NUM_THREADS": text}, code)
+    assert done.stdout.strip() == want and "FASTRNN_NUM_THREADS" not in done.stderr
+
+
+def test_env_isa_in_any_case_and_a_bad_one_warns():
+    got = _run_full({"FASTRNN_ISA": "GENERIC"}, "import fastrnn; print(fastrnn.get_isa())")
+    assert got.stdout.strip() == "generic" and "FASTRNN_ISA" not in got.stderr
+    bad = _run_full({"FASTRNN_ISA": "sse9"}, "import fastrnn")
+    assert "FASTRNN_ISA=sse9 is not a target (generic, avx2, avx512)" in bad.stderr
+
+
 def test_self_check_runs():
     out = subprocess.run(
         [sys.executable, "-m", "fastrnn"], capture_output=True, text=True, check=True

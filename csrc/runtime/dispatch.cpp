@@ -1,6 +1,7 @@
 #include "runtime/dispatch.h"
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
@@ -81,9 +82,11 @@ const char* isa_name(Isa isa) {
 }
 
 Isa parse_isa(const std::string& name) {
-  if (name == "generic") return Isa::generic;
-  if (name == "avx2") return Isa::avx2;
-  if (name == "avx512") return Isa::avx512;
+  std::string n = name;  // any case: FASTRNN_ISA=AVX2 as well
+  for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (n == "generic") return Isa::generic;
+  if (n == "avx2") return Isa::avx2;
+  if (n == "avx512") return Isa::avx512;
   throw std::invalid_argument("unknown SIMD target '" + name +
                               "'; expected one of 'generic', 'avx2', 'avx512'");
 }

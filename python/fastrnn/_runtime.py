@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from typing import Any
 
@@ -129,3 +131,25 @@ def set_cache_limit(nbytes: int) -> None:
     if not 0 <= nbytes < 2**63:
         raise ValueError(f"set_cache_limit: nbytes must be in [0, 2**63), got {nbytes}")
     _core.set_cache_limit(nbytes)
+
+
+def _warn_about_environment() -> None:
+    """At import: say when FASTRNN_NUM_THREADS or FASTRNN_ISA was set but not used (the
+    kernels then quietly ran with the default: the CPU count, the best target)."""
+    text = os.environ.get("FASTRNN_NUM_THREADS")
+    # the values the kernels' own parsing (strtol, whole string) takes
+    if text is not None and not (
+        re.fullmatch(r"\s*[+-]?\d+", text) and 1 <= int(text) <= MAX_THREADS
+    ):
+        warnings.warn(
+            f"FASTRNN_NUM_THREADS={text!r} is not an integer in [1, {MAX_THREADS}]; "
+            f"using {get_num_threads()} threads (the CPUs this process may run on)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    reason = str(_core.build_info()["isa_reason"])
+    if reason.startswith("FASTRNN_ISA="):  # set, but unknown or not runnable here
+        warnings.warn(reason, RuntimeWarning, stacklevel=3)
+
+
+_warn_about_environment()
