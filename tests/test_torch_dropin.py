@@ -7,6 +7,7 @@ Sizes are tiny because the tests run the NumPy reference backend (switch BACKEND
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import subprocess
 import sys
@@ -789,3 +790,44 @@ def test_pack_weights_on_a_cell():
         assert "l0" in ft._PACKED[cell]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+_FORK_DROPIN = r"""
+import os, sys, time, warnings
+import torch
+import fastrnn.torch as ft
+
+torch.set_num_threads(2)
+m = ft.LSTM(16, 24)
+x = torch.randn(7, 3, 16)
+with torch.no_grad():
+    want = m(x)[0]  # threaded: fastrnn follows torch's 2 threads
+    torch.mm(torch.randn(300, 300), torch.randn(300, 300))
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        warnings.simplefilter("error")  # the drop-in must not warn about threads here
+        with torch.no_grad():
+            code = 0 if torch.equal(m(x)[0], want) else 2
+    finally:
+        os._exit(code)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork: POSIX only")
+def test_forked_child_runs_the_dropin_on_one_thread_without_a_warning():
+    # After threaded torch work (whose libgomp serves fastrnn too) a child's first call
+    # hung; then the drop-in's own thread handling warned on every call in the child.
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_DROPIN], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)

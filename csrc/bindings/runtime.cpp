@@ -69,7 +69,7 @@ void register_runtime(py::module_& m) {
   m.def("get_num_threads", &get_num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Set the threads the kernels use.");
   m.def("fork_limited", &fork_limited,
-        "True in a process forked after the kernels ran on several threads (one thread).");
+        "True in a forked process, where the kernels run on one thread.");
   m.def(
       "get_isa", []() { return std::string(isa_name(active_isa())); },
       "The SIMD target in use.");

@@ -31,7 +31,9 @@ void after_fork_in_child() { g_fork_limited.store(true, std::memory_order_relaxe
 
 std::atomic<int>& setting() {
   static std::atomic<int> n{default_threads()};
-#if defined(__unix__) || defined(__APPLE__)
+  // GNU OpenMP only: LLVM's runtime starts its threads again in a forked child.
+#if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__) && \
+    (defined(__unix__) || defined(__APPLE__))
   static const bool registered = pthread_atfork(nullptr, nullptr, &after_fork_in_child) == 0;
   (void)registered;
 #endif

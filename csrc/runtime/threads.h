@@ -16,13 +16,13 @@ void init_threads();
 // CPUs this process may run on (its affinity mask), else the machine's CPU count. One in
 // a forked process (fork_limited()).
 int get_num_threads();
-// True in a process forked (at any depth) from one that had loaded fastrnn. GNU OpenMP
-// keeps its worker threads between parallel regions and cannot start them again in a
-// forked child, whose first parallel region would wait forever for the parent's workers.
-// Whether the parent's runtime had workers cannot be told: another library may share it
-// (PyTorch's wheels ship a libgomp of the same name, which then serves both), and
-// NumPy's BLAS threads alone make every process multithreaded. So every forked child
-// runs the kernels on one thread.
+// True in a process forked (at any depth) from one that had loaded fastrnn, in builds
+// with GNU OpenMP. GNU OpenMP keeps its worker threads between parallel regions and cannot
+// start them again in a forked child, whose first parallel region would wait forever for
+// the parent's workers. Whether the parent's runtime had workers cannot be told: another
+// library may share it (PyTorch's wheels ship a libgomp of the same name, which then serves
+// both), and NumPy's BLAS threads alone make every process multithreaded. So every forked
+// child runs the kernels on one thread.
 bool fork_limited();
 // 1 <= n <= kMaxThreads; throws std::invalid_argument otherwise. Without OpenMP the
 // kernels always run on one thread whatever this says, and so do they after fork_limited().

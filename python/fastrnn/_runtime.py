@@ -52,7 +52,9 @@ def set_num_threads(n: int) -> None:
     keeps its worker threads between calls and cannot start them again in a forked
     child, which would wait for them forever; whether the parent's runtime had workers
     cannot be told (PyTorch's wheels ship a libgomp that then serves fastrnn too).
-    Workers that need threads: use the ``"spawn"`` or ``"forkserver"`` start method.
+    Workers that need threads: use the ``"spawn"`` start method, or ``"forkserver"``
+    without preloading fastrnn into the server. (Builds with LLVM's OpenMP runtime, which
+    restarts its threads after fork, are not limited.)
     """
     global _fork_warned
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
@@ -65,7 +67,8 @@ def set_num_threads(n: int) -> None:
         warnings.warn(
             "fastrnn: in a forked process the kernels run on one thread (GNU OpenMP cannot "
             "start its threads again after fork). Start workers with multiprocessing's "
-            "'spawn' or 'forkserver' method to give them threads.",
+            "'spawn' method (or 'forkserver' without preloading fastrnn) to give them "
+            "threads.",
             RuntimeWarning,
             stacklevel=2,
         )

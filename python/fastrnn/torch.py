@@ -123,7 +123,7 @@ class _ThreadScope:
             return
         want = max(1, int(torch.get_num_threads()))
         before = fastrnn.get_num_threads()
-        if want != before:
+        if want != before and not _core.fork_limited():  # forked: one thread, no warning
             fastrnn.set_num_threads(want)
             self.before = before
 
