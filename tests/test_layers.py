@@ -316,13 +316,16 @@ def test_tapes_pickle_with_their_layer():
     m = LSTM(3, 4, seed=1)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
     y, _, tape = m.forward(x)
-    m2, tape2 = pickle.loads(pickle.dumps((m, tape)))  # a weakref failed to pickle before
+    m2, tape2 = pickle.loads(pickle.dumps((m, tape)))  # a weak reference failed to pickle
     dx, _ = m.backward(tape, np.ones_like(y))
     dx2, _ = m2.backward(tape2, np.ones_like(y))
     np.testing.assert_array_equal(dx, dx2)
     assert all(np.array_equal(m.grads[k], m2.grads[k]) for k in m.grads)
-    with pytest.raises(ValueError, match="another layer"):  # alone: a copy's tape
+    with pytest.raises(ValueError, match="another layer"):  # alone: no layer's tape
         m.backward(pickle.loads(pickle.dumps(tape)), np.ones_like(y))
+    big = LSTM(3, 200, seed=3)  # alone, a tape does not carry its layer (0.65 MB here)
+    _, _, big_tape = big.forward(x)
+    assert len(pickle.dumps(big_tape)) < len(pickle.dumps(big_tape.stack)) + 1000
     cell = LSTMCell(3, 4, seed=2)
     (h, c), ctape = cell.forward(x[0])
     cell2, ctape2 = pickle.loads(pickle.dumps((cell, ctape)))

@@ -56,6 +56,21 @@ def _open_npz(path: str | os.PathLike[str]) -> Iterator[Any]:
         yield f
 
 
+class _TapeKey:
+    """A module's identity for its tapes (see :func:`tape_key`)."""
+
+
+def tape_key(module: Module) -> _TapeKey:
+    """The key a module's tapes carry; ``backward`` takes only tapes with its own. Another
+    module's tape holds activations of other weights, so its gradients would be silently
+    wrong. A deep copy of a module gets a new key; a module and its tapes pickled together
+    keep a shared one, and a tape pickled alone matches no module."""
+    key = module.__dict__.get("_tape_key")
+    if key is None:
+        key = module.__dict__["_tape_key"] = _TapeKey()
+    return key
+
+
 class Module:
     """Base of fastrnn's modules: parameters, gradients, state dicts and ``.npz`` files.
 

@@ -11,13 +11,12 @@ Shapes: ``x`` (N, I) or unbatched (I,); state ``h`` (N, H) or (H,), for LSTM a p
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fastrnn import functional
-from fastrnn._module import Module
+from fastrnn._module import Module, tape_key
 from fastrnn._stack import GATES
 from fastrnn.init import init_recurrent
 from fastrnn.layers import (
@@ -31,27 +30,16 @@ __all__ = ["GRUCell", "LSTMCell", "RNNCell"]
 
 
 class _CellTape:
-    """A cell's tape: the functional tape (T = 1), whether the input was unbatched, and
-    (weakly) the cell that recorded it (another cell's tape would give silently wrong
-    gradients)."""
+    """A cell's tape: the functional tape (T = 1), whether the input was unbatched, and the
+    key of the cell that recorded it (:func:`fastrnn._module.tape_key`)."""
 
-    __slots__ = ("batch", "owner", "tape", "unbatched")
+    __slots__ = ("batch", "key", "tape", "unbatched")
 
-    def __init__(self, owner: Module, tape: Any, batch: int, unbatched: bool) -> None:
-        self.owner = weakref.ref(owner)
+    def __init__(self, key: Any, tape: Any, batch: int, unbatched: bool) -> None:
+        self.key = key
         self.tape = tape
         self.batch = batch
         self.unbatched = unbatched
-
-    def __getstate__(self) -> dict[str, Any]:
-        # as _LayerTape's: the cell travels with its tape
-        return {"owner": self.owner(), "tape": self.tape, "batch": self.batch,
-                "unbatched": self.unbatched}  # fmt: skip
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        owner = state["owner"]
-        self.owner = (lambda: None) if owner is None else weakref.ref(owner)
-        self.tape, self.batch, self.unbatched = state["tape"], state["batch"], state["unbatched"]
 
 
 class _Cell(Module):
@@ -169,7 +157,9 @@ class _Cell(Module):
             res = functional.rnn(x3, h0, *args, nonlinearity=self.nonlinearity, **kw)
             h, c = res[1], None
         new_state = self._state_out(h, c, unbatched)
-        return new_state, (_CellTape(self, res[2], x.shape[0], unbatched) if training else None)
+        return new_state, (
+            _CellTape(tape_key(self), res[2], x.shape[0], unbatched) if training else None
+        )
 
     def __call__(self, x: Any, state: Any = None) -> Any:
         """One step: the new state (``h``, or ``(h, c)`` for LSTM) from ``x`` and ``state``.
@@ -204,7 +194,7 @@ class _Cell(Module):
         """
         if not isinstance(tape, _CellTape):
             raise TypeError(f"tape: expected a tape from forward(), got {type(tape).__name__}")
-        if tape.owner() is not self:
+        if tape.key is not tape_key(self):
             raise ValueError(
                 "tape: expected a tape from this cell's forward(), got one from another cell"
             )

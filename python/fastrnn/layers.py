@@ -29,13 +29,12 @@ rest of fastrnn (``Linear``, ``Embedding``, cells, ``Seq2Seq``): ``params`` and 
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fastrnn import _stack, functional
-from fastrnn._module import Module, load_module
+from fastrnn._module import Module, load_module, tape_key
 from fastrnn.init import SCHEMES, init_recurrent
 
 __all__ = ["GRU", "LSTM", "RNN", "load_module"]
@@ -102,31 +101,18 @@ def _recurrent_options_config(m: Any) -> dict[str, Any]:
 
 
 class _LayerTape:
-    """A layer's tape: the stack tape, how to map shapes back for backward, and (weakly)
-    the layer that recorded it: another layer's tape holds activations of other weights,
-    so its gradients would be silently wrong for this one."""
+    """A layer's tape: the stack tape, how to map shapes back for backward, and the key of
+    the layer that recorded it (:func:`fastrnn._module.tape_key`)."""
 
-    __slots__ = ("batch_first", "owner", "stack", "unbatched")
+    __slots__ = ("batch_first", "key", "stack", "unbatched")
 
     def __init__(
-        self, owner: Module, stack: _stack.StackTape, batch_first: bool, unbatched: bool
+        self, key: Any, stack: _stack.StackTape, batch_first: bool, unbatched: bool
     ) -> None:
-        self.owner = weakref.ref(owner)
+        self.key = key
         self.stack = stack
         self.batch_first = batch_first
         self.unbatched = unbatched
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The layer travels with its tape (a weak reference cannot be pickled): pickled
-        # together they stay together; a tape pickled alone belongs to a copy of its layer.
-        return {"owner": self.owner(), "stack": self.stack, "batch_first": self.batch_first,
-                "unbatched": self.unbatched}  # fmt: skip
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        owner = state["owner"]
-        self.owner = (lambda: None) if owner is None else weakref.ref(owner)
-        self.stack, self.batch_first = state["stack"], state["batch_first"]
-        self.unbatched = state["unbatched"]
 
 
 class _RecurrentLayer(Module):
@@ -347,7 +333,9 @@ class _RecurrentLayer(Module):
             packed=self._packed,
         )
         out = (self._out(y, unbatched), self._unbatch_state(state_n, unbatched))
-        return out, (None if tape is None else _LayerTape(self, tape, self.batch_first, unbatched))
+        return out, (
+            None if tape is None else _LayerTape(tape_key(self), tape, self.batch_first, unbatched)
+        )
 
     def __call__(self, x: Any, state: Any = None, lengths: Any = None) -> tuple[np.ndarray, Any]:
         """Inference (no dropout, nothing recorded): returns ``(y, state_n)``.
@@ -393,7 +381,7 @@ class _RecurrentLayer(Module):
         """
         if not isinstance(tape, _LayerTape):
             raise TypeError(f"tape: expected a tape from forward(), got {type(tape).__name__}")
-        if tape.owner() is not self:
+        if tape.key is not tape_key(self):
             raise ValueError(
                 "tape: expected a tape from this layer's forward(), got one from another layer"
             )
