@@ -110,7 +110,9 @@ def _run_full(env_extra: dict[str, str], code: str) -> subprocess.CompletedProce
     )
 
 
-@pytest.mark.parametrize("bad", ["0", "-1", "4097", "abc", "", "2 ", "1.5", "0x2"])
+@pytest.mark.parametrize(
+    "bad", ["0", "-1", "4097", "abc", "", "2 ", "1.5", "0x2", "\u0663", "\u00a03"]
+)  # the last two: Arabic-Indic 3 and a no-break space, which the kernels' strtol refuses
 def test_env_bad_thread_count_warns_and_uses_the_cpus(bad):
     # These fell back to the CPU count without a word.
     code = "import fastrnn as f; print(f.get_num_threads(), f.build_info()['available_cpus'])"

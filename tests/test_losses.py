@@ -167,10 +167,13 @@ def test_class_wrappers(rng):
 
 
 def test_mask_from_lengths_wants_an_integer_T():
-    for bad in (2.5, -1, True):
-        with pytest.raises(ValueError, match="T must be an integer >= 0"):
+    for bad in (2.5, True, "2"):
+        with pytest.raises(TypeError, match="T must be an integer, got"):
             mask_from_lengths([1, 2], bad)
-    assert mask_from_lengths([1, 2], np.int64(2)).shape == (2, 2)
+    with pytest.raises(ValueError, match="T must be an integer >= 0, got -1"):
+        mask_from_lengths([1, 2], -1)
+    for T in (np.int64(2), np.array(2)):  # NumPy integers and 0-d arrays are integers
+        assert mask_from_lengths([1, 2], T).shape == (2, 2)
 
 
 def test_mask_from_lengths():

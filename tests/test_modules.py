@@ -170,9 +170,10 @@ def test_embedding_bad_input():
     with pytest.raises(ValueError, match="padding_idx"):
         Embedding(5, 2, padding_idx=5)
     for bad in (1.5, True):  # NumPy's IndexError, or row 1 taken for True, before
-        with pytest.raises(ValueError, match=r"padding_idx must be an int in \[0, 5\) or None"):
+        with pytest.raises(TypeError, match="padding_idx must be an integer"):
             Embedding(5, 2, padding_idx=bad)
     assert Embedding(5, 2, padding_idx=np.int64(4)).padding_idx == 4
+    assert Embedding(5, 2, padding_idx=np.array(3)).padding_idx == 3
 
 
 class Tanh:

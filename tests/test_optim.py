@@ -292,13 +292,14 @@ def test_bad_arguments():
         (lambda m: SGD(m, lr=0.1, momentum=0.9, dampening=float("nan")), ValueError, "dampening"),
         (lambda m: SGD(m, lr=0.1, momentum=0.9, dampening=-0.5), ValueError, "dampening"),
         (lambda m: SGD(m, lr=0.1, momentum=0.9, dampening=1.5), ValueError, "<= 1.0"),
-        (lambda m: SGD(m, lr="0.1"), TypeError, "lr must be a number, got str"),
-        (lambda m: SGD(m, lr=None), TypeError, "lr must be a number"),
-        (lambda m: SGD(m, lr=True), TypeError, "lr must be a number, got bool"),
+        (lambda m: SGD(m, lr="0.1"), TypeError, "lr must be a real number, got '0.1'"),
+        (lambda m: SGD(m, lr=None), TypeError, "lr must be a real number, got NoneType"),
+        (lambda m: SGD(m, lr=True), TypeError, "lr must be a real number, got True"),
+        (lambda m: SGD(m, lr=1 + 2j), TypeError, "lr must be a real number"),
         (lambda m: SGD(m, lr=float("nan")), ValueError, "lr must be >= 0"),
         (lambda m: SGD(m, lr=0.1, momentum=0.5, nesterov="yes"), TypeError, "nesterov"),
         (lambda m: Adam(m, betas=0.9), TypeError, "betas must be a pair"),
-        (lambda m: Adam(m, betas=(0.9, "x")), TypeError, r"betas\[1\] must be a number"),
+        (lambda m: Adam(m, betas=(0.9, "x")), TypeError, r"betas\[1\] must be a real number"),
         (lambda m: Adam(m, betas=(-0.1, 0.9)), ValueError, r"betas\[0\] must be >= 0"),
         (lambda m: Adam(m, eps=-1e-8), ValueError, "eps must be >= 0"),
     ],
@@ -306,6 +307,14 @@ def test_bad_arguments():
 def test_hyperparameters_are_checked(make, exc, match):
     with pytest.raises(exc, match=match):
         make(Params([1.0], [1.0]))
+
+
+def test_hyperparameters_take_any_real_number():
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for lr in (np.float32(0.5), np.array(0.5), Fraction(1, 2), Decimal("0.5"), 1):
+        assert SGD(Params([1.0], [1.0]), lr=lr).lr == float(lr)
 
 
 def test_sgd_dampening_at_its_bounds_matches_the_rule():
@@ -353,7 +362,10 @@ def test_load_state_dict_checks_before_changing_anything():
         with pytest.raises(ValueError, match=match):
             opt.load_state_dict(d)
         assert opt.state[key]["step"] == 1  # unchanged
-    step_np = {"state": {key: {**good["state"][key], "step": np.int64(1)}}}
-    opt.load_state_dict(step_np)  # an int that went through NumPy is fine
+    zero_d = {"state": {key: {**good["state"][key], "step": np.array(1)}}}
+    with pytest.raises(ValueError, match="'step'] must be an int >= 0, got array"):
+        opt.load_state_dict(zero_d)  # named as the step, not as a shape mismatch
+    step_np = {"state": {(np.int64(0), "w"): {**good["state"][key], "step": np.int64(1)}}}
+    opt.load_state_dict(step_np)  # ints that went through NumPy are fine
     opt.step()
     assert opt.state[key]["step"] == 2

@@ -112,7 +112,7 @@ def test_tbptt_with_lstm_carries_state_and_cuts_gradients(rng):
 
 
 def test_chunk_bounds_and_detach_state_check_their_arguments():
-    with pytest.raises(ValueError, match=r"T_total must be an integer, got 5\.7"):
+    with pytest.raises(TypeError, match=r"T_total must be an integer, got 5\.7"):
         list(chunk_bounds(5.7, 2))
     with pytest.raises(TypeError, match="state must be None, an array or a tuple/list"):
         detach_state({"h": np.ones(2)})  # became a 0-d object array

@@ -142,17 +142,17 @@ def _warn_about_environment() -> None:
     text = os.environ.get("FASTRNN_NUM_THREADS")
     # the values the kernels' own parsing (strtol, whole string) takes
     if text is not None and not (
-        re.fullmatch(r"\s*[+-]?\d+", text) and 1 <= int(text) <= MAX_THREADS
+        re.fullmatch(r"[ \t\n\v\f\r]*[+-]?[0-9]+", text) and 1 <= int(text) <= MAX_THREADS
     ):
         warnings.warn(
             f"FASTRNN_NUM_THREADS={text!r} is not an integer in [1, {MAX_THREADS}]; "
             f"using {get_num_threads()} threads (the CPUs this process may run on)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=1,  # raised while fastrnn is imported: no caller of ours to name
         )
     reason = str(_core.build_info()["isa_reason"])
     if reason.startswith("FASTRNN_ISA="):  # set, but unknown or not runnable here
-        warnings.warn(reason, RuntimeWarning, stacklevel=3)
+        warnings.warn(reason, RuntimeWarning, stacklevel=1)
 
 
 _warn_about_environment()

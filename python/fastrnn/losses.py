@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn._runtime import _empty
+from fastrnn.reference import _check_index
 
 __all__ = ["MSELoss", "SoftmaxCrossEntropy", "mask_from_lengths", "mse", "softmax_cross_entropy"]
 
@@ -28,8 +29,9 @@ REDUCTIONS = ("sum", "mean")
 
 def mask_from_lengths(lengths: Any, T: int, batch_first: bool = False) -> np.ndarray:
     """Bool mask (T, N) with ``mask[t, n] = t < lengths[n]`` ((N, T) if ``batch_first``)."""
-    if isinstance(T, (bool, np.bool_)) or not isinstance(T, (int, np.integer)) or T < 0:
-        raise ValueError(f"T must be an integer >= 0, got {T!r}")
+    T = _check_index("T", T)
+    if T < 0:
+        raise ValueError(f"T must be an integer >= 0, got {T}")
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(f"lengths must be a 1-D integer array (N,), got {lengths!r}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from fastrnn._module import Module
 from fastrnn._ops_gemm import matmul
-from fastrnn.reference import FLOAT_DTYPES
+from fastrnn.reference import FLOAT_DTYPES, _check_index
 
 DTypeLike = Union[str, np.dtype, type]
 SeedLike = Union[int, np.random.Generator, None]
@@ -183,15 +183,12 @@ class Embedding(Module):
         self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
         self.dtype = _float_dtype(dtype)
-        if padding_idx is not None and (
-            isinstance(padding_idx, (bool, np.bool_))
-            or not isinstance(padding_idx, (int, np.integer))
-            or not 0 <= padding_idx < self.num_embeddings
-        ):
-            raise ValueError(
-                f"padding_idx must be an int in [0, {self.num_embeddings}) or None, "
-                f"got {padding_idx!r}"
-            )
+        if padding_idx is not None:
+            padding_idx = _check_index("padding_idx", padding_idx)
+            if not 0 <= padding_idx < self.num_embeddings:
+                raise ValueError(
+                    f"padding_idx must be in [0, {self.num_embeddings}) or None, got {padding_idx}"
+                )
         self.padding_idx = padding_idx
         self.seed = _seed_config(seed)
         rng = _rng(seed)

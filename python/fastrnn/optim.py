@@ -34,13 +34,15 @@ def _as_module_list(modules: Any) -> list[Any]:
 
 
 def _number(name: str, value: Any, lo: float, hi: float = math.inf, hi_open: bool = False) -> float:
-    """``value`` as a float in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``): a real number,
-    not a bool or a string, and not NaN; a clear error naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if isinstance(value, np.complexfloating):
+    """``value`` as a float in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``): a real number
+    (anything ``float()`` takes but a bool, a string or a complex: also NumPy scalars and
+    0-d arrays, fractions, decimals), not NaN; a clear error naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.iscomplexobj(value):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
     if not (lo <= v and (v < hi if hi_open else v <= hi)):
         upper = "" if hi == math.inf else (f" and < {hi}" if hi_open else f" and <= {hi}")
         raise ValueError(f"{name} must be >= {lo}{upper}, got {value!r}")
@@ -181,21 +183,24 @@ class Optimizer:
         for k, s in d["state"].items():
             i, name = k if isinstance(k, (tuple, list)) and len(k) == 2 else (None, None)
             if not (
-                isinstance(i, int) and 0 <= i < len(self.modules) and name in self.modules[i].params
+                isinstance(i, (int, np.integer))
+                and not isinstance(i, bool)
+                and 0 <= i < len(self.modules)
+                and name in self.modules[i].params
             ):
                 raise ValueError(f"state: key {k!r} names no parameter of these modules")
+            i = int(i)
             p = self.modules[i].params[name]
             if not isinstance(s, dict):
                 raise ValueError(f"state[{k!r}] must be a dict, got {type(s).__name__}")
             for n, v in s.items():
-                if isinstance(v, np.ndarray) and v.shape != p.shape:
+                if n == "step":
+                    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                        raise ValueError(f"state[{k!r}]['step'] must be an int >= 0, got {v!r}")
+                elif isinstance(v, np.ndarray) and v.shape != p.shape:
                     raise ValueError(
                         f"state[{k!r}][{n!r}] has shape {v.shape}, the parameter {p.shape}"
                     )
-                if n == "step" and (
-                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
-                ):
-                    raise ValueError(f"state[{k!r}]['step'] must be an int >= 0, got {v!r}")
             state[(i, name)] = {
                 n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in s.items()
             }

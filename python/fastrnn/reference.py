@@ -37,6 +37,7 @@ backend rejects bad input with the same exception types and messages.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,17 @@ def _check_bool(name: str, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def _check_index(name: str, value: Any) -> int:
+    """``value`` as a Python int (ints, NumPy integers, 0-d integer arrays; not bools);
+    ``TypeError`` otherwise."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
 
 
 def _check_kind(kind: str) -> int:

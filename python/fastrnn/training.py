@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fastrnn.reference import _check_index
+
 __all__ = ["TBPTTResult", "chunk_bounds", "detach_state", "truncated_bptt"]
 
 
@@ -50,8 +52,7 @@ def chunk_bounds(T_total: int, k: int) -> Iterator[tuple[int, int]]:
     the last chunk is shorter when ``k`` does not divide ``T_total``."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k (chunk length) must be a positive integer, got {k!r}")
-    if isinstance(T_total, (bool, np.bool_)) or not isinstance(T_total, (int, np.integer)):
-        raise ValueError(f"T_total must be an integer, got {T_total!r}")
+    T_total = _check_index("T_total", T_total)
     for s in range(0, int(T_total), int(k)):
         yield s, min(s + int(k), int(T_total))
 
