@@ -178,16 +178,6 @@ def test_argument_parsing():
         ["--backends", "nonesuch"],
         ["--backends", "reference", "--baseline", "torch"],
         ["--filter", "no-such-case"],
-        # let through before, then a traceback (or every row failing) at run time
-        ["--seed", "-1"],
-        ["--min-time", "inf"],
-        ["--min-time", "1e308"],
-        ["--max-time", "nan"],
-        ["--backends", ","],
-        ["--backends", "native,native"],
-        ["--case", "lstm:T=1,N=1,H=1000000"],
-        ["--json", "/nonexistent-dir/x.json"],
-        ["--csv", "/"],
     ],
 )
 def test_bad_arguments_exit_2(argv, capsys):
@@ -195,6 +185,28 @@ def test_bad_arguments_exit_2(argv, capsys):
         cli.main(argv)
     assert exc.value.code == 2
     assert capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # let through before, then a traceback (or every row failing) at run time
+        (["--seed", "-1"], "expected an integer >= 0, got -1"),
+        (["--min-time", "inf"], "a positive number of seconds <= 86400, got inf"),
+        (["--min-time", "1e308"], "a positive number of seconds <= 86400, got 1e+308"),
+        (["--max-time", "nan"], "a positive number of seconds <= 86400, got nan"),
+        (["--backends", ","], "expected comma-separated backend names, got ','"),
+        (["--backends", "native,native"], "given more than once: ['native']"),
+        (["--case", "lstm:T=1,N=1,H=1000000"], "inputs alone take"),
+        (["--json", "/nonexistent-dir/x.json"], "directory '/nonexistent-dir' does not exist"),
+        (["--csv", "/"], "--csv '/': is a directory"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_unwritable_output_is_refused_before_measuring(tmp_path, capsys):
