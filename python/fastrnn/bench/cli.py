@@ -34,24 +34,23 @@ def _backend_list(text: str) -> list[str]:
     return names
 
 
-def _nonnegative_int(text: str) -> int:
+def _int_at_least(text: str, lo: int, expected: str) -> int:
+    """``int(text)`` if at least ``lo``, else an argparse error saying what was expected."""
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
     return v
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def _float_where(text: str, ok: Callable[[float], bool], expected: str) -> float:
