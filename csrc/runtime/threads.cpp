@@ -16,11 +16,14 @@
 namespace fastrnn {
 namespace {
 
+std::atomic<bool> g_env_ignored{false};
+
 int default_threads() {
   if (const char* env = std::getenv("FASTRNN_NUM_THREADS")) {
     char* end = nullptr;
     long v = std::strtol(env, &end, 10);
     if (end != env && *end == '\0' && v >= 1 && v <= kMaxThreads) return static_cast<int>(v);
+    g_env_ignored.store(true, std::memory_order_relaxed);
   }
   return available_cpus();
 }
@@ -63,6 +66,11 @@ int get_num_threads() {
 }
 
 bool fork_limited() { return g_fork_limited.load(std::memory_order_relaxed); }
+
+bool num_threads_env_ignored() {
+  (void)setting();  // the variable is read on first use
+  return g_env_ignored.load(std::memory_order_relaxed);
+}
 
 void set_num_threads(int n) {
   if (n < 1 || n > kMaxThreads) {

@@ -24,6 +24,9 @@ int get_num_threads();
 // both), and NumPy's BLAS threads alone make every process multithreaded. So every forked
 // child runs the kernels on one thread.
 bool fork_limited();
+// True when FASTRNN_NUM_THREADS is set to something other than an integer in
+// [1, kMaxThreads] (the default was used instead).
+bool num_threads_env_ignored();
 // 1 <= n <= kMaxThreads; throws std::invalid_argument otherwise. Without OpenMP the
 // kernels always run on one thread whatever this says, and so do they after fork_limited().
 void set_num_threads(int n);

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from typing import Any
 
@@ -139,11 +138,8 @@ def set_cache_limit(nbytes: int) -> None:
 def _warn_about_environment() -> None:
     """At import: say when FASTRNN_NUM_THREADS or FASTRNN_ISA was set but not used (the
     kernels then quietly ran with the default: the CPU count, the best target)."""
-    text = os.environ.get("FASTRNN_NUM_THREADS")
-    # the values the kernels' own parsing (strtol, whole string) takes
-    if text is not None and not (
-        re.fullmatch(r"[ \t\n\v\f\r]*[+-]?[0-9]+", text) and 1 <= int(text) <= MAX_THREADS
-    ):
+    if _core.num_threads_env_ignored():  # decided by the kernels' own parsing
+        text = os.environ.get("FASTRNN_NUM_THREADS")
         warnings.warn(
             f"FASTRNN_NUM_THREADS={text!r} is not an integer in [1, {MAX_THREADS}]; "
             f"using {get_num_threads()} threads (the CPUs this process may run on)",
