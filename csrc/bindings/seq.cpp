@@ -210,14 +210,14 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   auto y = pooled_array<T>({Tn, N, H});
   py::array_t<T, py::array::c_style> hn({N, H}), cn;
   if (cell == Cell::lstm) cn = py::array_t<T, py::array::c_style>({N, H});
-  py::array_t<T, py::array::c_style> hprev, gates, cprev, tc, aux;
+  py::array_t<T, py::array::c_style> hprev, gates, cprev, clast, aux;
   if (training) {  // rows Hp apart (seq.h: whole cache lines for the streaming stores)
     const i64 Hp = tape_stride(H, sizeof(T));
     hprev = pooled_array<T>({Tn, N, Hp});
     gates = pooled_array<T>({Tn, N, G * Hp});
     if (cell == Cell::lstm) {
       cprev = pooled_array<T>({Tn, N, Hp});
-      tc = pooled_array<T>({Tn, N, Hp});
+      clast = pooled_array<T>({N, Hp});
     }
     if (cell == Cell::gru) aux = pooled_array<T>({Tn, N, Hp});
   }
@@ -240,7 +240,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     if (training) {
       poison(hprev);
       poison(gates);
-      if (lstm) poison(cprev), poison(tc);
+      if (lstm) poison(cprev), poison(clast);
       if (gru) poison(aux);
     }
     if (copies) poison(xk);
@@ -266,7 +266,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     a.tape.hprev = hprev.mutable_data();
     a.tape.gates = gates.mutable_data();
     a.tape.cprev = lstm ? cprev.mutable_data() : nullptr;
-    a.tape.tc = lstm ? tc.mutable_data() : nullptr;
+    a.tape.clast = lstm ? clast.mutable_data() : nullptr;
     a.tape.aux = gru ? aux.mutable_data() : nullptr;
   }
   if (copies) a.x_copy = xk.mutable_data();
@@ -287,7 +287,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     tape["hprev"] = hprev;
     tape["gates"] = gates;
     if (lstm) tape["cprev"] = cprev;
-    if (lstm) tape["tc"] = tc;
+    if (lstm) tape["clast"] = clast;
     if (gru) tape["aux"] = aux;
     tape["x"] = xk;
     tape["weight_ih"] = wihk;
@@ -329,12 +329,13 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   const std::string hp_s = "(T, N, Hp) with Hp = " + std::to_string(Hp);
   const std::string ghp_s = "(T, N, G*Hp) with Hp = " + std::to_string(Hp);
   const char* hps = hp_s.c_str();
+  const std::string clast_s = "(N, Hp) with Hp = " + std::to_string(Hp);
   auto gates = need<T>(tape["gates"], "tape gates", {Tn, N, G * Hp}, ghp_s.c_str());
   auto hprev = need<T>(tape["hprev"], "tape hprev", {Tn, N, Hp}, hps);
-  py::array_t<T, py::array::c_style> cprev, tc, aux;
+  py::array_t<T, py::array::c_style> cprev, clast, aux;
   if (cell == Cell::lstm) {
     cprev = need<T>(tape["cprev"], "tape cprev", {Tn, N, Hp}, hps);
-    tc = need<T>(tape["tc"], "tape tc", {Tn, N, Hp}, hps);
+    clast = need<T>(tape["clast"], "tape clast", {N, Hp}, clast_s.c_str());
   }
   if (cell == Cell::gru) aux = need<T>(tape["aux"], "tape aux", {Tn, N, Hp}, hps);
   py::array_t<std::int64_t> lens;
@@ -375,7 +376,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.tape.hprev = hprev.data();
   a.tape.gates = gates.data();
   a.tape.cprev = lstm ? cprev.data() : nullptr;
-  a.tape.tc = lstm ? tc.data() : nullptr;
+  a.tape.clast = lstm ? clast.data() : nullptr;
   a.tape.aux = gru ? aux.data() : nullptr;
   a.dy = has_dy ? dy.data() : nullptr;
   a.dh_n = has_dhn ? dhn.data() : nullptr;

@@ -151,25 +151,25 @@ FASTRNN_INLINE LstmStep<T> lstm_step(int len, int U, int S, const T* p, const T*
 }
 
 // LSTM: p (4U) in: W_hh h; out: i, f, g, o, gate g at p + g*S (S = U, or S = len for a
-// short last block laid out side by side, see gate_in). c_in (len) -> c_new,
-// tc = tanh(c_new), h_new = o * tc. A block is one vector per gate (U == Vec<T>::lanes: the
+// short last block laid out side by side, see gate_in). c_in (len) -> c_new and
+// h_new = o * tanh(c_new) (lstm_bwd takes tanh(c_new) again, from c_new). A block is one
+// vector per gate (U == Vec<T>::lanes: the
 // LSTM and GRU blocks of every target, seq.simd.cpp checks it), done in registers, inlined
 // into the caller's row loop (as a call it spent a third of its time in the prologue of a
 // general path's stack frame). A short last block (len < U) too: c_in is read with a
 // partial load, p and gx hold G*S + U - S units (each gate's vector is stored whole, in
-// gate order, so the next gate's store overwrites the lanes past len), and c_new, tc and
+// gate order, so the next gate's store overwrites the lanes past len), and c_new and
 // h_new must have room for U (the lanes past len get finite values nobody reads). In a
 // scalar path, the 4 units left at H = 100 took a quarter of the forward's gate-math time.
 template <class T>
 FASTRNN_INLINE void lstm_fwd(int len, int U, int S, T* p, const T* gx, const T* c_in, T* c_new,
-                             T* tc, T* h_new) {
+                             T* h_new) {
   const LstmStep<T> r = lstm_step(len, U, S, p, gx, c_in);
   r.i.store(p);
   r.f.store(p + S);
   r.g.store(p + 2 * S);
   r.o.store(p + 3 * S);
   r.c.store(c_new);
-  r.tc.store(tc);
   r.h.store(h_new);
 }
 
@@ -273,15 +273,19 @@ inline void rnn_bwd(Act act, int len, const T* gh, const T* a, T* dg) {
   });
 }
 
-// LSTM. act: i,f,g,o (gate stride ha); dG written with gate stride hg; dc (len) in:
-// dL/dc' from later steps, out: dL/dc.
+// LSTM. act: i,f,g,o (gate stride ha); c_prev and c: the step's cell state before and
+// after; dG written with gate stride hg; dc (len) in: dL/dc' from later steps, out: dL/dc.
+// tanh(c) comes from the forward's own gate_tanh, so it has the bits the forward used
+// (on the same SIMD target); the tape no longer keeps it: the forward wrote an eighth
+// less (LSTM training forward 1.00-1.06x faster), and c is the next step's c_prev, which
+// the backward has just read.
 template <class T>
 inline void lstm_bwd(int len, std::int64_t ha, std::int64_t hg, const T* gh, const T* act,
-                     const T* c_prev, const T* tc, T* dc, T* dg) {
+                     const T* c_prev, const T* c, T* dc, T* dg) {
   using V = simd::Vec<T>;
   simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
     const V i = ld(act + u), f = ld(act + ha + u), g = ld(act + 2 * ha + u);
-    const V o = ld(act + 3 * ha + u), t = ld(tc + u), dh = ld(gh + u);
+    const V o = ld(act + 3 * ha + u), t = gate_tanh(ld(c + u)), dh = ld(gh + u);
     const V dct = ld(dc + u) + dh * o * (T(1) - t * t);
     st(dg + u, dct * g * i * (T(1) - i));
     st(dg + hg + u, dct * ld(c_prev + u) * f * (T(1) - f));

@@ -38,7 +38,9 @@ struct SeqDims {
 //   hprev (T,N,Hp)   state entering the step at time t
 //   gates (T,N,G*Hp) gate activations (RNN: phi(a); LSTM: i,f,g,o; GRU: r,z,n)
 //   cprev (T,N,Hp)   LSTM: cell state entering the step at time t
-//   tc    (T,N,Hp)   LSTM: tanh(c_t) of the step's new cell state
+//   clast (N,Hp)     LSTM: the cell state after the last step (c_n, kept apart from the
+//                    caller's array); the backward takes tanh(c_t) again from c_t (the
+//                    next step's cprev, or clast), with the forward's own gate_tanh
 //   aux   (T,N,Hp)   GRU reset_after: W_hn h + b_hn; GRU reset-before: r*h
 // Pointers a cell does not use are null.
 // H rounded up to whole 64-byte lines when that adds at most a quarter (H of at least
@@ -56,7 +58,7 @@ struct SeqTape {
   T* hprev = nullptr;
   T* gates = nullptr;
   T* cprev = nullptr;
-  T* tc = nullptr;
+  T* clast = nullptr;
   T* aux = nullptr;
 };
 

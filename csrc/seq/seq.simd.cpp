@@ -546,7 +546,7 @@ inline void copy_units(T* dst, const T* src, i64 len) {
   }
 }
 
-// The same for the training tape (gate activations, tanh(c), GRU's W_hn h + b_hn), which
+// The same for the training tape (gate activations, GRU's W_hn h + b_hn), which
 // the backward reads long after: with `stream`, whole vector-aligned vectors go straight to
 // memory instead of each destination line first being read into the cache (LSTM forward
 // training 8-12% faster, a whole training step 2-4%, at T*N*H >= 400k). The forward ends
@@ -761,7 +761,6 @@ void forward(const SeqForward<T>& a) {
 
     alignas(64) T tl[kMaxTile];
     alignas(64) T cnew[kMaxU];
-    alignas(64) T tcv[kMaxU] = {};  // zeros past a short block's units: whole tape vectors
     alignas(64) T hnew[kMaxU];
     alignas(64) T hnv[kMaxU] = {};
     const int cvx = G * g.UB;
@@ -881,17 +880,17 @@ void forward(const SeqForward<T>& a) {
               T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * Hp)
                             : a.c_n + n * H) +
                         jb;
-              cells::lstm_fwd(len, U, S, p, gxr, cin, cnew, tcv, hnew);
+              cells::lstm_fwd(len, U, S, p, gxr, cin, cnew, hnew);
               if (tr) {
                 for (int gt = 0; gt < 4; ++gt)
                   tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * S, lt, stream);
-                tape_units(tp.tc + tn * Hp + jb, tcv, lt, stream);
               }
               if (active) {
                 copy_units(cout, cnew, len);
               } else if (cout != cin) {
                 copy_units(cout, cin, len);
               }
+              if (tr && s == Tn - 1) copy_units(tp.clast + n * Hp + jb, active ? cnew : cin, len);
               hv = hnew;
             } else {
               cells::gru_fwd(len, U, S, p, gxr, bhn + jb, hi, hnv, hnew);
@@ -1096,7 +1095,6 @@ void backward(const SeqBackward<T>& a) {
       for (int gt = 0; gt < G; ++gt) prefetch_units(tp.gates + tn * GHp + gt * Hp + jb, len);
       if (lstm) {
         prefetch_units(tp.cprev + tn * Hp + jb, len);
-        prefetch_units(tp.tc + tn * Hp + jb, len);
       } else if (gru) {
         prefetch_units(tp.hprev + tn * Hp + jb, len);
         if (d.reset_after) prefetch_units(tp.aux + tn * Hp + jb, len);
@@ -1108,6 +1106,7 @@ void backward(const SeqBackward<T>& a) {
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? s : Tn - 1 - s;
       const i64 t_next = d.reverse ? t + 1 : t - 1;  // the next step's time
+      const i64 t_fwd_next = d.reverse ? t - 1 : t + 1;  // the forward's step after t (s > 0)
       // Block b, rows [r0, r1): the pointwise step, dh_t -> dG_t (and dh, dc through it).
       auto pointwise = [&](i64 b, i64 r0, i64 r1) {
         const int len = static_cast<int>(std::min<i64>(U, H - b * U));
@@ -1133,7 +1132,9 @@ void backward(const SeqBackward<T>& a) {
             cells::rnn_bwd(d.act, len, gb, act, dgr);
             std::fill(dh, dh + len, T(0));
           } else if (lstm) {
-            cells::lstm_bwd(len, Hp, H, gb, act, tp.cprev + tn * Hp + jb, tp.tc + tn * Hp + jb,
+            // c_t: the state the forward's next step took in, or after its last step clast.
+            const T* ct = s == 0 ? tp.clast + n * Hp : tp.cprev + (t_fwd_next * N + n) * Hp;
+            cells::lstm_bwd(len, Hp, H, gb, act, tp.cprev + tn * Hp + jb, ct + jb,
                             a.dc0 + n * H + jb, dgr);
             std::fill(dh, dh + len, T(0));
           } else if (d.reset_after) {

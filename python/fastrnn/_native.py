@@ -29,7 +29,8 @@ class NativeTape:
 
     ``data`` holds the kernel's arrays, indexed by time step ``t``: ``hprev`` (T, N, Hp)
     the state entering step t, ``gates`` (T, N, G*Hp) the gate activations, ``cprev`` and
-    ``tc`` (LSTM: c entering step t and tanh(c_t)), ``aux`` (GRU: ``W_hn h + b_hn`` with
+    ``clast`` (LSTM: c entering step t, and (N, Hp) c after the last step: the backward
+    recomputes tanh(c_t) from them), ``aux`` (GRU: ``W_hn h + b_hn`` with
     ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights (the
     arrays as given inside :func:`_tape_shares_inputs`). Rows and gate segments are Hp
     apart: H rounded up to whole 64-byte lines when H spans at least four of them (the
