@@ -375,8 +375,16 @@ def test_non_contiguous_inputs_are_copied(rng):
 @pytest.mark.parametrize("threads", [2], indirect=True)  # each thread copies its share
 @pytest.mark.parametrize(
     "kind,size",
-    # the second: weights of more than 1 MiB, whose copies the kernel streams past the caches
-    [("gru", (3, 2, 4, 5)), ("lstm", (2, 3, 290, 300))],
+    # weights of more than 1 MiB (the lstm cases), whose copies the kernel streams past the
+    # caches; 64 rows or more in all (the last three) pack the weights, copying them by
+    # block as they are packed
+    [
+        ("gru", (3, 2, 4, 5)),
+        ("lstm", (2, 3, 290, 300)),
+        ("gru", (20, 4, 5, 7)),
+        ("rnn", (9, 8, 33, 17)),
+        ("lstm", (20, 4, 290, 300)),
+    ],
 )
 def test_tape_is_independent_of_later_edits(kind, size, threads, rng):
     # Edits of the inputs, and of the outputs (the LSTM backward takes the last cell state
