@@ -489,6 +489,15 @@ def test_bad_backward_arguments(rng):
     tape.data["gates"] = tape.data["gates"][:, :, :-1]
     with pytest.raises(ValueError):
         NAT.lstm_backward(tape)
+    # the state after the last step, which the backward reads from the tape's own copy
+    _, _, tape = NAT.lstm(**c, training=True)
+    tape.data["clast"] = tape.data["clast"][:-1]
+    with pytest.raises(ValueError, match=r"tape clast .*\(N, Hp\)"):
+        NAT.lstm_backward(tape)
+    _, _, tape = NAT.rnn(**random_case("rnn", 3, 2, 4, 5, np.float32, rng), training=True)
+    tape.data["hlast"] = tape.data["hlast"][:, :-1]
+    with pytest.raises(ValueError, match=r"tape hlast .*\(N, Hp\)"):
+        NAT.rnn_backward(tape)
 
 
 def test_huge_sizes_fail_cleanly():

@@ -210,11 +210,15 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   auto y = pooled_array<T>({Tn, N, H});
   py::array_t<T, py::array::c_style> hn({N, H}), cn;
   if (cell == Cell::lstm) cn = py::array_t<T, py::array::c_style>({N, H});
-  py::array_t<T, py::array::c_style> hprev, gates, cprev, clast, aux;
+  py::array_t<T, py::array::c_style> hprev, gates, cprev, clast, hlast, aux;
   if (training) {  // rows Hp apart (seq.h: whole cache lines for the streaming stores)
     const i64 Hp = tape_stride(H, sizeof(T));
     hprev = pooled_array<T>({Tn, N, Hp});
-    gates = pooled_array<T>({Tn, N, G * Hp});
+    if (cell == Cell::rnn) {
+      hlast = pooled_array<T>({N, Hp});
+    } else {
+      gates = pooled_array<T>({Tn, N, G * Hp});
+    }
     if (cell == Cell::lstm) {
       cprev = pooled_array<T>({Tn, N, Hp});
       clast = pooled_array<T>({N, Hp});
@@ -239,7 +243,11 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     if (lstm) poison(cn);
     if (training) {
       poison(hprev);
-      poison(gates);
+      if (cell == Cell::rnn) {
+        poison(hlast);
+      } else {
+        poison(gates);
+      }
       if (lstm) poison(cprev), poison(clast);
       if (gru) poison(aux);
     }
@@ -264,7 +272,8 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   a.training = training;
   if (training) {
     a.tape.hprev = hprev.mutable_data();
-    a.tape.gates = gates.mutable_data();
+    a.tape.gates = cell == Cell::rnn ? nullptr : gates.mutable_data();
+    a.tape.hlast = cell == Cell::rnn ? hlast.mutable_data() : nullptr;
     a.tape.cprev = lstm ? cprev.mutable_data() : nullptr;
     a.tape.clast = lstm ? clast.mutable_data() : nullptr;
     a.tape.aux = gru ? aux.mutable_data() : nullptr;
@@ -285,7 +294,11 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   py::dict tape;
   if (training) {
     tape["hprev"] = hprev;
-    tape["gates"] = gates;
+    if (cell == Cell::rnn) {
+      tape["hlast"] = hlast;
+    } else {
+      tape["gates"] = gates;
+    }
     if (lstm) tape["cprev"] = cprev;
     if (lstm) tape["clast"] = clast;
     if (gru) tape["aux"] = aux;
@@ -329,13 +342,18 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   const std::string hp_s = "(T, N, Hp) with Hp = " + std::to_string(Hp);
   const std::string ghp_s = "(T, N, G*Hp) with Hp = " + std::to_string(Hp);
   const char* hps = hp_s.c_str();
-  const std::string clast_s = "(N, Hp) with Hp = " + std::to_string(Hp);
-  auto gates = need<T>(tape["gates"], "tape gates", {Tn, N, G * Hp}, ghp_s.c_str());
+  const std::string last_s = "(N, Hp) with Hp = " + std::to_string(Hp);
+  py::array_t<T, py::array::c_style> gates, hlast;
+  if (cell == Cell::rnn) {
+    hlast = need<T>(tape["hlast"], "tape hlast", {N, Hp}, last_s.c_str());
+  } else {
+    gates = need<T>(tape["gates"], "tape gates", {Tn, N, G * Hp}, ghp_s.c_str());
+  }
   auto hprev = need<T>(tape["hprev"], "tape hprev", {Tn, N, Hp}, hps);
   py::array_t<T, py::array::c_style> cprev, clast, aux;
   if (cell == Cell::lstm) {
     cprev = need<T>(tape["cprev"], "tape cprev", {Tn, N, Hp}, hps);
-    clast = need<T>(tape["clast"], "tape clast", {N, Hp}, clast_s.c_str());
+    clast = need<T>(tape["clast"], "tape clast", {N, Hp}, last_s.c_str());
   }
   if (cell == Cell::gru) aux = need<T>(tape["aux"], "tape aux", {Tn, N, Hp}, hps);
   py::array_t<std::int64_t> lens;
@@ -374,7 +392,8 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.w_hh = whh.data();
   a.lengths = has_len ? lens.data() : nullptr;
   a.tape.hprev = hprev.data();
-  a.tape.gates = gates.data();
+  a.tape.gates = cell == Cell::rnn ? nullptr : gates.data();
+  a.tape.hlast = cell == Cell::rnn ? hlast.data() : nullptr;
   a.tape.cprev = lstm ? cprev.data() : nullptr;
   a.tape.clast = lstm ? clast.data() : nullptr;
   a.tape.aux = gru ? aux.data() : nullptr;

@@ -36,7 +36,9 @@ struct SeqDims {
 // What training mode keeps for backward (all indexed by time t, not by step), with rows
 // and gate segments Hp = tape_stride(H, sizeof(T)) apart (columns [H, Hp) unused):
 //   hprev (T,N,Hp)   state entering the step at time t
-//   gates (T,N,G*Hp) gate activations (RNN: phi(a); LSTM: i,f,g,o; GRU: r,z,n)
+//   gates (T,N,G*Hp) gate activations (LSTM: i,f,g,o; GRU: r,z,n); none for an RNN,
+//                    whose phi(a_t) is h_t: the next step's hprev, or hlast
+//   hlast (N,Hp)     RNN: the state after the last step (h_n, kept apart from the caller's)
 //   cprev (T,N,Hp)   LSTM: cell state entering the step at time t
 //   clast (N,Hp)     LSTM: the cell state after the last step (c_n, kept apart from the
 //                    caller's array); the backward takes tanh(c_t) again from c_t (the
@@ -59,6 +61,7 @@ struct SeqTape {
   T* gates = nullptr;
   T* cprev = nullptr;
   T* clast = nullptr;
+  T* hlast = nullptr;
   T* aux = nullptr;
 };
 

@@ -751,12 +751,6 @@ void forward(const SeqForward<T>& a) {
       simd::transpose_rect(a.h0 + j0, H, N, j1 - j0, ht + j0 * ldh, ldh);
       simd::transpose_rect(a.h0 + n0 * H + js, H, n1 - n0, H - js, ht + js * ldh + n0, ldh);
     }
-    if (tid == 0 && g.tail_cv < G * g.UB) {
-      // Columns a short last block's tiles never write, which its tape copies may read (RNN
-      // rows a vector longer than the tile when a cache line holds two vectors).
-      const i64 c0 = g.tail_cv * tile::lanes<T>();
-      for (i64 n = 0; n < N; ++n) std::fill_n(ghs + ((g.nb - 1) * N + n) * GU + c0, GU - c0, T(0));
-    }
     omp_barrier();
 
     alignas(64) T tl[kMaxTile];
@@ -874,7 +868,9 @@ void forward(const SeqForward<T>& a) {
             const T* hv = p;  // new state values
             if (d.cell == Cell::rnn) {
               cells::rnn_fwd(d.act, len, p, gxr);
-              if (tr) tape_units(tp.gates + tn * GHp + jb, p, lt, stream);
+              // No gate tape: phi(a_t) is h_t, the next step's hprev (seq.h), or after the
+              // last step hlast.
+              if (tr && s == Tn - 1) copy_units(tp.hlast + n * Hp + jb, p, len);
             } else if (lstm) {
               const T* cin = (tr ? tp.cprev + tn * Hp : a.c_n + n * H) + jb;
               T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * Hp)
@@ -1091,8 +1087,20 @@ void backward(const SeqBackward<T>& a) {
     // the tape is wholly in memory). Always inlined: as a function of loads and prefetches
     // GCC took it for a pure one and deleted its calls, prefetches and all (none were left
     // in the binary; restored, LSTM (80,16,300,300) backward 1.05x faster).
-    auto prefetch_row = [&](i64 tn, i64 jb, int len) FASTRNN_INLINE_LAMBDA {
-      for (int gt = 0; gt < G; ++gt) prefetch_units(tp.gates + tn * GHp + gt * Hp + jb, len);
+    // Row n of what the forward's step at time t (the backward's step s) produced: the
+    // state it handed on (h_t, LSTM c_t), which the forward's next step took in, or after
+    // its last step (s == 0) the tape's copy; and its gate activations, an RNN's being h_t.
+    auto next_state = [&](i64 s, i64 t, i64 n, const T* prev, const T* last) -> const T* {
+      return s == 0 ? last + n * Hp : prev + ((d.reverse ? t - 1 : t + 1) * N + n) * Hp;
+    };
+    auto act_row = [&](i64 s, i64 t, i64 n) -> const T* {
+      return d.cell == Cell::rnn ? next_state(s, t, n, tp.hprev, tp.hlast)
+                                 : tp.gates + (t * N + n) * GHp;
+    };
+    auto prefetch_row = [&](i64 s, i64 t, i64 n, i64 jb, int len) FASTRNN_INLINE_LAMBDA {
+      const i64 tn = t * N + n;
+      const T* act = act_row(s, t, n);
+      for (int gt = 0; gt < G; ++gt) prefetch_units(act + gt * Hp + jb, len);
       if (lstm) {
         prefetch_units(tp.cprev + tn * Hp + jb, len);
       } else if (gru) {
@@ -1106,7 +1114,6 @@ void backward(const SeqBackward<T>& a) {
     for (i64 s = 0; s < Tn; ++s) {
       const i64 t = d.reverse ? s : Tn - 1 - s;
       const i64 t_next = d.reverse ? t + 1 : t - 1;  // the next step's time
-      const i64 t_fwd_next = d.reverse ? t - 1 : t + 1;  // the forward's step after t (s > 0)
       // Block b, rows [r0, r1): the pointwise step, dh_t -> dG_t (and dh, dc through it).
       auto pointwise = [&](i64 b, i64 r0, i64 r1) {
         const int len = static_cast<int>(std::min<i64>(U, H - b * U));
@@ -1119,7 +1126,7 @@ void backward(const SeqBackward<T>& a) {
             if (with_dhn) std::fill(dhn + tn * H + jb, dhn + tn * H + jb + len, T(0));
             continue;
           }
-          if (s + 1 < Tn) prefetch_row(t_next * N + n, jb, len);
+          if (s + 1 < Tn) prefetch_row(s + 1, t_next, n, jb, len);
           T* dh = a.dh0 + n * H + jb;
           if (a.dy) {
             const T* dyr = a.dy + tn * H + jb;
@@ -1127,14 +1134,13 @@ void backward(const SeqBackward<T>& a) {
           } else {
             for (int u = 0; u < len; ++u) gb[u] = dh[u];
           }
-          const T* act = tp.gates + tn * GHp + jb;
+          const T* act = act_row(s, t, n) + jb;
           if (d.cell == Cell::rnn) {
             cells::rnn_bwd(d.act, len, gb, act, dgr);
             std::fill(dh, dh + len, T(0));
           } else if (lstm) {
-            // c_t: the state the forward's next step took in, or after its last step clast.
-            const T* ct = s == 0 ? tp.clast + n * Hp : tp.cprev + (t_fwd_next * N + n) * Hp;
-            cells::lstm_bwd(len, Hp, H, gb, act, tp.cprev + tn * Hp + jb, ct + jb,
+            const T* ct = next_state(s, t, n, tp.cprev, tp.clast) + jb;
+            cells::lstm_bwd(len, Hp, H, gb, act, tp.cprev + tn * Hp + jb, ct,
                             a.dc0 + n * H + jb, dgr);
             std::fill(dh, dh + len, T(0));
           } else if (d.reset_after) {

@@ -28,9 +28,10 @@ class NativeTape:
     """What a native ``training=True`` forward keeps for the matching ``*_backward``.
 
     ``data`` holds the kernel's arrays, indexed by time step ``t``: ``hprev`` (T, N, Hp)
-    the state entering step t, ``gates`` (T, N, G*Hp) the gate activations, ``cprev`` and
-    ``clast`` (LSTM: c entering step t, and (N, Hp) c after the last step: the backward
-    recomputes tanh(c_t) from them), ``aux`` (GRU: ``W_hn h + b_hn`` with
+    the state entering step t, ``gates`` (T, N, G*Hp) the gate activations (LSTM, GRU;
+    an RNN's are its states, so it keeps ``hlast`` (N, Hp), the state after the last step,
+    instead), ``cprev`` and ``clast`` (LSTM: c entering step t, and (N, Hp) c after the
+    last step: the backward recomputes tanh(c_t) from them), ``aux`` (GRU: ``W_hn h + b_hn`` with
     ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights (the
     arrays as given inside :func:`_tape_shares_inputs`). Rows and gate segments are Hp
     apart: H rounded up to whole 64-byte lines when H spans at least four of them (the
