@@ -153,14 +153,14 @@ FASTRNN_INLINE LstmStep<T> lstm_step(int len, int U, int S, const T* p, const T*
 // LSTM: p (4U) in: W_hh h; out: i, f, g, o, gate g at p + g*S (S = U, or S = len for a
 // short last block laid out side by side, see gate_in). c_in (len) -> c_new and
 // h_new = o * tanh(c_new) (lstm_bwd takes tanh(c_new) again, from c_new). A block is one
-// vector per gate (U == Vec<T>::lanes: the
-// LSTM and GRU blocks of every target, seq.simd.cpp checks it), done in registers, inlined
-// into the caller's row loop (as a call it spent a third of its time in the prologue of a
-// general path's stack frame). A short last block (len < U) too: c_in is read with a
-// partial load, p and gx hold G*S + U - S units (each gate's vector is stored whole, in
-// gate order, so the next gate's store overwrites the lanes past len), and c_new and
-// h_new must have room for U (the lanes past len get finite values nobody reads). In a
-// scalar path, the 4 units left at H = 100 took a quarter of the forward's gate-math time.
+// vector per gate (U == Vec<T>::lanes: the LSTM and GRU blocks of every target,
+// seq.simd.cpp checks it), done in registers, inlined into the caller's row loop (as a call
+// it spent a third of its time in the prologue of a general path's stack frame). A short
+// last block (len < U) too: c_in is read with a partial load, p and gx hold G*S + U - S
+// units (each gate's vector is stored whole, in gate order, so the next gate's store
+// overwrites the lanes past len), and c_new and h_new must have room for U (the lanes past
+// len get finite values nobody reads). In a scalar path, the 4 units left at H = 100 took a
+// quarter of the forward's gate-math time.
 template <class T>
 FASTRNN_INLINE void lstm_fwd(int len, int U, int S, T* p, const T* gx, const T* c_in, T* c_new,
                              T* h_new) {
