@@ -96,7 +96,7 @@ class PackedWeights:
         for name, w in (("weight_ih", weight_ih), ("weight_hh", weight_hh)):
             if not isinstance(w, np.ndarray):
                 raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
-            if w.dtype not in (np.float32, np.float64):
+            if w.dtype not in reference.FLOAT_DTYPES:
                 raise TypeError(f"{name}: expected dtype float32 or float64, got {w.dtype}")
             if w.ndim != 2 or w.shape[0] < G or w.shape[0] % G:
                 raise ValueError(

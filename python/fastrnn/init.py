@@ -23,6 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fastrnn.reference import FLOAT_DTYPES
+
 __all__ = ["SCHEMES", "init_recurrent", "orthogonal", "uniform", "xavier_uniform"]
 
 #: Names accepted by :func:`init_recurrent` (and the ``init=`` argument of layers).
@@ -112,7 +114,7 @@ def init_recurrent(
             raise TypeError(f"init: {arg} must be an int, got {type(value).__name__}")
         if value < 1:
             raise ValueError(f"init: {arg} must be >= 1, got {value}")
-    if np.dtype(dtype) not in (np.float32, np.float64):
+    if np.dtype(dtype) not in FLOAT_DTYPES:
         raise TypeError(f"init: dtype must be float32 or float64, got {np.dtype(dtype)}")
     if rng is None:
         rng = np.random.default_rng()

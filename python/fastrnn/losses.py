@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn._runtime import _empty
-from fastrnn.reference import _check_index
+from fastrnn.reference import FLOAT_DTYPES, _check_index
 
 __all__ = ["MSELoss", "SoftmaxCrossEntropy", "mask_from_lengths", "mse", "softmax_cross_entropy"]
 
@@ -41,11 +41,6 @@ def mask_from_lengths(lengths: Any, T: int, batch_first: bool = False) -> np.nda
         )
     mask = np.arange(T)[:, None] < lengths[None, :]
     return mask.T.copy() if batch_first else mask
-
-
-# float16 would overflow "mean"'s divisor past 65504 elements (a zero gradient); wider
-# floats than float64 are not what the rest of the library computes in.
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check_reduction(reduction: str) -> None:
@@ -102,7 +97,9 @@ def softmax_cross_entropy(
     """
     _check_reduction(reduction)
     logits = np.asarray(logits)
-    if logits.dtype not in _FLOATS:
+    # float16 would overflow "mean"'s divisor past 65504 elements (a zero gradient); wider
+    # floats than float64 are not what the rest of the library computes in.
+    if logits.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"logits must be a float32 or float64 array (..., C), got dtype {logits.dtype}"
         )
@@ -176,7 +173,7 @@ def mse(
     """
     _check_reduction(reduction)
     pred = np.asarray(pred)
-    if pred.dtype not in _FLOATS:
+    if pred.dtype not in FLOAT_DTYPES:  # as for logits
         raise TypeError(f"pred must be a float32 or float64 array, got dtype {pred.dtype}")
     target = np.asarray(target)
     if not any(np.issubdtype(target.dtype, k) for k in (np.bool_, np.integer, np.floating)):
