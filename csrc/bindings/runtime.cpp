@@ -68,6 +68,7 @@ void register_runtime(py::module_& m) {
   m.def("build_info", &build_info, "Facts about this build and the SIMD target in use.");
   m.def("get_num_threads", &get_num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Set the threads the kernels use.");
+  m.attr("max_threads") = kMaxThreads;  // set_num_threads' and FASTRNN_NUM_THREADS' bound
   m.def("num_threads_env_ignored", &num_threads_env_ignored,
         "True when FASTRNN_NUM_THREADS is set but not an integer in [1, 4096].");
   m.def("fork_limited", &fork_limited,

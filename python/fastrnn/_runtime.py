@@ -31,8 +31,9 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-#: The most threads :func:`set_num_threads` (and ``FASTRNN_NUM_THREADS``) accepts.
-MAX_THREADS = 4096
+#: The most threads :func:`set_num_threads` (and ``FASTRNN_NUM_THREADS``) accepts: the
+#: kernels' own bound.
+MAX_THREADS = int(_core.max_threads)
 
 
 _fork_warned = False
