@@ -76,12 +76,16 @@ def test_every_supported_isa_can_be_selected(isa):
     assert fastrnn.build_info()["isa"] == isa
 
 
-def _run(env_extra: dict[str, str], code: str) -> str:
+def _run_full(env_extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter with ``env_extra`` added to the environment."""
     env = dict(os.environ, **env_extra)
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    return out.stdout.strip()
+
+
+def _run(env_extra: dict[str, str], code: str) -> str:
+    return _run_full(env_extra, code).stdout.strip()
 
 
 def test_env_forces_lower_isa():
@@ -101,13 +105,6 @@ def test_env_unknown_isa_falls_back_to_best_with_reason():
 def test_env_sets_thread_count():
     code = "import fastrnn; print(fastrnn.get_num_threads())"
     assert _run({"FASTRNN_NUM_THREADS": "1"}, code) == "1"
-
-
-def _run_full(env_extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, **env_extra)
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
 
 
 @pytest.mark.parametrize(
