@@ -376,8 +376,8 @@ def test_non_contiguous_inputs_are_copied(rng):
 @pytest.mark.parametrize(
     "kind,size",
     # weights of more than 1 MiB (the lstm cases), whose copies the kernel streams past the
-    # caches; 64 rows or more in all (the last three) pack the weights, copying them by
-    # block as they are packed
+    # caches; 64 rows or more in all (the last three) always pack their weights, so the
+    # copies are taken beside a packing forward
     [
         ("gru", (3, 2, 4, 5)),
         ("lstm", (2, 3, 290, 300)),
