@@ -231,6 +231,7 @@ def lstm(
     training: bool = False,
     backend: str = "native",
     packed: PackedWeights | None = None,
+    weight_hr: np.ndarray | None = None,
 ) -> tuple:
     """LSTM over a sequence (gates i, f, g, o in PyTorch's order).
 
@@ -238,8 +239,15 @@ def lstm(
     g = tanh(.); ``c_t = f*c_{t-1} + i*g``, ``h_t = o*tanh(c_t)``. Returns
     ``(y, (h_n, c_n))``, or ``(y, (h_n, c_n), tape)`` when ``training``.
     ``packed``: these weights from :func:`pack_weights` (the module docstring).
+    ``weight_hr`` (P, H): a projection (PyTorch's ``proj_size = P``), ``h_t = W_hr (o*tanh(c_t))``;
+    h0, h_n and y then have P columns and ``weight_hh`` is (4*H, P); the backward's dict
+    adds ``"weight_hr"``. Not with ``packed``.
     """
     if packed is not None:
+        if weight_hr is not None:
+            raise ValueError(
+                "packed: packed weights are not supported with weight_hr; call without packed"
+            )
         weight_ih, weight_hh = _unpack("lstm", packed, weight_ih, weight_hh, True)
     return _call(backend, "lstm", packed)(
         x,
@@ -252,6 +260,7 @@ def lstm(
         reverse=reverse,
         lengths=lengths,
         training=training,
+        weight_hr=weight_hr,
     )
 
 

@@ -206,6 +206,8 @@ class _Inputs:
     bias_ih: np.ndarray | None
     bias_hh: np.ndarray | None
     lengths: np.ndarray | None
+    weight_hr: np.ndarray | None = None  # lstm with a projection: (P, H)
+    P: int = 0  # the state's size: H, or P with weight_hr
 
 
 def _check_inputs(
@@ -218,10 +220,12 @@ def _check_inputs(
     bias_ih: Any,
     bias_hh: Any,
     lengths: Any,
+    weight_hr: Any = None,
 ) -> _Inputs:
     """Check every forward argument of a ``kind`` cell and return them normalised.
 
-    Sizes: ``T, N, I`` come from ``x``; ``H`` from ``weight_ih`` (which has ``G*H`` rows).
+    Sizes: ``T, N, I`` come from ``x``; ``H`` from ``weight_ih`` (which has ``G*H`` rows);
+    with ``weight_hr`` (lstm only, ``(P, H)``) the state ``h`` has P columns instead of H.
     Pass ``c0=None`` for non-LSTM kinds. The returned arrays are the caller's (no copy),
     except that missing ``h0``/``c0`` become new zero arrays.
     """
@@ -244,14 +248,25 @@ def _check_inputs(
             f"weight_ih: expected shape ({gdesc}, I) with H >= 1, got {weight_ih.shape}"
         )
     GH = G * H
-    weight_hh = _check_float_array("weight_hh", weight_hh, (GH, H), dtype, hh_desc)
+    P, s_desc = H, "H"
+    if weight_hr is not None:
+        if kind != "lstm":
+            raise ValueError(f"weight_hr: a projection exists only for lstm, not {kind}")
+        weight_hr = _check_float_dtype("weight_hr", weight_hr, dtype)
+        if weight_hr.ndim != 2 or weight_hr.shape[1] != H or weight_hr.shape[0] < 1:
+            raise ValueError(
+                f"weight_hr: expected shape (P, H) with H = {H} and P >= 1, got {weight_hr.shape}"
+            )
+        P, s_desc = int(weight_hr.shape[0]), "P"
+        hh_desc = f"({_GDESC[G][0]}, P)"
+    weight_hh = _check_float_array("weight_hh", weight_hh, (GH, P), dtype, hh_desc)
     bias_ih = _check_optional_float_array("bias_ih", bias_ih, (GH,), dtype, b_desc)
     bias_hh = _check_optional_float_array("bias_hh", bias_hh, (GH,), dtype, b_desc)
 
     if h0 is None:
-        h0 = np.zeros((N, H), dtype)
+        h0 = np.zeros((N, P), dtype)
     else:
-        h0 = _check_float_array("h0", h0, (N, H), dtype, "(N, H)")
+        h0 = _check_float_array("h0", h0, (N, P), dtype, f"(N, {s_desc})")
     if kind == "lstm":
         if c0 is None:
             c0 = np.zeros((N, H), dtype)
@@ -261,7 +276,7 @@ def _check_inputs(
         c0 = None
     lengths = _check_lengths(lengths, N, T)
     return _Inputs(kind, G, T, N, I, H, dtype, x, h0, c0, weight_ih, weight_hh, bias_ih,
-                   bias_hh, lengths)  # fmt: skip
+                   bias_hh, lengths, weight_hr, P)  # fmt: skip
 
 
 def _check_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype, desc: str) -> Any:
@@ -348,6 +363,8 @@ class Tape:
       are stored separately (``gates`` = pre-activation, ``extra`` = output); lstm: i, f,
       g, o after their nonlinearities; gru: r, z, n after their nonlinearities;
     * ``c_prev``, ``c_new`` (lstm): the cell state before and after step t;
+    * ``m`` (lstm with ``weight_hr``) (T, N, H): ``o * tanh(c_t)``, which the projection
+      turns into ``h_t = m W_hr^T``; ``h_prev`` then has P columns;
     * ``extra`` (rnn): phi(a); (gru, reset_after=True): ``W_hn h + b_hn``; (gru,
       reset_after=False): ``r * h_prev``;
     * ``active`` (T, N, 1) bool: the step mask derived from ``lengths``.
@@ -377,6 +394,9 @@ class Tape:
     c_new: np.ndarray | None = None
     nonlinearity: str | None = None
     reset_after: bool | None = None
+    weight_hr: np.ndarray | None = None
+    m: np.ndarray | None = None
+    P: int = 0
 
 
 def _new_tape(inp: _Inputs, reverse: bool, active: np.ndarray, gates_shape: int) -> Tape:
@@ -400,8 +420,10 @@ def _new_tape(inp: _Inputs, reverse: bool, active: np.ndarray, gates_shape: int)
         lengths=inp.lengths,
         reverse=reverse,
         active=active,
-        h_prev=np.zeros((T, N, H), inp.dtype),
+        h_prev=np.zeros((T, N, inp.P), inp.dtype),
         gates=np.zeros((T, N, gates_shape), inp.dtype),
+        weight_hr=None if inp.weight_hr is None else np.array(inp.weight_hr, copy=True),
+        P=inp.P,
     )
 
 
@@ -413,14 +435,14 @@ def _weight_grads(
     ``dgx`` (T, N, G*H) is dL/d(x W_ih^T + b_ih), ``dgh`` (T, N, G*H) is
     dL/d(hh_input W_hh^T + b_hh) where ``hh_input`` (T, N, H) is what multiplied W_hh.
     """
-    T, N, I, H = tape.T, tape.N, tape.I, tape.H
+    T, N, I = tape.T, tape.N, tape.I
     GH = dgx.shape[2]
     dgx2 = dgx.reshape(T * N, GH)
     dgh2 = dgh.reshape(T * N, GH)
     return {
         "x": (dgx2 @ tape.weight_ih).reshape(T, N, I),
         "weight_ih": dgx2.T @ tape.x.reshape(T * N, I),
-        "weight_hh": dgh2.T @ hh_input.reshape(T * N, H),
+        "weight_hh": dgh2.T @ hh_input.reshape(T * N, hh_input.shape[2]),
         "bias_ih": dgx2.sum(axis=0) if tape.has_bias_ih else None,
         "bias_hh": dgh2.sum(axis=0) if tape.has_bias_hh else None,
     }
@@ -562,6 +584,7 @@ def lstm(
     reverse: bool = False,
     lengths: np.ndarray | None = None,
     training: bool = False,
+    weight_hr: np.ndarray | None = None,
 ) -> (
     tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
     | tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Tape]
@@ -575,20 +598,24 @@ def lstm(
         c_t = f * c_{t-1} + i * g
         h_t = o * tanh(c_t),   y_t = h_t
 
+    With a projection (``weight_hr``, PyTorch's ``proj_size = P``), ``h_t = W_hr m_t`` with
+    ``m_t = o * tanh(c_t)``: h0, h_n and y_t have P columns, ``weight_hh`` is (4*H, P).
+
     Args:
         x: (T, N, I) inputs, float32 or float64 (sets the dtype of everything).
-        h0, c0: (N, H) initial states, or None for zeros.
-        weight_ih: (4*H, I).  weight_hh: (4*H, H).
+        h0, c0: (N, H) initial states (h0 (N, P) with a projection), or None for zeros.
+        weight_ih: (4*H, I).  weight_hh: (4*H, H), or (4*H, P) with a projection.
         bias_ih, bias_hh: (4*H,) or None (no bias).
         reverse: process time from T-1 down to 0 (``y[t]`` is still the output at t).
         lengths: None or (N,) integers in [1, T]; inactive steps (t >= lengths[n]) keep
             both states and write 0 to ``y[t, n]``.
         training: also return a :class:`Tape` for :func:`lstm_backward`.
+        weight_hr: None, or (P, H) with P >= 1: the projection of each output.
 
     Returns:
-        ``(y, (h_n, c_n))`` or ``(y, (h_n, c_n), tape)``: y (T, N, H), h_n, c_n (N, H).
-        With T == 0, y is (0, N, H) and h_n, c_n are copies of h0, c0 (zeros if None).
-        NaN/inf propagate.
+        ``(y, (h_n, c_n))`` or ``(y, (h_n, c_n), tape)``: y (T, N, H), h_n, c_n (N, H)
+        (y (T, N, P) and h_n (N, P) with a projection). With T == 0, y is empty and h_n,
+        c_n are copies of h0, c0 (zeros if None). NaN/inf propagate.
 
     Raises:
         TypeError: non-float or mixed dtypes (naming the argument).
@@ -596,17 +623,22 @@ def lstm(
     """
     reverse = _check_bool("reverse", reverse)
     training = _check_bool("training", training)
-    inp = _check_inputs("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
-    T, N, H = inp.T, inp.N, inp.H
+    inp = _check_inputs(
+        "lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, weight_hr
+    )
+    T, N, H, P = inp.T, inp.N, inp.H, inp.P
+    w_hr = inp.weight_hr
     active = _active_mask(inp.lengths, T, N)
     tape = _new_tape(inp, reverse, active, 4 * H) if training else None
     if tape is not None:
         tape.c_prev = np.zeros((T, N, H), inp.dtype)
         tape.c_new = np.zeros((T, N, H), inp.dtype)
+        if w_hr is not None:
+            tape.m = np.zeros((T, N, H), inp.dtype)
 
     with _errstate():
         gx = _input_projection(inp)
-        y = np.zeros((T, N, H), inp.dtype)
+        y = np.zeros((T, N, P), inp.dtype)
         h = np.array(inp.h0, copy=True)
         c = np.array(inp.c0, copy=True)
         for t in _time_order(T, reverse):
@@ -618,12 +650,15 @@ def lstm(
             g = np.tanh(a[:, 2 * H : 3 * H])
             o = _sigmoid(a[:, 3 * H : 4 * H])
             c_new = f * c + i * g
-            h_new = o * np.tanh(c_new)
+            m = o * np.tanh(c_new)
+            h_new = m if w_hr is None else m @ w_hr.T
             if tape is not None:
                 tape.h_prev[t] = h
                 tape.c_prev[t] = c
                 tape.c_new[t] = c_new
                 tape.gates[t] = np.concatenate([i, f, g, o], axis=1)
+                if tape.m is not None:
+                    tape.m[t] = m
             h = np.where(active[t], h_new, h)
             c = np.where(active[t], c_new, c)
             y[t] = np.where(active[t], h_new, 0)
@@ -655,20 +690,29 @@ def lstm_backward(
     then ``dW_ih = sum_t da_t^T x_t``, ``dW_hh = sum_t da_t^T h_{t-1}``,
     ``db_ih = db_hh = sum_t da_t``, ``dx_t = da_t W_ih``.
 
+    With a projection, the first line becomes ``dh += dy_t; dW_hr += dh^T m_t;
+    dh = dh W_hr`` (from the state's P columns to m_t's H), and ``dh = da W_hh`` has P
+    columns again.
+
     Args:
         tape: from ``lstm(..., training=True)``.
-        dy: (T, N, H) or None.  dh_n, dc_n: (N, H) or None (None means zeros).
+        dy: (T, N, H) or None.  dh_n, dc_n: (N, H) or None (None means zeros). With a
+            projection, dy is (T, N, P) and dh_n (N, P).
 
     Returns:
         dict with "x" (T, N, I), "h0", "c0" (N, H), "weight_ih" (4H, I),
-        "weight_hh" (4H, H), "bias_ih", "bias_hh" ((4H,) or None without biases).
+        "weight_hh" (4H, H), "bias_ih", "bias_hh" ((4H,) or None without biases); with a
+        projection "h0" is (N, P), "weight_hh" (4H, P), and "weight_hr" (P, H) is added.
     """
     tape = _check_tape(tape, "lstm")
     T, N, H, dt = tape.T, tape.N, tape.H, tape.dtype
-    dy = _check_grad("dy", dy, (T, N, H), dt, "(T, N, H)")
-    dh = np.array(_check_grad("dh_n", dh_n, (N, H), dt, "(N, H)"), copy=True)
+    w_hr = tape.weight_hr
+    P, s_desc = (H, "H") if w_hr is None else (tape.P, "P")
+    dy = _check_grad("dy", dy, (T, N, P), dt, f"(T, N, {s_desc})")
+    dh = np.array(_check_grad("dh_n", dh_n, (N, P), dt, f"(N, {s_desc})"), copy=True)
     dc = np.array(_check_grad("dc_n", dc_n, (N, H), dt, "(N, H)"), copy=True)
     da_all = np.zeros((T, N, 4 * H), dt)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     with _errstate():
         for t in reversed(_time_order(T, tape.reverse)):
             act = tape.active[t]
@@ -679,6 +723,9 @@ def lstm_backward(
             o = gates[:, 3 * H : 4 * H]
             tanh_c = np.tanh(tape.c_new[t])
             dh_t = dh + dy[t]
+            if w_hr is not None:  # through h_t = m_t W_hr^T
+                dw_hr += np.where(act, dh_t, 0).T @ tape.m[t]
+                dh_t = dh_t @ w_hr
             do = dh_t * tanh_c
             dc_t = dc + dh_t * o * (1 - tanh_c * tanh_c)
             di = dc_t * g
@@ -695,6 +742,8 @@ def lstm_backward(
         grads = _weight_grads(tape, da_all, da_all, tape.h_prev)
     grads["h0"] = dh
     grads["c0"] = dc
+    if dw_hr is not None:
+        grads["weight_hr"] = dw_hr
     return _ordered(grads)
 
 
@@ -868,7 +917,7 @@ def gru_backward(
     return _ordered(grads)
 
 
-_GRAD_ORDER = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_GRAD_ORDER = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 def _ordered(grads: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,283 @@
+"""LSTM with a projection (``weight_hr``, PyTorch's ``proj_size``): the reference against
+finite differences, the native path against the reference, errors.
+
+The native path runs the plain LSTM kernel on m_t = o * tanh(c_t) with the recurrent
+weights W_hh W_hr and projects after the loop (fastrnn._native, the section on
+projections); these tests hold it to the reference's step-by-step math.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _native as NAT
+from fastrnn import functional as F
+from fastrnn import reference as REF
+from helpers import assert_allclose_named, random_lengths
+from test_native import TOL32, TOL64
+
+# (T, N, I, H, P): odd sizes; P below, equal to and above H (the functional API takes any
+# P >= 1; the layers follow PyTorch's P < H); H = 100 and 130 span several SIMD blocks.
+SIZES = [
+    (7, 5, 4, 17, 5),
+    (1, 1, 3, 1, 1),
+    (7, 1, 2, 3, 2),
+    (4, 33, 9, 100, 37),
+    (3, 5, 6, 130, 129),
+    (6, 9, 40, 20, 20),
+    (3, 4, 5, 4, 7),
+]
+GRAD_KEYS = ["x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
+
+
+def _case(T, N, I, H, P, dtype, rng, *, bias=True, h0=True):
+    def u(shape, half):
+        return rng.uniform(-half, half, shape).astype(dtype)
+
+    return {
+        "x": u((T, N, I), 1.0),
+        "h0": u((N, P), 0.5) if h0 else None,
+        "c0": u((N, H), 0.5),
+        "weight_ih": u((4 * H, I), 1 / np.sqrt(I)),
+        "weight_hh": u((4 * H, P), 1 / np.sqrt(P)),
+        "bias_ih": u((4 * H,), 0.5 / np.sqrt(H)) if bias else None,
+        "bias_hh": u((4 * H,), 0.5 / np.sqrt(H)) if bias else None,
+        "weight_hr": u((P, H), 1 / np.sqrt(H)),
+    }
+
+
+def _upstream(T, N, H, P, dtype, rng):
+    return {
+        "dy": rng.standard_normal((T, N, P)).astype(dtype),
+        "dh_n": rng.standard_normal((N, P)).astype(dtype),
+        "dc_n": rng.standard_normal((N, H)).astype(dtype),
+    }
+
+
+def _as64(d):
+    return {k: None if v is None else np.asarray(v, np.float64) for k, v in d.items()}
+
+
+def _loss(case, up, **kw):
+    y, (h, c) = REF.lstm(**case, **kw)
+    return float(np.sum(y * up["dy"]) + np.sum(h * up["dh_n"]) + np.sum(c * up["dc_n"]))
+
+
+@pytest.mark.parametrize(("reverse", "with_lengths"), [(False, False), (True, True), (False, True)])
+def test_reference_matches_finite_differences(reverse, with_lengths, rng):
+    T, N, I, H, P = 4, 3, 5, 6, 3
+    case = _case(T, N, I, H, P, np.float64, rng)
+    up = _upstream(T, N, H, P, np.float64, rng)
+    kw = {"reverse": reverse, "lengths": random_lengths(T, N, rng) if with_lengths else None}
+    *_, tape = REF.lstm(**case, **kw, training=True)
+    grads = REF.lstm_backward(tape, up["dy"], up["dh_n"], up["dc_n"])
+    assert list(grads) == GRAD_KEYS
+    eps = 1e-6
+    for key in GRAD_KEYS:
+        arr = case[key]
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            plus = _loss(case, up, **kw)
+            arr[idx] = old - eps
+            minus = _loss(case, up, **kw)
+            arr[idx] = old
+            num[idx] = (plus - minus) / (2 * eps)
+        # central differences: O(eps^2) truncation and ~1e-10 cancellation error
+        assert_allclose_named(f"grad {key}", grads[key], num, rtol=1e-6, atol=1e-8)
+
+
+def test_reference_without_projection_is_unchanged(rng):
+    # weight_hr = identity (P = H) is the plain LSTM: same outputs and gradients.
+    T, N, I, H = 5, 3, 4, 6
+    case = _case(T, N, I, H, H, np.float64, rng)
+    case["weight_hr"] = np.eye(H)
+    up = _upstream(T, N, H, H, np.float64, rng)
+    plain = {k: v for k, v in case.items() if k != "weight_hr"}
+    y1, (h1, _), t1 = REF.lstm(**case, training=True)
+    y0, (h0, _), t0 = REF.lstm(**plain, training=True)
+    np.testing.assert_allclose(y1, y0, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(h1, h0, rtol=1e-14, atol=1e-15)
+    g1 = REF.lstm_backward(t1, up["dy"], up["dh_n"], up["dc_n"])
+    g0 = REF.lstm_backward(t0, up["dy"], up["dh_n"], up["dc_n"])
+    for key, want in g0.items():
+        np.testing.assert_allclose(g1[key], want, rtol=1e-13, atol=1e-14, err_msg=key)
+
+
+def _check(size, dtype, rng, *, bias, reverse, with_lengths, h0):
+    T, N, I, H, P = size
+    case = _case(T, N, I, H, P, dtype, rng, bias=bias, h0=h0)
+    lengths = random_lengths(T, N, rng) if with_lengths else None
+    up = _upstream(T, N, H, P, dtype, rng)
+    kw = {"reverse": reverse, "lengths": lengths}
+    tol = TOL64 if np.dtype(dtype) == np.float64 else TOL32
+
+    y_w, (h_w, c_w), tape_w = REF.lstm(**_as64(case), **kw, training=True)
+    y_g, (h_g, c_g), tape_g = NAT.lstm(**case, **kw, training=True, _poison=True)
+    y_i, (h_i, c_i) = NAT.lstm(**case, **kw, _poison=True)
+    assert isinstance(tape_g, NAT.ProjTape) and tape_g.backend == "native"
+    assert y_g.shape == (T, N, P) and h_g.shape == (N, P) and c_g.shape == (N, H)
+    assert y_g.dtype == h_g.dtype == c_g.dtype == np.dtype(dtype)
+    assert_allclose_named("y", y_g, y_w, **tol)
+    assert_allclose_named("h_n", h_g, h_w, **tol)
+    assert_allclose_named("c_n", c_g, c_w, **tol)
+    # Inference runs the same arithmetic as training (also when it skips the h0 columns).
+    for got, want in ((y_i, y_g), (h_i, h_g), (c_i, c_g)):
+        np.testing.assert_array_equal(got, want)
+    if lengths is not None:
+        assert not y_g[np.arange(T)[:, None] >= lengths[None, :]].any()
+
+    g_w = REF.lstm_backward(tape_w, **_as64(up))
+    g_g = F.lstm_backward(tape_g, **up)
+    assert list(g_g) == list(g_w) == GRAD_KEYS
+    for key, want in g_w.items():
+        if want is None:
+            assert g_g[key] is None, key
+            continue
+        assert g_g[key].dtype == np.dtype(dtype), key
+        assert_allclose_named(f"grad {key}", g_g[key], want, **tol)
+    return y_g, h_g, c_g, g_g
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("size", SIZES, ids=[str(s) for s in SIZES])
+def test_native_matches_reference(size, dtype, isa, threads, rng):
+    flags = [  # (bias, reverse, lengths, h0): every flag on and off across the calls
+        (True, False, False, True),
+        (False, True, True, False),
+        (True, True, False, False),
+        (True, False, True, True),
+    ]
+    for bias, reverse, with_lengths, h0 in flags:
+        _check(size, dtype, rng, bias=bias, reverse=reverse, with_lengths=with_lengths, h0=h0)
+
+
+def test_thread_counts_give_the_same_bits():
+    size = (5, 33, 9, 100, 37)
+    results = []
+    for nt in (1, 2):
+        before = fastrnn.get_num_threads()
+        fastrnn.set_num_threads(nt)
+        try:
+            rng = np.random.default_rng(7)
+            results.append(
+                _check(size, np.float32, rng, bias=True, reverse=True, with_lengths=True, h0=True)
+            )
+        finally:
+            fastrnn.set_num_threads(before)
+    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
+    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
+        np.testing.assert_array_equal(a, b)
+    for key in g1:
+        np.testing.assert_array_equal(g1[key], g2[key], err_msg=key)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_tape_ignores_later_edits(backend, rng):
+    # The backward uses the weights and x of the forward, whatever the caller did since.
+    size = (6, 5, 7, 17, 5)
+    case = _case(*size, np.float64, rng)
+    up = _upstream(6, 5, 17, 5, np.float64, rng)
+    *_, tape = F.lstm(**case, training=True, backend=backend)
+    want = F.lstm_backward(tape, **up)
+    *_, tape = F.lstm(**case, training=True, backend=backend)
+    for key in ("x", "h0", "c0", "weight_ih", "weight_hh", "weight_hr"):
+        case[key][...] = 9.0
+    got = F.lstm_backward(tape, **up)
+    for key, w in want.items():
+        np.testing.assert_array_equal(got[key], w, err_msg=key)
+
+
+@pytest.mark.parametrize("T", [0, 3])
+@pytest.mark.parametrize("N", [0, 2])
+def test_empty_sequences_and_batches(T, N, rng):
+    H, P, I = 5, 3, 4
+    case = _case(T, N, I, H, P, np.float64, rng)
+    up = _upstream(T, N, H, P, np.float64, rng)
+    for backend in ("native", "reference"):
+        y, (h, c), tape = F.lstm(**case, training=True, backend=backend)
+        assert y.shape == (T, N, P) and h.shape == (N, P) and c.shape == (N, H)
+        g = F.lstm_backward(tape, **up)
+        assert g["x"].shape == (T, N, I) and g["h0"].shape == (N, P)
+        assert g["weight_hh"].shape == (4 * H, P) and g["weight_hr"].shape == (P, H)
+        if T == 0:
+            np.testing.assert_array_equal(h, case["h0"])
+            np.testing.assert_array_equal(g["h0"], up["dh_n"])
+            assert not g["weight_hr"].any() and not g["weight_hh"].any()
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_bad_arguments_name_the_argument_and_shape(backend, rng):
+    T, N, I, H, P = 3, 2, 4, 5, 3
+    case = _case(T, N, I, H, P, np.float32, rng)
+
+    def call(**over):
+        return F.lstm(**{**case, **over}, backend=backend)
+
+    with pytest.raises(ValueError, match=r"weight_hh: expected shape \(4\*H, P\) = \(20, 3\)"):
+        call(weight_hh=np.zeros((4 * H, H), np.float32))
+    with pytest.raises(ValueError, match=r"weight_hr: expected shape \(P, H\) with H = 5"):
+        call(weight_hr=np.zeros((P, H + 1), np.float32))
+    with pytest.raises(ValueError, match=r"weight_hr: expected shape \(P, H\)"):
+        call(weight_hr=np.zeros((0, H), np.float32))
+    with pytest.raises(TypeError, match=r"weight_hr: expected dtype float32"):
+        call(weight_hr=np.zeros((P, H), np.float64))
+    with pytest.raises(ValueError, match=r"h0: expected shape \(N, P\) = \(2, 3\)"):
+        call(h0=np.zeros((N, H), np.float32))
+    *_, tape = call(training=True)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(T, N, P\) = \(3, 2, 3\)"):
+        F.lstm_backward(tape, np.zeros((T, N, H), np.float32))
+    with pytest.raises(ValueError, match=r"dh_n: expected shape \(N, P\) = \(2, 3\)"):
+        F.lstm_backward(tape, None, np.zeros((N, H), np.float32))
+    with pytest.raises(ValueError, match=r"dc_n: expected shape \(N, H\) = \(2, 5\)"):
+        F.lstm_backward(tape, None, None, np.zeros((N, P), np.float32))
+
+
+def test_projection_is_lstm_only():
+    x = np.zeros((2, 1, 3))
+    w = np.zeros((3, 3))
+    with pytest.raises(ValueError, match="weight_hr: a projection exists only for lstm"):
+        REF._check_inputs("gru", x, None, None, np.zeros((9, 3)), w, None, None, None, w)
+
+
+def test_packed_weights_are_refused(rng):
+    case = _case(3, 2, 4, 5, 3, np.float32, rng)
+    packed = F.pack_weights("lstm", np.zeros((20, 4), np.float32), np.zeros((20, 5), np.float32))
+    with pytest.raises(ValueError, match="packed: packed weights are not supported with weight_hr"):
+        F.lstm(**case, packed=packed)
+
+
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    T, N, I, H, P = 6, 4, 5, 9, 4
+    for dtype, tdt, tol in ((np.float64, torch.float64, TOL64), (np.float32, torch.float32, TOL32)):
+        m = torch.nn.LSTM(I, H, proj_size=P).to(tdt)
+        w = {k: v.detach().numpy() for k, v in m.named_parameters()}
+        x = rng.standard_normal((T, N, I)).astype(dtype)
+        h0 = rng.standard_normal((N, P)).astype(dtype)
+        c0 = rng.standard_normal((N, H)).astype(dtype)
+        up = _upstream(T, N, H, P, dtype, rng)
+        xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+        with warnings.catch_warnings():  # "LSTM with projections is not supported with oneDNN"
+            warnings.simplefilter("ignore", UserWarning)
+            yt, (hnt, cnt) = m(xt, (h0t[None], c0t[None]))
+        loss = (yt * torch.tensor(up["dy"])).sum() + (hnt[0] * torch.tensor(up["dh_n"])).sum()
+        loss = loss + (cnt[0] * torch.tensor(up["dc_n"])).sum()
+        loss.backward()
+        y, (h, c), tape = F.lstm(
+            x, h0, c0, w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"],
+            weight_hr=w["weight_hr_l0"], training=True,
+        )  # fmt: skip
+        assert_allclose_named("y", y, yt.detach().numpy(), **tol)
+        assert_allclose_named("h_n", h, hnt[0].detach().numpy(), **tol)
+        assert_allclose_named("c_n", c, cnt[0].detach().numpy(), **tol)
+        g = F.lstm_backward(tape, **up)
+        want = {"x": xt.grad, "h0": h0t.grad, "c0": c0t.grad}
+        want.update({k[: -len("_l0")]: p.grad for k, p in m.named_parameters()})
+        for key, wt in want.items():
+            assert_allclose_named(f"grad {key}", g[key], wt.numpy(), **tol)
