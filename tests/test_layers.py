@@ -331,3 +331,20 @@ def test_tapes_pickle_with_their_layer():
     cell2, ctape2 = pickle.loads(pickle.dumps((cell, ctape)))
     got = cell2.backward(ctape2, (np.ones_like(h), np.ones_like(c)))[0]
     np.testing.assert_array_equal(got, cell.backward(ctape, (np.ones_like(h), np.ones_like(c)))[0])
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "xavier", "orthogonal"])
+def test_init_of_the_projection(scheme, rng):
+    H, P = 6, 4
+    shapes = {"weight_ih_l0": (4 * H, 3), "weight_hh_l0": (4 * H, P), "weight_hr_l0": (P, H)}
+    out = frinit.init_recurrent(shapes, gates=4, hidden_size=H, scheme=scheme, rng=rng)
+    w = out["weight_hr_l0"]
+    assert w.shape == (P, H) and w.dtype == np.float32 and w.flags.c_contiguous
+    if scheme == "uniform":
+        assert np.abs(w).max() <= 1 / np.sqrt(H) and w.std() > 0.1 / np.sqrt(H)
+    elif scheme == "xavier":
+        assert np.abs(w).max() <= np.sqrt(6 / (P + H)) and w.std() > 0
+    else:  # orthonormal rows
+        np.testing.assert_allclose(w @ w.T, np.eye(P), atol=1e-6)
+    with pytest.raises(ValueError, match=r"weight_hr_l0 must have shape \(P, H\) = \(P, 6\)"):
+        frinit.init_recurrent({"weight_hr_l0": (P, H + 1)}, gates=4, hidden_size=H, scheme=scheme)

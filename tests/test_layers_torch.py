@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastrnn import _stack
 from fastrnn.layers import GRU, LSTM, RNN
 
 torch = pytest.importorskip("torch")
@@ -154,3 +155,59 @@ def test_load_from_named_parameters_and_seed_types():
     ours.load_state_dict(dict(theirs.named_parameters()))  # tensors that require grad
     for k, v in theirs.state_dict().items():
         np.testing.assert_array_equal(ours.params[k], v.numpy())
+
+
+P = 2  # proj_size of the projected LSTM cases (P < H)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lstm_with_projection_matches_torch(backend, with_lengths, batch_first, rng):
+    kw = dict(num_layers=L, bidirectional=True, batch_first=batch_first, proj_size=P)
+    theirs = torch.nn.LSTM(I, H, dtype=torch.float64, **kw)
+    ours = LSTM(I, H, dtype="float64", backend=backend, seed=1, **kw)
+    assert ours.params.keys() == dict(theirs.named_parameters()).keys()
+    ours.load_state_dict(theirs.state_dict())
+    xs = (N, T, I) if batch_first else (T, N, I)
+    x = rng.standard_normal(xs)
+    h0, c0 = rng.standard_normal((2 * L, N, P)), rng.standard_normal((2 * L, N, H))
+    lengths = np.array([T, 2, 4]) if with_lengths else None
+    y, (h, c), tape = ours.forward(x, (h0, c0), lengths=lengths)
+    xt = torch.tensor(x, requires_grad=True)
+    h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (h0, c0))
+    yt, (ht, ct) = _run_torch(theirs, xt, (h0t, c0t), lengths, batch_first)
+    assert y.shape == tuple(yt.shape) == (*xs[:2], 2 * P)
+    for got, want in ((y, yt), (h, ht), (c, ct)):
+        np.testing.assert_allclose(got, want.detach().numpy(), **TOL)
+    dy, dh, dc = (rng.standard_normal(a.shape) for a in (y, h, c))
+    dx, (dh0, dc0) = ours.backward(tape, dy, (dh, dc))
+    loss = (yt * torch.tensor(dy)).sum() + (ht * torch.tensor(dh)).sum()
+    (loss + (ct * torch.tensor(dc)).sum()).backward()
+    for got, want in ((dx, xt), (dh0, h0t), (dc0, c0t)):
+        np.testing.assert_allclose(got, want.grad.numpy(), **TOL)
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(ours.grads[name], p.grad.numpy(), err_msg=name, **TOL)
+
+
+def test_lstm_projection_config_and_errors(tmp_path):
+    ours = LSTM(I, H, proj_size=P, num_layers=2, seed=3)
+    assert ours.config()["proj_size"] == P
+    assert ours.params["weight_hr_l1"].shape == (P, H)
+    assert ours.params["weight_ih_l1"].shape == (4 * H, P)
+    ours.save(tmp_path / "m.npz")
+    again = LSTM.from_file(tmp_path / "m.npz")
+    assert again.proj_size == P
+    x = np.ones((T, N, I), np.float32)
+    np.testing.assert_array_equal(again(x)[0], ours(x)[0])
+    ours.pack_weights()  # a projected layer runs unpacked: still the same results
+    np.testing.assert_array_equal(ours(x)[0], again(x)[0])
+    with pytest.raises(ValueError, match=r"proj_size: expected 0 or 1 <= proj_size < hidden_size"):
+        LSTM(I, H, proj_size=H)
+    with pytest.raises(ValueError, match="proj_size: only lstm has a projection"):
+        _stack.check_proj_size("gru", 1, H)
+    with pytest.raises(TypeError, match="proj_size: expected an int"):
+        LSTM(I, H, proj_size=1.5)
+    with pytest.raises(ValueError, match=r"state\[0\] \(h\): expected shape \(L\*D, N, P\)"):
+        ours(x, (np.zeros((2, N, H), np.float32), np.zeros((2, N, H), np.float32)))

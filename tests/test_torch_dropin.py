@@ -542,15 +542,82 @@ def _no_fallback_warning(fn):
     return call_without_warning(ft.FastRNNFallbackWarning, fn)
 
 
-def test_fallback_proj_size():
-    fast, ref = make_pair("lstm", proj_size=3)
+def _proj_state(fast, n, dtype):
+    d = 2 if fast.bidirectional else 1
+    h = 0.5 * torch.randn(fast.num_layers * d, n, fast.proj_size, dtype=dtype)
+    c = 0.5 * torch.randn(fast.num_layers * d, n, fast.hidden_size, dtype=dtype)
+    return (h.requires_grad_(), c.requires_grad_())
+
+
+# torch.nn.LSTM warns on every call with proj_size that oneDNN does not take it.
+_TORCH_PROJ_WARNING = "ignore:LSTM with projections is not supported:UserWarning"
+
+
+@pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_proj_size_parity(cfg, dtype):
+    # proj_size < hidden_size <= 256 runs on fastrnn (functional.lstm's weight_hr): no
+    # fallback warning, torch.nn's outputs and gradients.
+    fast, ref = make_pair("lstm", hidden_size=7, proj_size=3, dtype=dtype, **cfg)
+    t, n = 6, 3
+    shape = (n, t, 4) if cfg.get("batch_first") else (t, n, 4)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    tol = TOL64 if dtype == torch.float64 else TOL32
+    _no_fallback_warning(lambda: assert_parity(fast, ref, x, _proj_state(fast, n, dtype), tol))
+    _no_fallback_warning(lambda: assert_parity(fast, ref, x, None, tol))
+    with torch.no_grad():
+        got, want = fast(x), ref(x)
+    assert_outputs_match(flat(got), flat(want), tol)
+
+
+@pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_proj_size_packed_sequence_and_unbatched(enforce_sorted):
+    fast, ref = make_pair("lstm", hidden_size=6, proj_size=2, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 4, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 4, 2, 1] if enforce_sorted else [2, 5, 1, 4])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    assert_parity(fast, ref, packed, _proj_state(fast, 4, torch.float64), TOL64)
+    xu = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    h, c = _proj_state(fast, 1, torch.float64)
+    hu, cu = (s[:, 0].detach().requires_grad_() for s in (h, c))
+    assert_parity(fast, ref, xu, (hu, cu), TOL64)
+
+
+@pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
+def test_proj_size_gradcheck_and_dropout():
+    fast, _ = make_pair("lstm", hidden_size=5, proj_size=2, num_layers=2)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    h0, c0 = _proj_state(fast, 2, torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: fast(a, (b, c))[0], (x, h0, c0))
+    # dropout between layers (training): the Python stack path, same shapes, eval = torch
+    drop, ref = make_pair("lstm", hidden_size=5, proj_size=2, num_layers=2, dropout=0.5)
+    y, (h, c) = drop(x)
+    y.sum().backward()
+    assert y.shape == (3, 2, 2) and h.shape == (2, 2, 2) and c.shape == (2, 2, 5)
+    assert all(p.grad is not None for p in drop.parameters())
+    drop.eval()
+    ref.eval()
+    with torch.no_grad():
+        assert_outputs_match(flat(drop(x)), flat(ref(x)), TOL64)
+
+
+@pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
+def test_fallback_proj_size_above_the_measured_crossover():
+    limit = ft._PROJ_MAX_HIDDEN
+    fast, ref = make_pair("lstm", hidden_size=limit + 1, proj_size=3)
     x = torch.randn(4, 2, 4, dtype=torch.float64)
-    with pytest.warns(ft.FastRNNFallbackWarning, match="proj_size"):
+    with pytest.warns(ft.FastRNNFallbackWarning, match=f"hidden_size > {limit}"):
         y, (h, _) = fast(x)
     y2, _ = _no_fallback_warning(lambda: fast(x))  # once per reason
     assert h.shape == (1, 2, 3)
     torch.testing.assert_close(y, ref(x)[0], rtol=0, atol=0)
     torch.testing.assert_close(y2, y, rtol=0, atol=0)
+    # at the limit it runs on fastrnn
+    fast, ref = make_pair("lstm", hidden_size=limit, proj_size=3)
+    y, _ = _no_fallback_warning(lambda: fast(x))
+    torch.testing.assert_close(y, ref(x)[0], **TOL64)
 
 
 def test_fallback_dtype():

@@ -61,14 +61,19 @@ MODES: tuple[str, ...] = tuple(GATES)
 State = Union[np.ndarray, tuple[np.ndarray, np.ndarray], None]
 
 
-def param_names(num_layers: int, bidirectional: bool = False, bias: bool = True) -> list[str]:
-    """PyTorch's parameter names in PyTorch's order (layer, direction, ih/hh, w/b)."""
+def param_names(
+    num_layers: int, bidirectional: bool = False, bias: bool = True, proj: bool = False
+) -> list[str]:
+    """PyTorch's parameter names in PyTorch's order (layer, direction, ih/hh, w/b, and
+    ``weight_hr`` last for an LSTM with a projection)."""
     names = []
     for k in range(num_layers):
         for sfx in ("", "_reverse") if bidirectional else ("",):
             names += [f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}"]
             if bias:
                 names += [f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}"]
+            if proj:
+                names.append(f"weight_hr_l{k}{sfx}")
     return names
 
 
@@ -79,18 +84,24 @@ def param_shapes(
     num_layers: int,
     bidirectional: bool = False,
     bias: bool = True,
+    proj_size: int = 0,
 ) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape for a stack, in PyTorch's order."""
+    """Parameter name -> shape for a stack, in PyTorch's order. ``proj_size`` P > 0 (lstm
+    only): each layer's output h_t = W_hr m_t has P columns (``weight_hr`` (P, H)), which
+    ``weight_hh`` and the next layer's ``weight_ih`` take in."""
     G = _check_mode(mode)
     H = hidden_size
     D = 2 if bidirectional else 1
+    S = proj_size if proj_size > 0 else H  # the state's (and each direction's output) size
     shapes: dict[str, tuple[int, ...]] = {}
-    for name in param_names(num_layers, bidirectional, bias):
+    for name in param_names(num_layers, bidirectional, bias, proj_size > 0):
         layer = int(name.split("_l")[1].split("_")[0])
         if name.startswith("weight_ih"):
-            shapes[name] = (G * H, input_size if layer == 0 else D * H)
+            shapes[name] = (G * H, input_size if layer == 0 else D * S)
         elif name.startswith("weight_hh"):
-            shapes[name] = (G * H, H)
+            shapes[name] = (G * H, S)
+        elif name.startswith("weight_hr"):
+            shapes[name] = (proj_size, H)
         else:
             shapes[name] = (G * H,)
     return shapes
@@ -98,9 +109,9 @@ def param_shapes(
 
 @functools.lru_cache(maxsize=64)
 def _shapes_cached(
-    mode: str, I: int, H: int, L: int, bidirectional: bool, bias: bool
+    mode: str, I: int, H: int, L: int, bidirectional: bool, bias: bool, proj_size: int = 0
 ) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    return tuple(param_shapes(mode, I, H, L, bidirectional, bias).items())
+    return tuple(param_shapes(mode, I, H, L, bidirectional, bias, proj_size).items())
 
 
 def _check_mode(mode: Any) -> int:
@@ -126,6 +137,22 @@ def check_lengths(lengths: Any, N: int, T: int) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
+def check_proj_size(mode: str, proj_size: Any, hidden_size: int) -> int:
+    """``proj_size`` as an int: 0 (no projection), or for lstm 1 <= P < H (PyTorch's rule)."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size: expected an int, got {proj_size!r}")
+    P = int(proj_size)
+    if P == 0:
+        return 0
+    if mode != "lstm":
+        raise ValueError(f"proj_size: only lstm has a projection, got proj_size={P} for {mode}")
+    if not 0 < P < hidden_size:
+        raise ValueError(
+            f"proj_size: expected 0 or 1 <= proj_size < hidden_size = {hidden_size}, got {P}"
+        )
+    return P
+
+
 def _check_float(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...], desc: str):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array of shape {desc}, got {type(a).__name__}")
@@ -141,7 +168,8 @@ class StackTape:
     """Everything :func:`stack_backward` needs: one functional tape per layer/direction.
 
     ``tapes[k][d]`` is the tape of layer ``k``, direction ``d``; ``masks[k]`` the dropout
-    mask applied to layer ``k``'s input ``(T, N, D*H)`` (or ``None``).
+    mask applied to layer ``k``'s input ``(T, N, D*H)`` (or ``None``). ``proj_size``: P of
+    an LSTM with a projection (its states h and outputs have P columns), else 0.
     """
 
     mode: str
@@ -154,6 +182,7 @@ class StackTape:
     dtype: np.dtype
     tapes: list[list[Any]]
     masks: list[np.ndarray | None]
+    proj_size: int = 0
 
 
 def stack_forward(
@@ -173,6 +202,7 @@ def stack_forward(
     reset_after: bool = True,
     backend: str = "native",
     packed: Mapping[str, functional.PackedWeights] | None = None,
+    proj_size: int = 0,
 ) -> tuple[np.ndarray, State, StackTape | None]:
     """Run a stack of ``num_layers`` recurrent layers over ``x``.
 
@@ -195,6 +225,9 @@ def stack_forward(
         packed: layer/direction suffix (``"l0"``, ``"l0_reverse"``, ...) -> that layer's
             :func:`fastrnn.functional.pack_weights`, used where ``params`` holds its
             snapshot arrays themselves (any other weights run unpacked).
+        proj_size: lstm only: P >= 1 projects each layer's output to P columns
+            (``weight_hr_l{k}`` (P, H)); y is then (T, N, D*P) and h0, h_n (L*D, N, P),
+            while c0, c_n stay (L*D, N, H). 0: no projection.
 
     Returns:
         ``(y, state_n, tape)``: y (T, N, D*H); state_n like ``state`` (``(h_n, c_n)`` for
@@ -214,18 +247,20 @@ def stack_forward(
         raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
     T, N, I = (int(s) for s in x.shape)
     L, H, D = int(num_layers), int(hidden_size), 2 if bidirectional else 1
+    P = check_proj_size(mode, proj_size, H)
+    S = P if P else H
     dtype = x.dtype
     lengths = check_lengths(lengths, N, T)
 
     bias = "bias_ih_l0" in params
-    for name, shape in _shapes_cached(mode, I, H, L, bool(bidirectional), bias):
+    for name, shape in _shapes_cached(mode, I, H, L, bool(bidirectional), bias, P):
         a = params.get(name)
         if a is None:
             raise ValueError(f"params: missing {name!r} (expected shape {shape})")
         if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
             _check_float(f"params[{name!r}]", a, dtype, shape, str(shape))
 
-    h0, c0 = _split_state(mode, state, (L * D, N, H), dtype)
+    h0, c0 = _split_state(mode, state, (L * D, N, S), dtype, (L * D, N, H))
 
     tapes: list[list[Any]] = []
     masks: list[np.ndarray | None] = []
@@ -253,7 +288,9 @@ def stack_forward(
             kw: dict[str, Any] = dict(
                 reverse=bool(d), lengths=lengths, training=training, backend=backend
             )
-            pw = packed.get(sfx) if packed else None
+            if P:
+                kw["weight_hr"] = params[f"weight_hr_{sfx}"]
+            pw = packed.get(sfx) if packed and not P else None
             if pw is not None and pw.weight_ih is args[0] and pw.weight_hh is args[1]:
                 kw["packed"] = pw
             row = k * D + d
@@ -279,7 +316,7 @@ def stack_forward(
     state_n: State = (h_n, _stack_rows(cs)) if mode == "lstm" else h_n
     tape = None
     if training:
-        tape = StackTape(mode, L, D, H, T, N, I, dtype, tapes, masks)
+        tape = StackTape(mode, L, D, H, T, N, I, dtype, tapes, masks, P)
     return y, state_n, tape
 
 
@@ -288,22 +325,31 @@ def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
     return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 
-def _split_state(mode: str, state: Any, shape: tuple[int, int, int], dtype: np.dtype):
-    """(h0, c0) from ``state`` after checking shapes; either may be None (zeros)."""
-    desc = "(L*D, N, H)"
+def _split_state(
+    mode: str,
+    state: Any,
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    c_shape: tuple[int, int, int] | None = None,
+):
+    """(h0, c0) from ``state`` after checking shapes; either may be None (zeros).
+    ``c_shape``: c's shape when it differs from h's (an LSTM with a projection)."""
+    c_shape = shape if c_shape is None else c_shape
+    desc = "(L*D, N, H)" if c_shape == shape else "(L*D, N, P)"
+    c_desc = "(L*D, N, H)"
     if state is None:
         return None, None
     if mode == "lstm":
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError(
-                f"state: expected a pair (h0, c0) of arrays of shape {desc} = {shape} for lstm, "
-                f"got {type(state).__name__}"
+                f"state: expected a pair (h0, c0) of arrays of shapes {desc} = {shape} and "
+                f"{c_desc} = {c_shape} for lstm, got {type(state).__name__}"
             )
         h0, c0 = state
         if h0 is not None:
             _check_float("state h0", h0, dtype, shape, desc)
         if c0 is not None:
-            _check_float("state c0", c0, dtype, shape, desc)
+            _check_float("state c0", c0, dtype, c_shape, c_desc)
         return h0, c0
     if isinstance(state, (tuple, list)):
         raise TypeError(f"state: expected one array of shape {desc} = {shape} for {mode}, got a "
@@ -332,12 +378,15 @@ def stack_backward(
         raise TypeError(f"tape: expected a StackTape from stack_forward, got {type(tape).__name__}")
     mode, L, D, H = tape.mode, tape.num_layers, tape.num_directions, tape.hidden_size
     T, N, dtype = tape.T, tape.N, tape.dtype
+    P = tape.proj_size
+    S = P if P else H
     if dy is not None:
-        dy = _check_float("dy", dy, dtype, (T, N, D * H), "(T, N, D*H)")
-    dh_n, dc_n = _split_state(mode, dstate, (L * D, N, H), dtype)
+        desc = "(T, N, D*P)" if P else "(T, N, D*H)"
+        dy = _check_float("dy", dy, dtype, (T, N, D * S), desc)
+    dh_n, dc_n = _split_state(mode, dstate, (L * D, N, S), dtype, (L * D, N, H))
 
     grads_by_layer: list[dict[str, np.ndarray]] = []
-    dh0 = np.zeros((L * D, N, H), dtype)
+    dh0 = np.zeros((L * D, N, S), dtype)
     dc0 = np.zeros((L * D, N, H), dtype) if mode == "lstm" else None
     dout = dy
     dinp = None
@@ -347,7 +396,7 @@ def stack_backward(
         for d in range(D):
             row = k * D + d
             t = tape.tapes[k][d]
-            dy_d = None if dout is None else np.ascontiguousarray(dout[..., d * H : (d + 1) * H])
+            dy_d = None if dout is None else np.ascontiguousarray(dout[..., d * S : (d + 1) * S])
             dh = None if dh_n is None else dh_n[row]
             if mode == "lstm":
                 dc = None if dc_n is None else dc_n[row]
@@ -360,7 +409,7 @@ def stack_backward(
             dh0[row] = g["h0"]
             dinp = g["x"] if dinp is None else dinp + g["x"]
             sfx = f"l{k}" + ("_reverse" if d else "")
-            for pname in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            for pname in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
                 if g.get(pname) is not None:
                     layer_grads[f"{pname}_{sfx}"] = g[pname]
         grads_by_layer.append(layer_grads)

@@ -14,6 +14,9 @@ Schemes for a whole set of recurrent parameters (:func:`init_recurrent`):
 * ``"orthogonal"`` (Keras' default for recurrent layers): ``weight_ih`` gate blocks
   Xavier uniform, each ``(H, H)`` gate block of ``weight_hh`` a random orthogonal
   matrix; biases 0.
+
+An LSTM's projection ``weight_hr`` (P, H) is one block: U(-k, k), Xavier uniform, or
+orthogonal (orthonormal rows) under the three schemes.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def init_recurrent(
 
     Args:
         shapes: parameter name -> shape, in the order to draw them. Names starting with
-            ``weight_ih``, ``weight_hh`` or ``bias`` are recognised (PyTorch's names).
+            ``weight_ih``, ``weight_hh``, ``bias`` or ``weight_hr`` (an LSTM's projection,
+            (P, H)) are recognised (PyTorch's names).
         gates: G (1 rnn, 3 gru, 4 lstm).
         hidden_size: H.
         scheme: one of :data:`SCHEMES` (see the module docstring).
@@ -135,10 +139,19 @@ def init_recurrent(
                     f"init: {name} must have shape (G*H,) = ({GH},) "
                     f"(G = {gates}, H = {hidden_size}), got {shape}"
                 )
+        elif name.startswith("weight_hr"):
+            if len(shape) != 2 or shape[1] != hidden_size or shape[0] < 1:
+                raise ValueError(
+                    f"init: {name} must have shape (P, H) = (P, {hidden_size}) with P >= 1, "
+                    f"got {shape}"
+                )
         else:
             raise ValueError(f"init: unknown parameter name {name!r}")
         if scheme == "uniform":
             arr = uniform(rng, shape, k, dtype)
+        elif name.startswith("weight_hr"):  # one block: (P, H)
+            fn = orthogonal if scheme == "orthogonal" else xavier_uniform
+            arr = fn(rng, shape, dtype=dtype)  # type: ignore[arg-type]
         elif name.startswith("bias"):
             arr = np.zeros(shape, dtype)
         elif name.startswith("weight_hh") and scheme == "orthogonal":

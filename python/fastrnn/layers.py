@@ -134,9 +134,11 @@ class _RecurrentLayer(Module):
         seed: int | None = None,
         init: str = "uniform",
         backend: str = "native",
+        proj_size: int = 0,
     ) -> None:
         self.input_size = _check_int("input_size", input_size)
         self.hidden_size = _check_int("hidden_size", hidden_size)
+        self.proj_size = _stack.check_proj_size(self.mode, proj_size, self.hidden_size)
         self.num_layers = _check_int("num_layers", num_layers)
         self.bias = _check_bool("bias", bias)
         self.batch_first = _check_bool("batch_first", batch_first)
@@ -152,7 +154,7 @@ class _RecurrentLayer(Module):
         self.rng = np.random.default_rng(seed)
         shapes = _stack.param_shapes(
             self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-            self.bias,
+            self.bias, self.proj_size,
         )  # fmt: skip
         self._init_params(
             init_recurrent(
@@ -175,6 +177,8 @@ class _RecurrentLayer(Module):
             dropout=self.dropout,
             bidirectional=self.bidirectional,
         )
+        if self.proj_size:
+            cfg["proj_size"] = self.proj_size
         cfg.update(_recurrent_options_config(self))
         return cfg
 
@@ -215,26 +219,34 @@ class _RecurrentLayer(Module):
         if state is None:
             return None
         LD, H = self.num_layers * self.num_directions, self.hidden_size
-        want = (LD, H) if unbatched else (LD, N, H)
-        desc = "(L*D, H)" if unbatched else "(L*D, N, H)"
 
-        def one(label: str, s: Any) -> np.ndarray | None:
+        def shape(size: int, sym: str) -> tuple[tuple[int, ...], str]:
+            if unbatched:
+                return (LD, size), f"(L*D, {sym})"
+            return (LD, N, size), f"(L*D, N, {sym})"
+
+        def one(label: str, s: Any, size: int = H, sym: str = "H") -> np.ndarray | None:
             if s is None:
                 return None
             s = np.asarray(s)
             if s.dtype != self.dtype:
                 raise TypeError(f"{label}: expected dtype {self.dtype}, got {s.dtype}")
+            want, desc = shape(size, sym)
             if s.shape != want:
                 raise ValueError(f"{label}: expected shape {desc} = {want}, got {s.shape}")
             return s[:, None, :] if unbatched else s
 
+        want, desc = shape(H, "H")
         if self.mode == "lstm":
+            P = self.proj_size
             if not isinstance(state, (tuple, list)) or len(state) != 2:
+                h_want, h_desc = shape(P, "P") if P else (want, desc)
                 raise TypeError(
-                    f"{name}: expected a pair (h, c) of arrays of shape {desc} = {want}, "
-                    f"got {type(state).__name__}"
+                    f"{name}: expected a pair (h, c) of arrays of shapes {h_desc} = {h_want} "
+                    f"and {desc} = {want}, got {type(state).__name__}"
                 )
-            return (one(f"{name}[0] (h)", state[0]), one(f"{name}[1] (c)", state[1]))
+            h = one(f"{name}[0] (h)", state[0], *((P, "P") if P else (H, "H")))
+            return (h, one(f"{name}[1] (c)", state[1]))
         if isinstance(state, (tuple, list)):
             raise TypeError(f"{name}: expected an array of shape {desc} = {want}, got a tuple")
         return one(name, state)
@@ -274,6 +286,8 @@ class _RecurrentLayer(Module):
         super().pack_weights()
 
     def _pack_own(self) -> None:
+        if self.proj_size:  # the projection's kernels take no packed weights
+            return
         packed = {}
         for sfx in self._suffixes():
             wih, whh = self.params[f"weight_ih_{sfx}"], self.params[f"weight_hh_{sfx}"]
@@ -331,6 +345,7 @@ class _RecurrentLayer(Module):
             reset_after=self.reset_after,
             backend=self.backend,
             packed=self._packed,
+            proj_size=self.proj_size,
         )
         out = (self._out(y, unbatched), self._unbatch_state(state_n, unbatched))
         return out, (
@@ -386,7 +401,7 @@ class _RecurrentLayer(Module):
                 "tape: expected a tape from this layer's forward(), got one from another layer"
             )
         st = tape.stack
-        T, N, DH = st.T, st.N, st.num_directions * st.hidden_size
+        T, N, DH = st.T, st.N, st.num_directions * (st.proj_size or st.hidden_size)
         if dy is not None:
             dy = np.asarray(dy)
             if dy.dtype != self.dtype:
@@ -455,11 +470,14 @@ class RNN(_RecurrentLayer):
 
 
 class LSTM(_RecurrentLayer):
-    """LSTM layers (gates i, f, g, o), like ``torch.nn.LSTM`` (no ``proj_size``).
+    """LSTM layers (gates i, f, g, o), like ``torch.nn.LSTM``.
 
     ``i, f, g, o = sigma, sigma, tanh, sigma (W_ih x + b_ih + W_hh h + b_hh)``,
     ``c' = f*c + i*g``, ``h' = o*tanh(c')``. The state is a pair ``(h, c)``.
-    Arguments as :class:`RNN` (without ``nonlinearity``).
+    Arguments as :class:`RNN` (without ``nonlinearity``), plus ``proj_size``: P with
+    1 <= P < H gives each layer a projection ``h' = W_hr (o*tanh(c'))`` (``weight_hr_l*``
+    (P, H)), so h and each direction's output have P columns (y (T, N, D*P)) while c keeps
+    H; 0 (the default) none. Layers with a projection ignore :meth:`pack_weights`.
     """
 
     mode = "lstm"
@@ -478,10 +496,11 @@ class LSTM(_RecurrentLayer):
         seed: int | None = None,
         init: str = "uniform",
         backend: str = "native",
+        proj_size: int = 0,
     ) -> None:
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            dtype=dtype, seed=seed, init=init, backend=backend,
+            dtype=dtype, seed=seed, init=init, backend=backend, proj_size=proj_size,
         )  # fmt: skip
 
 

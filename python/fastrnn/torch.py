@@ -34,9 +34,10 @@ from a NumPy generator seeded from PyTorch's default generator, so ``torch.manua
 makes runs repeatable and ``torch.utils.checkpoint`` recomputes the same masks.
 
 Fallbacks (PyTorch's implementation, with one warning per reason): tensors not on the CPU,
-``proj_size > 0``, dtypes other than float32/float64, autocast, TorchScript (tracing and
-scripting). Under ``torch.compile`` the modules are kept out of the compiled graph (a graph
-break) and run fastrnn eagerly. Empty inputs go to PyTorch silently. Double backward
+``proj_size > 0`` with ``hidden_size > 256`` (where fastrnn's projection path is the slower
+one), dtypes other than float32/float64, autocast, TorchScript (tracing and scripting). Under
+``torch.compile`` the modules are kept out of the compiled graph (a graph break) and run
+fastrnn eagerly. Empty inputs go to PyTorch silently. Double backward
 (``create_graph=True``) recomputes the layer with PyTorch to get differentiable gradients
 (not possible with active dropout, which raises ``RuntimeError`` rather than give a wrong
 answer).
@@ -223,6 +224,7 @@ class _Config:
         "nonlinearity",
         "num_layers",
         "owner",
+        "proj_size",
         "seed",
         "vf_mode",
     )
@@ -242,6 +244,7 @@ class _Config:
         self.nonlinearity = "relu" if vf_mode == "RNN_RELU" else "tanh"
         self.num_layers = int(module.num_layers)
         self.hidden_size = int(module.hidden_size)
+        self.proj_size = int(getattr(module, "proj_size", 0))
         self.bidirectional = bool(module.bidirectional)
         self.bias = bool(module.bias)
         self.names = list(module._flat_weights_names)
@@ -276,6 +279,7 @@ def _cell_config(module: torch.nn.RNNCellBase) -> _Config:
         cfg.vf_mode, cfg.mode = f"RNN_{cfg.nonlinearity.upper()}", "rnn"
     cfg.owner = module
     cfg.num_layers, cfg.hidden_size, cfg.bidirectional = 1, int(module.hidden_size), False
+    cfg.proj_size = 0
     cfg.bias = bool(module.bias)
     cfg.names = ["weight_ih_l0", "weight_hh_l0"]
     if cfg.bias:
@@ -302,7 +306,8 @@ def _run_stack(
     h_np = None if h0 is None else _np(h0)
     c_np = None if c0 is None else _np(c0)
     p_np = _param_arrays(cfg.owner, cfg.names, params)
-    if _BACKEND == "native" and not cfg.dropout_active:
+    # The direct path calls the plain kernels; a projection goes through functional.lstm.
+    if _BACKEND == "native" and not cfg.dropout_active and not cfg.proj_size:
         with _ThreadScope():
             packed = None if training or cfg.owner not in _PACKED else params
             y, states, tape = _native_stack(cfg, x_np, h_np, c_np, p_np, training, packed)
@@ -324,6 +329,7 @@ def _run_stack(
             training=training or cfg.dropout_active,
             nonlinearity=cfg.nonlinearity,
             backend=_BACKEND,
+            proj_size=cfg.proj_size,
         )
     states = list(state_n) if lstm else [state_n]
     if _BACKEND == "native":
@@ -599,6 +605,16 @@ def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
     return full
 
 
+# The largest hidden_size whose projected LSTM (proj_size > 0) runs on fastrnn. fastrnn runs
+# the recurrence on m_t = o*tanh(c_t) with W_hh W_hr (4H x H) instead of W_hh (4H x P) and
+# W_hr (P x H) per step (fastrnn._native, the projection section): 4H/(5P) times the
+# recurrent work, which its kernels make up for at small H only. Measured against
+# torch.nn.LSTM (its own per-step loop for projections), 2 threads, T = 30, I = H/2,
+# P = H/4 .. H/2, N = 8 .. 64, inference / training: H = 256 1.3-2.1x / 1.05-1.85x,
+# H = 512 1.0-1.1x / 0.7-0.95x, H = 768 0.6-1.0x / 0.6-0.85x, H = 1024 0.6-2.0x / 0.6-1.4x.
+_PROJ_MAX_HIDDEN = 256
+
+
 def _fallback_reason(module: Any, data: torch.Tensor, hx: Any, weights: Any = None) -> str | None:
     """Why fastrnn cannot serve this call, or None when it can. ``weights``: the module's
     parameters (default: a sequence module's ``_flat_weights``)."""
@@ -611,8 +627,8 @@ def _fallback_reason(module: Any, data: torch.Tensor, hx: Any, weights: Any = No
         on_cpu = all(not isinstance(t, torch.Tensor) or t.is_cpu for t in states)
     if not on_cpu:
         return "tensors not on the CPU"
-    if getattr(module, "proj_size", 0) > 0:
-        return "proj_size > 0"
+    if getattr(module, "proj_size", 0) > 0 and module.hidden_size > _PROJ_MAX_HIDDEN:
+        return f"proj_size > 0 with hidden_size > {_PROJ_MAX_HIDDEN}"
     if data.dtype not in _SUPPORTED_DTYPES:
         return f"dtype {data.dtype}"
     if torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -711,11 +727,11 @@ def _forward(module: Any, input: Any, hx: Any) -> Any:
     is_batched = True
     batch_dim = 0 if module.batch_first else 1
 
-    def zeros(n: int, like: torch.Tensor) -> torch.Tensor:
+    def zeros(n: int, like: torch.Tensor, size: int | None = None) -> torch.Tensor:
         return torch.zeros(
             module.num_layers * num_directions,
             n,
-            module.hidden_size,
+            module.hidden_size if size is None else size,
             dtype=like.dtype,
             device=like.device,
         )
@@ -782,7 +798,7 @@ def _forward(module: Any, input: Any, hx: Any) -> Any:
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if needs_grad:
         if h0 is None:
-            h0 = zeros(n, x)
+            h0 = zeros(n, x, getattr(module, "proj_size", 0) or None)
             c0 = zeros(n, x) if is_lstm else None
         outs = _StackFunction.apply(cfg, x, h0, c0, *params)
     else:
@@ -927,10 +943,13 @@ class RNN(_FastRNNMixin, torch.nn.RNN):
 
 
 class LSTM(_FastRNNMixin, torch.nn.LSTM):
-    """Drop-in ``torch.nn.LSTM`` running fastrnn on the CPU (``proj_size > 0`` falls back).
+    """Drop-in ``torch.nn.LSTM`` running fastrnn on the CPU.
 
     Same constructor, parameters, state_dict and call signature as ``torch.nn.LSTM``:
     ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``. See the module docstring for shapes.
+    With ``proj_size > 0``, h_0, h_n and each direction's output have proj_size columns
+    (:func:`fastrnn.functional.lstm`'s ``weight_hr``); above ``hidden_size = 256`` such a
+    module falls back to torch.nn's implementation (the module docstring).
     """
 
 
