@@ -11,6 +11,11 @@ warm-up, alternating the two libraries so that machine noise hits both alike.
     python benchmarks/bench_torch.py             # the whole suite
     python benchmarks/bench_torch.py --quick     # a small, fast subset
     python benchmarks/bench_torch.py --backend reference --quick   # the NumPy oracle
+    python benchmarks/bench_torch.py --proj      # LSTMs with proj_size (P column)
+
+torch.nn runs a projected LSTM (``proj_size > 0``) through its own per-step loop (oneDNN
+does not take it); fastrnn.torch runs it on fastrnn up to ``hidden_size = 256`` and falls
+back to torch.nn above (the ``--proj`` suite has cases on both sides of that limit).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -38,6 +44,15 @@ SUITE: list[tuple[str, int, int, int, int]] = [
     ("lstm", 25, 16, 512, 512),
     ("lstm", 200, 32, 128, 128),
     ("gru", 200, 32, 128, 128),
+]
+# (cell, T, N, I, H, proj_size): P = H/4 .. H/2, batch 1 .. 64.
+PROJ_SUITE: list[tuple[str, int, int, int, int, int]] = [
+    ("lstm", 100, 64, 256, 256, 128),
+    ("lstm", 200, 8, 128, 256, 64),
+    ("lstm", 100, 1, 256, 256, 96),
+    ("lstm", 50, 32, 160, 192, 48),
+    ("lstm", 30, 16, 512, 512, 256),
+    ("lstm", 30, 32, 512, 1024, 256),
 ]
 QUICK: list[tuple[str, int, int, int, int]] = [
     ("lstm", 20, 16, 64, 64),
@@ -99,11 +114,14 @@ def check(ref: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor, tol: flo
     return worst
 
 
-def run_case(cell: str, T: int, N: int, I: int, H: int, repeat: int) -> list[dict[str, Any]]:
+def run_case(
+    cell: str, T: int, N: int, I: int, H: int, repeat: int, P: int = 0
+) -> list[dict[str, Any]]:
     ref_cls, fast_cls = CLASSES[cell]
     torch.manual_seed(0)
-    ref = ref_cls(I, H)
-    fast = fast_cls(I, H)
+    kw = {"proj_size": P} if P else {}
+    ref = ref_cls(I, H, **kw)
+    fast = fast_cls(I, H, **kw)
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(T, N, I, requires_grad=True)
     err = check(ref, fast, x, tol=1e-3)
@@ -128,6 +146,7 @@ def run_case(cell: str, T: int, N: int, I: int, H: int, repeat: int) -> list[dic
                 "N": N,
                 "I": I,
                 "H": H,
+                "P": P,
                 "mode": "training" if training else "inference",
                 "torch_ms": round(t_ref, 3),
                 "fastrnn_ms": round(t_fast, 3),
@@ -139,12 +158,17 @@ def run_case(cell: str, T: int, N: int, I: int, H: int, repeat: int) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch.nn.LSTM warns on every call with proj_size (no oneDNN path), fastrnn.torch once
+    # per fallback reason (--proj cases above its limit): the table says it all.
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
+    warnings.filterwarnings("ignore", category=ft.FastRNNFallbackWarning)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small subset with small sizes")
     ap.add_argument("--threads", type=int, default=None, help="threads for both libraries")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per case (median)")
     ap.add_argument("--backend", default=ft._BACKEND, choices=["native", "reference"])
     ap.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated subset")
+    ap.add_argument("--proj", action="store_true", help="the LSTM proj_size suite instead")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
     ap.add_argument("--csv", help="also write the rows as CSV to this file")
     args = ap.parse_args(argv)
@@ -154,20 +178,23 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     repeat = args.repeat or (3 if args.quick else 7)
     cells = set(args.cells.split(","))
-    cases = [c for c in (QUICK if args.quick else SUITE) if c[0] in cells]
+    suite: list[tuple[Any, ...]] = list(QUICK if args.quick else SUITE)
+    if args.proj:  # the quick variant: the first two, shortened
+        suite = [(*c[:1], 10, *c[2:]) for c in PROJ_SUITE[:2]] if args.quick else PROJ_SUITE
+    cases = [(*c, 0)[:6] for c in suite if c[0] in cells]
     info = fastrnn.build_info()
     print(
         f"# fastrnn {fastrnn.__version__} backend={args.backend} isa={info.get('isa')} "
         f"torch {torch.__version__} threads={torch.get_num_threads()} repeat={repeat}"
     )
-    header = f"{'cell':5} {'T':>5} {'N':>4} {'I':>5} {'H':>5} {'mode':10}"
+    header = f"{'cell':5} {'T':>5} {'N':>4} {'I':>5} {'H':>5} {'P':>4} {'mode':10}"
     print(f"{header} {'torch ms':>10} {'fastrnn ms':>11} {'speedup':>8}")
     rows: list[dict[str, Any]] = []
-    for cell, T, N, I, H in cases:
-        for r in run_case(cell, T, N, I, H, repeat):
+    for cell, T, N, I, H, P in cases:
+        for r in run_case(cell, T, N, I, H, repeat, P):
             rows.append(r)
             print(
-                f"{cell:5} {T:5d} {N:4d} {I:5d} {H:5d} {r['mode']:10} "
+                f"{cell:5} {T:5d} {N:4d} {I:5d} {H:5d} {P:4d} {r['mode']:10} "
                 f"{r['torch_ms']:10.2f} {r['fastrnn_ms']:11.2f} {r['speedup']:8.2f}",
                 flush=True,
             )
