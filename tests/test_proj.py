@@ -281,3 +281,68 @@ def test_matches_torch(rng):
         want.update({k[: -len("_l0")]: p.grad for k, p in m.named_parameters()})
         for key, wt in want.items():
             assert_allclose_named(f"grad {key}", g[key], wt.numpy(), **tol)
+
+
+def test_tape_is_the_same_on_every_target(rng):
+    # The kernel's tape has one layout for every SIMD target: a forward on one target and
+    # the backward on another give the reference's gradients.
+    from conftest import SUPPORTED_ISAS
+
+    size = (5, 6, 7, 40, 19)
+    case = _case(*size, np.float64, rng)
+    up = _upstream(5, 6, 40, 19, np.float64, rng)
+    *_, tape_w = REF.lstm(**case, training=True)
+    want = REF.lstm_backward(tape_w, **up)
+    before = fastrnn.get_isa()
+    try:
+        for fwd_isa in SUPPORTED_ISAS:
+            for bwd_isa in SUPPORTED_ISAS:
+                fastrnn.set_isa(fwd_isa)
+                *_, tape = NAT.lstm(**case, training=True, _poison=True)
+                fastrnn.set_isa(bwd_isa)
+                got = NAT.lstm_backward(tape, **up, _poison=True)
+                for key, w in want.items():
+                    assert_allclose_named(f"{fwd_isa}->{bwd_isa} {key}", got[key], w, **TOL64)
+    finally:
+        fastrnn.set_isa(before)
+
+
+def test_damaged_tape_is_refused(rng):
+    T, N, I, H, P = 3, 2, 4, 5, 3
+    case = _case(T, N, I, H, P, np.float32, rng)
+    *_, tape = NAT.lstm(**case, training=True)
+    hu = 16  # H = 5 rounded up to a 64-byte line of float32
+    f32 = np.float32
+    for key, bad, want in (
+        ("gates", np.zeros((T, N, 4 * H), f32), r"tape gates must have shape \(T, N, 4\*Hu\)"),
+        ("c", np.zeros((T, N, H), f32), rf"tape c must have shape \(T, N, Hu\) with Hu = {hu}"),
+        ("m", np.zeros((T, N, hu), np.float64), "tape m must have dtype float32"),
+        ("rprev", np.zeros((T, N, P), f32), r"tape rprev must have shape \(T, N, Pp\)"),
+    ):
+        good = tape.data[key]
+        tape.data[key] = bad
+        with pytest.raises((ValueError, TypeError), match=want):
+            F.lstm_backward(tape)
+        tape.data[key] = good
+    F.lstm_backward(tape)  # intact again
+
+
+def test_concurrent_python_threads_get_their_own_results(rng):
+    import threading
+
+    size = (6, 8, 10, 48, 20)
+    cases = [_case(*size, np.float32, np.random.default_rng(k)) for k in range(4)]
+    want = [F.lstm(**c)[0] for c in cases]
+    got: list = [None] * 4
+
+    def run(k):
+        for _ in range(5):
+            got[k] = F.lstm(**cases[k])[0]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        np.testing.assert_array_equal(got[k], want[k])

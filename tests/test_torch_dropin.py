@@ -604,20 +604,18 @@ def test_proj_size_gradcheck_and_dropout():
 
 
 @pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
-def test_fallback_proj_size_above_the_measured_crossover():
-    limit = ft._PROJ_MAX_HIDDEN
-    fast, ref = make_pair("lstm", hidden_size=limit + 1, proj_size=3)
-    x = torch.randn(4, 2, 4, dtype=torch.float64)
-    with pytest.warns(ft.FastRNNFallbackWarning, match=f"hidden_size > {limit}"):
-        y, (h, _) = fast(x)
-    y2, _ = _no_fallback_warning(lambda: fast(x))  # once per reason
-    assert h.shape == (1, 2, 3)
-    torch.testing.assert_close(y, ref(x)[0], rtol=0, atol=0)
-    torch.testing.assert_close(y2, y, rtol=0, atol=0)
-    # at the limit it runs on fastrnn
-    fast, ref = make_pair("lstm", hidden_size=limit, proj_size=3)
-    y, _ = _no_fallback_warning(lambda: fast(x))
-    torch.testing.assert_close(y, ref(x)[0], **TOL64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_proj_size_larger_sizes(dtype, isa, threads):
+    # Several unit and output blocks on every target (H = 70, P = 37), each thread count.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast, ref = make_pair("lstm", input_size=9, hidden_size=70, proj_size=37, dtype=dtype)
+        x = torch.randn(4, 5, 9, dtype=dtype, requires_grad=True)
+        tol = TOL64 if dtype == torch.float64 else TOL32
+        _no_fallback_warning(lambda: assert_parity(fast, ref, x, _proj_state(fast, 5, dtype), tol))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_fallback_dtype():

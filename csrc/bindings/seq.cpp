@@ -6,6 +6,7 @@
 // passed to them and keep no global mutable state, so concurrent calls from
 // several Python threads are safe.
 #include "seq/seq.h"
+#include "seq/lstmp.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -491,6 +492,231 @@ bool is_f64(const py::object& x) {
                        std::string(py::str(a.dtype())));
 }
 
+// ---- LSTM with a projection (seq/lstmp.h) ----------------------------------------
+
+template <class T>
+const LstmpFns<T>& lstmp_fns() {
+  const LstmpTable& t = FASTRNN_DISPATCH(lstmp_table);
+  if constexpr (std::is_same_v<T, float>) {
+    return t.f32;
+  } else {
+    return t.f64;
+  }
+}
+
+template <class T>
+py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const py::object& c0_o,
+                          const py::object& wih_o, const py::object& whh_o,
+                          const py::object& bih_o, const py::object& bhh_o,
+                          const py::object& whr_o, const py::object& len_o, bool reverse,
+                          bool training, bool poison_out) {
+  py::array x0 = py::reinterpret_borrow<py::array>(x_o);
+  py::array whr0 = py::reinterpret_borrow<py::array>(whr_o);
+  if (!py::isinstance<py::array>(whr_o) || whr0.ndim() != 2) {
+    throw py::type_error("weight_hr must be a 2-d numpy.ndarray (P, H)");
+  }
+  LstmpDims d;
+  d.T = static_cast<i64>(x0.shape(0));
+  d.N = static_cast<i64>(x0.shape(1));
+  d.I = static_cast<i64>(x0.shape(2));
+  d.P = static_cast<i64>(whr0.shape(0));
+  d.H = static_cast<i64>(whr0.shape(1));
+  d.reverse = reverse;
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P;
+  if (Tn < 1 || N < 1 || H < 1 || P < 1) {
+    throw py::value_error("x must have T >= 1 and N >= 1, weight_hr (P, H) P, H >= 1 here");
+  }
+  const LstmpFns<T>& k = lstmp_fns<T>();
+  i64 work = 0, Hu = 0, Pp = 0, G4 = 0;
+  try {
+    Hu = lstmp_round<T>(H);
+    Pp = lstmp_round<T>(P);
+    G4 = checked_mul(4, Hu, "4*H");
+    const i64 TN = checked_mul(Tn, N, "T*N");
+    check_elems<T>(checked_mul(TN, checked_add(I, P, "I+P"), "x"), "x");
+    check_elems<T>(checked_mul(TN, G4, "T*N*4*H gate values"), "T*N*4*H gate values");
+    work = k.work(d, false);
+    check_elems<T>(work, "workspace");
+  } catch (const std::length_error& e) {
+    throw std::length_error("x of shape (T, N, I) = " + shape_str({Tn, N, I}) +
+                            " with H = " + std::to_string(H) + ", P = " + std::to_string(P) +
+                            " is too large: " + e.what());
+  }
+  const i64 GH = 4 * H;
+  auto x = need<T>(x_o, "x", {Tn, N, I}, "(T, N, I)");
+  auto h0 = need<T>(h0_o, "h0", {N, P}, "(N, P)");
+  auto c0 = need<T>(c0_o, "c0", {N, H}, "(N, H)");
+  auto wih = need<T>(wih_o, "weight_ih", {GH, I}, "(4*H, I)");
+  auto whh = need<T>(whh_o, "weight_hh", {GH, P}, "(4*H, P)");
+  auto whr = need<T>(whr_o, "weight_hr", {P, H}, "(P, H)");
+  py::array_t<T, py::array::c_style> bih, bhh;
+  if (!bih_o.is_none()) bih = need<T>(bih_o, "bias_ih", {GH}, "(4*H,)");
+  if (!bhh_o.is_none()) bhh = need<T>(bhh_o, "bias_hh", {GH}, "(4*H,)");
+  py::array_t<std::int64_t> lens;
+  if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
+
+  auto y = pooled_array<T>({Tn, N, P});
+  py::array_t<T, py::array::c_style> hn({N, P}), cn({N, H});
+  py::array_t<T, py::array::c_style> gates, cs, cz, ms, rprev;
+  if (training) {
+    gates = pooled_array<T>({Tn, N, G4});
+    cs = pooled_array<T>({Tn, N, Hu});
+    cz = py::array_t<T, py::array::c_style>({N, Hu});
+    ms = pooled_array<T>({Tn, N, Hu});
+    rprev = pooled_array<T>({Tn, N, Pp});
+  }
+  PoolBuffer<T> ws(work);
+  if (poison_out) {
+    poison(y);
+    poison(hn);
+    poison(cn);
+    if (training) {
+      for (auto* a : {&gates, &cs, &cz, &ms, &rprev}) poison(*a);
+    }
+    std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
+  }
+  LstmpForward<T> a;
+  a.d = d;
+  a.x = x.data();
+  a.h0 = h0.data();
+  a.c0 = c0.data();
+  a.w_ih = wih.data();
+  a.w_hh = whh.data();
+  a.b_ih = bih_o.is_none() ? nullptr : bih.data();
+  a.b_hh = bhh_o.is_none() ? nullptr : bhh.data();
+  a.w_hr = whr.data();
+  a.lengths = len_o.is_none() ? nullptr : lens.data();
+  a.y = y.mutable_data();
+  a.h_n = hn.mutable_data();
+  a.c_n = cn.mutable_data();
+  a.training = training;
+  if (training) {
+    a.tape.gates = gates.mutable_data();
+    a.tape.c = cs.mutable_data();
+    a.tape.c0 = cz.mutable_data();
+    a.tape.m = ms.mutable_data();
+    a.tape.rprev = rprev.mutable_data();
+  }
+  a.work = ws.data();
+  a.num_threads = get_num_threads();
+  {
+    py::gil_scoped_release release;  // safe: the kernel touches only the buffers above
+    k.forward(a);
+  }
+  py::dict tape;
+  if (training) {
+    tape["gates"] = gates;
+    tape["c"] = cs;
+    tape["c0"] = cz;
+    tape["m"] = ms;
+    tape["rprev"] = rprev;
+    tape["has_bias_ih"] = !bih_o.is_none();
+    tape["has_bias_hh"] = !bhh_o.is_none();
+    tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
+  }
+  return py::make_tuple(y, hn, cn, training ? py::object(tape) : py::object(py::none()));
+}
+
+template <class T>
+py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py::object& wih_o,
+                          const py::object& whh_o, const py::object& whr_o, bool reverse,
+                          const py::object& dy_o, const py::object& dhn_o,
+                          const py::object& dcn_o, bool poison_out) {
+  py::array x0 = py::reinterpret_borrow<py::array>(x_o);
+  py::array whr0 = py::reinterpret_borrow<py::array>(whr_o);
+  if (!py::isinstance<py::array>(x_o) || x0.ndim() != 3 || !py::isinstance<py::array>(whr_o) ||
+      whr0.ndim() != 2) {
+    throw py::value_error("tape is damaged: x must be a 3-d and weight_hr a 2-d array");
+  }
+  LstmpDims d;
+  d.T = static_cast<i64>(x0.shape(0));
+  d.N = static_cast<i64>(x0.shape(1));
+  d.I = static_cast<i64>(x0.shape(2));
+  d.P = static_cast<i64>(whr0.shape(0));
+  d.H = static_cast<i64>(whr0.shape(1));
+  d.reverse = reverse;
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P, GH = 4 * H;
+  if (Tn < 1 || N < 1 || H < 1 || P < 1) throw py::value_error("tape is damaged: empty sizes");
+  const i64 Hu = lstmp_round<T>(H), Pp = lstmp_round<T>(P), G4 = 4 * Hu;
+  const LstmpFns<T>& k = lstmp_fns<T>();
+  const i64 work = k.work(d, true);
+  check_elems<T>(work, "workspace");
+  auto x = need<T>(x_o, "tape x", {Tn, N, I}, "(T, N, I)");
+  auto wih = need<T>(wih_o, "tape weight_ih", {GH, I}, "(4*H, I)");
+  auto whh = need<T>(whh_o, "tape weight_hh", {GH, P}, "(4*H, P)");
+  auto whr = need<T>(whr_o, "tape weight_hr", {P, H}, "(P, H)");
+  const std::string g_s = "(T, N, 4*Hu) with Hu = " + std::to_string(Hu);
+  const std::string h_s = "(T, N, Hu) with Hu = " + std::to_string(Hu);
+  const std::string h0_s = "(N, Hu) with Hu = " + std::to_string(Hu);
+  const std::string p_s = "(T, N, Pp) with Pp = " + std::to_string(Pp);
+  auto gates = need<T>(tape["gates"], "tape gates", {Tn, N, G4}, g_s.c_str());
+  auto cs = need<T>(tape["c"], "tape c", {Tn, N, Hu}, h_s.c_str());
+  auto cz = need<T>(tape["c0"], "tape c0", {N, Hu}, h0_s.c_str());
+  auto ms = need<T>(tape["m"], "tape m", {Tn, N, Hu}, h_s.c_str());
+  auto rprev = need<T>(tape["rprev"], "tape rprev", {Tn, N, Pp}, p_s.c_str());
+  py::array_t<std::int64_t> lens;
+  py::object len_o = tape["lengths"];
+  if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
+  py::array_t<T, py::array::c_style> dy, dhn, dcn;
+  if (!dy_o.is_none()) dy = need<T>(dy_o, "dy", {Tn, N, P}, "(T, N, P)");
+  if (!dhn_o.is_none()) dhn = need<T>(dhn_o, "dh_n", {N, P}, "(N, P)");
+  if (!dcn_o.is_none()) dcn = need<T>(dcn_o, "dc_n", {N, H}, "(N, H)");
+  const bool has_bih = tape["has_bias_ih"].cast<bool>();
+  const bool has_bhh = tape["has_bias_hh"].cast<bool>();
+
+  auto dx = pooled_array<T>({Tn, N, I});
+  py::array_t<T, py::array::c_style> dh0({N, P}), dc0({N, H}), dwih({GH, I}), dwhh({GH, P}),
+      dwhr({P, H}), dbih, dbhh;
+  if (has_bih) dbih = py::array_t<T, py::array::c_style>({GH});
+  if (has_bhh) dbhh = py::array_t<T, py::array::c_style>({GH});
+  PoolBuffer<T> ws(work);
+  if (poison_out) {
+    for (auto* a : {&dx, &dh0, &dc0, &dwih, &dwhh, &dwhr}) poison(*a);
+    if (has_bih) poison(dbih);
+    if (has_bhh) poison(dbhh);
+    std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
+  }
+  LstmpBackward<T> a;
+  a.d = d;
+  a.x = x.data();
+  a.w_ih = wih.data();
+  a.w_hh = whh.data();
+  a.w_hr = whr.data();
+  a.lengths = len_o.is_none() ? nullptr : lens.data();
+  a.tape.gates = gates.data();
+  a.tape.c = cs.data();
+  a.tape.c0 = cz.data();
+  a.tape.m = ms.data();
+  a.tape.rprev = rprev.data();
+  a.dy = dy_o.is_none() ? nullptr : dy.data();
+  a.dh_n = dhn_o.is_none() ? nullptr : dhn.data();
+  a.dc_n = dcn_o.is_none() ? nullptr : dcn.data();
+  a.dx = dx.mutable_data();
+  a.dh0 = dh0.mutable_data();
+  a.dc0 = dc0.mutable_data();
+  a.dw_ih = dwih.mutable_data();
+  a.dw_hh = dwhh.mutable_data();
+  a.db_ih = has_bih ? dbih.mutable_data() : nullptr;
+  a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
+  a.dw_hr = dwhr.mutable_data();
+  a.work = ws.data();
+  a.num_threads = get_num_threads();
+  {
+    py::gil_scoped_release release;  // safe: the kernel touches only the buffers above
+    k.backward(a);
+  }
+  py::dict out;
+  out["x"] = dx;
+  out["h0"] = dh0;
+  out["c0"] = dc0;
+  out["weight_ih"] = dwih;
+  out["weight_hh"] = dwhh;
+  out["bias_ih"] = has_bih ? py::object(dbih) : py::object(py::none());
+  out["bias_hh"] = has_bhh ? py::object(dbhh) : py::object(py::none());
+  out["weight_hr"] = dwhr;
+  return out;
+}
+
 }  // namespace
 
 void register_seq(py::module_& m) {
@@ -547,6 +773,42 @@ void register_seq(py::module_& m) {
       py::arg("cell"), py::arg("tape"), py::arg("nonlinearity"), py::arg("reset_after"),
       py::arg("reverse"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
       py::arg("poison") = false, "BPTT for seq_forward(training=True). Returns a dict of grads.");
+  m.def(
+      "lstmp_forward",
+      [](const py::object& x, const py::object& h0, const py::object& c0, const py::object& wih,
+         const py::object& whh, const py::object& bih, const py::object& bhh,
+         const py::object& whr, const py::object& lengths, bool reverse, bool training,
+         bool poison) {
+        if (py::reinterpret_borrow<py::array>(x).ndim() != 3 && py::isinstance<py::array>(x)) {
+          throw py::value_error("x must have shape (T, N, I)");
+        }
+        if (is_f64(x)) {
+          return lstmp_forward_t<double>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
+                                         training, poison);
+        }
+        return lstmp_forward_t<float>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
+                                      training, poison);
+      },
+      py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"),
+      py::arg("bias_ih"), py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
+      py::arg("reverse"), py::arg("training"), py::arg("poison") = false,
+      "LSTM with a projection (weight_hr (P, H)) over a whole sequence. Returns "
+      "(y, h_n, c_n, tape|None); the tape holds the kernel's arrays only.");
+  m.def(
+      "lstmp_backward",
+      [](const py::dict& tape, const py::object& x, const py::object& wih, const py::object& whh,
+         const py::object& whr, bool reverse, const py::object& dy, const py::object& dh_n,
+         const py::object& dc_n, bool poison) {
+        if (is_f64(x)) {
+          return lstmp_backward_t<double>(tape, x, wih, whh, whr, reverse, dy, dh_n, dc_n,
+                                          poison);
+        }
+        return lstmp_backward_t<float>(tape, x, wih, whh, whr, reverse, dy, dh_n, dc_n, poison);
+      },
+      py::arg("tape"), py::arg("x"), py::arg("weight_ih"), py::arg("weight_hh"),
+      py::arg("weight_hr"), py::arg("reverse"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      py::arg("poison") = false,
+      "BPTT for lstmp_forward(training=True) given the forward's x and weights.");
   m.def(
       "seq_work_elements",
       [](const std::string& cell, i64 T, i64 N, i64 I, i64 H, bool f64, bool backward) {

@@ -318,57 +318,36 @@ def gru_backward(tape, dy=None, dh_n=None, *, _poison=False):
 
 
 # --------------------------------------------------------------------------------------
-# LSTM with a projection (weight_hr, PyTorch's proj_size)
+# LSTM with a projection (weight_hr, PyTorch's proj_size): _core.lstmp_forward and
+# _core.lstmp_backward (csrc/seq/lstmp.simd.cpp)
 # --------------------------------------------------------------------------------------
-#
-# h_t = W_hr m_t with m_t = o * tanh(c_t), and the next step's gates take W_hh h_t =
-# (W_hh W_hr) m_t. So the plain LSTM kernel runs the recurrence on m (H columns) with
-# W_eff = W_hh W_hr (4H, H) as its recurrent weights, and the projection of every step is
-# one product after the loop: y = M W_hr^T over all T*N rows. That costs the recurrence
-# 4H*H multiply-adds per row and step instead of 5H*P, and keeps the one-barrier step.
-# The initial state h0 (P columns) is not an m: its term W_hh h0 enters the first step
-# of each row as P extra input columns, x' = [x, e] with e = h0 at that step and 0
-# elsewhere, W_ih' = [W_ih, W_hh]; the kernel starts from m = 0. The backward of those
-# columns gives dh0 (dx' at the first step) and W_hh's share through h0 (dW_ih'[:, I:]).
-# Without h0 an inference call needs no extra columns; training keeps them for dh0.
 
 
 @dataclasses.dataclass(eq=False)
 class ProjTape:
     """What a native ``lstm(..., weight_hr=W_hr, training=True)`` keeps for the backward:
-    the plain kernel's tape of its run on m (``inner``, inputs x' = [x, e]), copies of
-    ``weight_hh`` (4H, P) and ``weight_hr`` (P, H), that run's outputs ``m`` (T, N, H)
-    (0 past a row's length) and ``m_n`` (N, H), and ``first`` (N,): the time index of each
-    row's first step, where e holds h0."""
+    ``data``, the kernel's arrays (``gates`` (T, N, 4*Hu) activations with the gate columns
+    grouped by blocks of units, ``c`` (T, N, Hu) the cell state after each step, ``c0``,
+    ``m`` (T, N, Hu) ``o*tanh(c_t)``, ``rprev`` (T, N, Pp) the state entering each step;
+    Hu and Pp are H and P rounded up to whole 64-byte lines), and the forward's ``x`` and
+    weights (private copies, or the arrays as given inside :func:`_tape_shares_inputs`)."""
 
-    inner: NativeTape
     dtype: np.dtype
     T: int
     N: int
     I: int
     H: int
     P: int
+    reverse: bool
+    has_bias_ih: bool
+    has_bias_hh: bool
+    data: dict[str, Any] | None
+    x: np.ndarray
+    weight_ih: np.ndarray
     weight_hh: np.ndarray
     weight_hr: np.ndarray
-    m: np.ndarray
-    m_n: np.ndarray
-    first: np.ndarray
     kind: str = "lstm"
     backend: str = "native"
-
-
-def _mm(a: np.ndarray, b: np.ndarray, ta: bool, tb: bool, out: np.ndarray, beta: float = 0.0):
-    """out = op(a) op(b) + beta * out with fastrnn's GEMM (threads as set, same bits for
-    any thread count); a, b and out 2-D with unit stride along the last axis."""
-    _core.gemm(a, b, ta, tb, out, 1.0, beta)
-    return out
-
-
-def _first_steps(T: int, N: int, reverse: bool, lengths: np.ndarray | None) -> np.ndarray:
-    """The time index of each row's first step."""
-    if not reverse:
-        return np.zeros(N, np.int64)
-    return np.full(N, T - 1, np.int64) if lengths is None else lengths - 1
 
 
 def _lstm_proj(
@@ -385,39 +364,26 @@ def _lstm_proj(
     reverse = _ref._check_bool("reverse", reverse)
     training = _ref._check_bool("training", training)
     T, N, I, H, P, dt = inp.T, inp.N, inp.I, inp.H, inp.P, inp.dtype
-    w_hh, w_hr = np.ascontiguousarray(inp.weight_hh), np.ascontiguousarray(inp.weight_hr)
-    first = _first_steps(T, N, reverse, inp.lengths)
-    w_eff = _mm(w_hh, w_hr, False, False, np.empty((4 * H, H), dt))
-    extra = training or h0 is not None  # the h0 columns of x'
-    if extra:
-        xa = np.zeros((T, N, I + P), dt)
-        xa[:, :, :I] = inp.x
-        if T > 0:
-            xa[first, np.arange(N), I:] = inp.h0
-        w_ia = np.concatenate([inp.weight_ih, w_hh], axis=1)
-    else:
-        xa, w_ia = inp.x, inp.weight_ih
-    with _tape_shares_inputs():  # xa, w_ia and w_eff are this call's own arrays
-        res = _forward(
-            "lstm", xa, None, inp.c0, w_ia, w_eff, inp.bias_ih, inp.bias_hh, "tanh", True,
-            reverse, inp.lengths, training, poison,
-        )  # fmt: skip
-    m, (m_n, c_n) = res[0], res[1]
+    data = None
     if T == 0 or N == 0:
         y = np.zeros((T, N, P), dt)
-        h_n = np.array(inp.h0, copy=True)
+        h_n, c_n = np.array(inp.h0, copy=True), np.array(inp.c0, copy=True)
     else:
-        y = _mm(m.reshape(T * N, H), w_hr, False, True, np.empty((T * N, P), dt))
-        y = y.reshape(T, N, P)
-        h_n = _mm(m_n, w_hr, False, True, np.empty((N, P), dt))
+        y, h_n, c_n, data = _core.lstmp_forward(
+            inp.x, inp.h0, inp.c0, inp.weight_ih, inp.weight_hh, inp.bias_ih, inp.bias_hh,
+            inp.weight_hr, inp.lengths, reverse, training, poison,
+        )  # fmt: skip
     if not training:
         return y, (h_n, c_n)
-    share = getattr(_local, "share", False)
+
+    def keep(a: np.ndarray) -> np.ndarray:  # the tape's own copy unless shared
+        return a if getattr(_local, "share", False) else np.array(a, copy=True)
+
     tape = ProjTape(
-        inner=res[2], dtype=dt, T=T, N=N, I=I, H=H, P=P,
-        weight_hh=w_hh if share else np.array(w_hh, copy=True),
-        weight_hr=w_hr if share else np.array(w_hr, copy=True),
-        m=m, m_n=m_n, first=first,
+        dtype=dt, T=T, N=N, I=I, H=H, P=P, reverse=reverse,
+        has_bias_ih=inp.bias_ih is not None, has_bias_hh=inp.bias_hh is not None, data=data,
+        x=keep(inp.x), weight_ih=keep(inp.weight_ih), weight_hh=keep(inp.weight_hh),
+        weight_hr=keep(inp.weight_hr),
     )  # fmt: skip
     return y, (h_n, c_n), tape
 
@@ -427,45 +393,19 @@ def _lstm_proj_backward(tape: ProjTape, dy: Any, dh_n: Any, dc_n: Any, poison: b
     dy = _ref._check_optional_float_array("dy", dy, (T, N, P), dt, "(T, N, P)")
     dh_n = _ref._check_optional_float_array("dh_n", dh_n, (N, P), dt, "(N, P)")
     dc_n = _ref._check_optional_float_array("dc_n", dc_n, (N, H), dt, "(N, H)")
-    w_hh, w_hr = tape.weight_hh, tape.weight_hr
-    if T == 0 or N == 0:
+    if tape.data is None:  # T == 0 or N == 0: nothing ran
         return {
             "x": np.zeros((T, N, I), dt),
             "h0": np.zeros((N, P), dt) if dh_n is None else np.array(dh_n, copy=True),
             "c0": np.zeros((N, H), dt) if dc_n is None else np.array(dc_n, copy=True),
             "weight_ih": np.zeros((4 * H, I), dt),
             "weight_hh": np.zeros((4 * H, P), dt),
-            "bias_ih": np.zeros(4 * H, dt) if tape.inner.has_bias_ih else None,
-            "bias_hh": np.zeros(4 * H, dt) if tape.inner.has_bias_hh else None,
+            "bias_ih": np.zeros(4 * H, dt) if tape.has_bias_ih else None,
+            "bias_hh": np.zeros(4 * H, dt) if tape.has_bias_hh else None,
             "weight_hr": np.zeros((P, H), dt),
         }
-    # Through y = M W_hr^T and h_n = m_n W_hr^T: the kernel's upstream gradients, and
-    # W_hr's share from the outputs.
-    dw_hr = np.zeros((P, H), dt)
-    dm = dm_n = None
-    if dy is not None:
-        dy2 = np.ascontiguousarray(dy).reshape(T * N, P)
-        dm = _mm(dy2, w_hr, False, False, np.empty((T * N, H), dt)).reshape(T, N, H)
-        _mm(dy2, tape.m.reshape(T * N, H), True, False, dw_hr, 1.0)
-    if dh_n is not None:
-        dh_n = np.ascontiguousarray(dh_n)
-        dm_n = _mm(dh_n, w_hr, False, False, np.empty((N, H), dt))
-        _mm(dh_n, tape.m_n, True, False, dw_hr, 1.0)
-    g = _backward("lstm", tape.inner, dm, dm_n, dc_n, poison)
-    # Through W_eff = W_hh W_hr, and the h0 columns of x' and W_ih'.
-    dw_eff = g["weight_hh"]
-    dw_ia = g["weight_ih"]
-    dw_hh = np.array(dw_ia[:, I:], copy=True)
-    _mm(dw_eff, w_hr, False, True, dw_hh, 1.0)
-    _mm(w_hh, dw_eff, True, False, dw_hr, 1.0)
-    dxa = g["x"]
-    return {
-        "x": np.ascontiguousarray(dxa[:, :, :I]),
-        "h0": np.ascontiguousarray(dxa[tape.first, np.arange(N), I:]),
-        "c0": g["c0"],
-        "weight_ih": np.ascontiguousarray(dw_ia[:, :I]),
-        "weight_hh": dw_hh,
-        "bias_ih": g["bias_ih"],
-        "bias_hh": g["bias_hh"],
-        "weight_hr": dw_hr,
-    }
+    grads = _core.lstmp_backward(
+        tape.data, tape.x, tape.weight_ih, tape.weight_hh, tape.weight_hr, tape.reverse,
+        dy, dh_n, dc_n, poison,
+    )  # fmt: skip
+    return dict(grads)

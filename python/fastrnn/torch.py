@@ -34,8 +34,7 @@ from a NumPy generator seeded from PyTorch's default generator, so ``torch.manua
 makes runs repeatable and ``torch.utils.checkpoint`` recomputes the same masks.
 
 Fallbacks (PyTorch's implementation, with one warning per reason): tensors not on the CPU,
-``proj_size > 0`` with ``hidden_size > 256`` (where fastrnn's projection path is the slower
-one), dtypes other than float32/float64, autocast, TorchScript (tracing and scripting). Under
+dtypes other than float32/float64, autocast, TorchScript (tracing and scripting). Under
 ``torch.compile`` the modules are kept out of the compiled graph (a graph break) and run
 fastrnn eagerly. Empty inputs go to PyTorch silently. Double backward
 (``create_graph=True``) recomputes the layer with PyTorch to get differentiable gradients
@@ -306,7 +305,7 @@ def _run_stack(
     h_np = None if h0 is None else _np(h0)
     c_np = None if c0 is None else _np(c0)
     p_np = _param_arrays(cfg.owner, cfg.names, params)
-    # The direct path calls the plain kernels; a projection goes through functional.lstm.
+    # The direct path calls the plain kernels; a projection goes through the stack.
     if _BACKEND == "native" and not cfg.dropout_active and not cfg.proj_size:
         with _ThreadScope():
             packed = None if training or cfg.owner not in _PACKED else params
@@ -605,16 +604,6 @@ def _double_backward(cfg, x, h0, c0, params, dy, dh, dc):
     return full
 
 
-# The largest hidden_size whose projected LSTM (proj_size > 0) runs on fastrnn. fastrnn runs
-# the recurrence on m_t = o*tanh(c_t) with W_hh W_hr (4H x H) instead of W_hh (4H x P) and
-# W_hr (P x H) per step (fastrnn._native, the projection section): 4H/(5P) times the
-# recurrent work, which its kernels make up for at small H only. Measured against
-# torch.nn.LSTM (its own per-step loop for projections), 2 threads, T = 30, I = H/2,
-# P = H/4 .. H/2, N = 8 .. 64, inference / training: H = 256 1.3-2.1x / 1.05-1.85x,
-# H = 512 1.0-1.1x / 0.7-0.95x, H = 768 0.6-1.0x / 0.6-0.85x, H = 1024 0.6-2.0x / 0.6-1.4x.
-_PROJ_MAX_HIDDEN = 256
-
-
 def _fallback_reason(module: Any, data: torch.Tensor, hx: Any, weights: Any = None) -> str | None:
     """Why fastrnn cannot serve this call, or None when it can. ``weights``: the module's
     parameters (default: a sequence module's ``_flat_weights``)."""
@@ -627,8 +616,6 @@ def _fallback_reason(module: Any, data: torch.Tensor, hx: Any, weights: Any = No
         on_cpu = all(not isinstance(t, torch.Tensor) or t.is_cpu for t in states)
     if not on_cpu:
         return "tensors not on the CPU"
-    if getattr(module, "proj_size", 0) > 0 and module.hidden_size > _PROJ_MAX_HIDDEN:
-        return f"proj_size > 0 with hidden_size > {_PROJ_MAX_HIDDEN}"
     if data.dtype not in _SUPPORTED_DTYPES:
         return f"dtype {data.dtype}"
     if torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -948,8 +935,7 @@ class LSTM(_FastRNNMixin, torch.nn.LSTM):
     Same constructor, parameters, state_dict and call signature as ``torch.nn.LSTM``:
     ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``. See the module docstring for shapes.
     With ``proj_size > 0``, h_0, h_n and each direction's output have proj_size columns
-    (:func:`fastrnn.functional.lstm`'s ``weight_hr``); above ``hidden_size = 256`` such a
-    module falls back to torch.nn's implementation (the module docstring).
+    (:func:`fastrnn.functional.lstm`'s ``weight_hr``).
     """
 
 

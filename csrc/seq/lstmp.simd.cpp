@@ -1,0 +1,414 @@
+// LSTM with a projection (seq/lstmp.h), forward and BPTT, one target.
+//
+// Forward: the input projection of all T*N rows is one GEMM (biases added after); then
+// one OpenMP region spans the time loop, with two phases per step, each ended by a
+// barrier: (A) each thread owns fixed blocks of hidden units and computes their gates,
+// r_{t-1} W_hh^T on register tiles (K = P), then the cell math, c_t and m_t = o*tanh(c_t);
+// (B) each thread owns fixed blocks of the P outputs and computes r_t = m_t W_hr^T
+// (K = H), which is y_t and the next step's state. Per step that is 4HP + HP multiply-adds
+// a row, against 4H*H + HP for folding W_hh W_hr into one H x 4H recurrent matrix.
+// Backward: the reverse loop, also two barriers per step: dr_t = dy_t + dR (output blocks),
+// dm_t = dr_t W_hr and the cell's backward, dG_t (unit blocks), then dR = dG_t W_hh
+// (output blocks); after it, dx, dW_ih, dW_hh, dW_hr and the bias sums over all T*N rows.
+// Threads split columns only: every sum runs in the same order for any thread count.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cells/cells.h"
+#include "gemm/gemm.h"
+#include "runtime/checked.h"
+#include "runtime/target.h"
+#include "seq/lstmp.h"
+#include "seq/team.h"
+#include "seq/tile.h"
+
+FASTRNN_TARGET_NS_BEGIN
+namespace {
+
+using i64 = std::int64_t;
+
+struct Sizes {
+  i64 U, Hu, Pp, G4, nb, np;  // block, padded H and P, 4*Hu, unit blocks, output blocks
+};
+
+template <class T>
+Sizes sizes_of(const LstmpDims& d) {
+  Sizes s{};
+  s.U = lstmp_block<T>();
+  s.Hu = lstmp_round<T>(d.H);
+  s.Pp = lstmp_round<T>(d.P);
+  s.G4 = 4 * s.Hu;
+  s.nb = s.Hu / s.U;
+  s.np = s.Pp / s.U;
+  return s;
+}
+
+// Consecutive workspace regions of whole 64-byte lines, sizes overflow-checked.
+struct Carve {
+  i64 off = 0;
+  i64 take(i64 n, const char* what) {
+    const i64 at = off;
+    off = checked_add(off, checked_mul(checked_add(n, 15, what) / 16, 16, what), what);
+    return at;
+  }
+};
+
+struct FwdLay {
+  i64 wi, wg, wr, bias, gx, p, cs, mb, rs, rb, total;
+};
+template <class T>
+FwdLay fwd_lay(const LstmpDims& d) {
+  const Sizes s = sizes_of<T>(d);
+  const i64 TN = checked_mul(d.T, d.N, "T*N");
+  Carve c;
+  FwdLay l{};
+  l.wi = c.take(checked_mul(d.I, s.G4, "weight_ih"), "weight_ih");
+  l.wg = c.take(checked_mul(d.P, s.G4, "weight_hh"), "weight_hh");
+  l.wr = c.take(checked_mul(s.Hu, s.Pp, "weight_hr"), "weight_hr");
+  l.bias = c.take(s.G4, "bias");
+  l.gx = c.take(checked_mul(TN, s.G4, "T*N*4*H"), "T*N*4*H");
+  l.p = c.take(checked_mul(d.N, s.G4, "N*4*H"), "N*4*H");
+  l.cs = c.take(checked_mul(d.N, s.Hu, "N*H"), "N*H");
+  l.mb = c.take(checked_mul(d.N, s.Hu, "N*H"), "N*H");
+  l.rs = c.take(checked_mul(d.N, s.Pp, "N*P"), "N*P");
+  l.rb = c.take(checked_mul(d.N, s.Pp, "N*P"), "N*P");
+  l.total = c.off;
+  return l;
+}
+
+struct BwdLay {
+  i64 wgt, wrt, wip, dg, dr_all, dR, dr, tmp, dm, dc, dwi, dwh, bsum, total;
+};
+template <class T>
+BwdLay bwd_lay(const LstmpDims& d) {
+  const Sizes s = sizes_of<T>(d);
+  const i64 TN = checked_mul(d.T, d.N, "T*N");
+  Carve c;
+  BwdLay l{};
+  l.wgt = c.take(checked_mul(s.G4, s.Pp, "weight_hh"), "weight_hh");
+  l.wrt = c.take(checked_mul(d.P, s.Hu, "weight_hr"), "weight_hr");
+  l.wip = c.take(checked_mul(s.G4, d.I, "weight_ih"), "weight_ih");
+  l.dg = c.take(checked_mul(TN, s.G4, "T*N*4*H"), "T*N*4*H");
+  l.dr_all = c.take(checked_mul(TN, s.Pp, "T*N*P"), "T*N*P");
+  l.dR = c.take(checked_mul(d.N, s.Pp, "N*P"), "N*P");
+  l.dr = c.take(checked_mul(d.N, s.Pp, "N*P"), "N*P");
+  l.tmp = c.take(checked_mul(d.N, s.Pp, "N*P"), "N*P");
+  l.dm = c.take(checked_mul(d.N, s.Hu, "N*H"), "N*H");
+  l.dc = c.take(checked_mul(d.N, s.Hu, "N*H"), "N*H");
+  l.dwi = c.take(checked_mul(s.G4, d.I, "weight_ih"), "weight_ih");
+  l.dwh = c.take(checked_mul(s.G4, d.P, "weight_hh"), "weight_hh");
+  l.bsum = c.take(s.G4, "bias");
+  l.total = c.off;
+  return l;
+}
+
+template <class T>
+i64 work(const LstmpDims& d, bool backward) {
+  return backward ? bwd_lay<T>(d).total : fwd_lay<T>(d).total;
+}
+
+// The permuted column of gate g of unit j (seq/lstmp.h).
+inline i64 gate_col(i64 U, int g, i64 j) { return j / U * 4 * U + g * U + j % U; }
+
+// Threads: at most one per unit block, and only as many as keep about 32k multiply-adds
+// per thread per step (below that a barrier costs more than it saves).
+inline int team(int want, const LstmpDims& d, const Sizes& s) {
+  const i64 useful = std::max<i64>(1, d.N * (s.G4 * d.P + s.Hu * s.Pp) / 32768);
+  return static_cast<int>(std::max<i64>(1, std::min<i64>({i64{want}, s.nb, useful})));
+}
+
+// C[:, c0:c1) = A (N x K) B[:, c0:c1) on register tiles of up to four vectors (c0, c1
+// multiples of the vector width; B rows ldb apart, C rows ldc apart). Every element is the
+// sum over k in one fixed order whatever the column range (tile::panel_fixed).
+template <class T>
+void product(i64 N, i64 K, const T* A, i64 lda, const T* B, i64 ldb, T* C, i64 ldc, i64 c0,
+             i64 c1) {
+  constexpr i64 L = tile::lanes<T>();
+  constexpr i64 kc = 256;
+  const int mr = tile::max_rows(4);
+  for (i64 j = c0; j < c1; j += 4 * L) {
+    const int cv = static_cast<int>(std::min<i64>(4, (c1 - j) / L));
+    tile::panel_fixed<T>(cv, mr, N, K, kc, A, lda, B + j, ldb, C + j, ldc, false);
+  }
+}
+
+// One row of one unit block: p (4U, gate g at g*U) in: W_hh r; out: the activations.
+// gx: the input projection with the biases; c_in -> c_out, m = o*tanh(c_out).
+template <class T>
+FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* c_in, T* c_out, T* m) {
+  using V = simd::Vec<T>;
+  for (i64 u = 0; u < U; u += V::lanes) {
+    const V i = cells::gate_sigmoid(V::load(p + u) + V::load(gx + u));
+    const V f = cells::gate_sigmoid(V::load(p + U + u) + V::load(gx + U + u));
+    const V g = cells::gate_tanh(V::load(p + 2 * U + u) + V::load(gx + 2 * U + u));
+    const V o = cells::gate_sigmoid(V::load(p + 3 * U + u) + V::load(gx + 3 * U + u));
+    const V c = f * V::load(c_in + u) + i * g;
+    i.store(p + u);
+    f.store(p + U + u);
+    g.store(p + 2 * U + u);
+    o.store(p + 3 * U + u);
+    c.store(c_out + u);
+    (o * cells::gate_tanh(c)).store(m + u);
+  }
+}
+
+inline bool active(const i64* lengths, i64 t, i64 n) { return !lengths || t < lengths[n]; }
+
+template <class T>
+void forward(const LstmpForward<T>& a) {
+  const LstmpDims& d = a.d;
+  const Sizes s = sizes_of<T>(d);
+  const FwdLay l = fwd_lay<T>(d);
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P, TN = Tn * N;
+  const i64 U = s.U, Hu = s.Hu, Pp = s.Pp, G4 = s.G4;
+  T* wi = a.work + l.wi;
+  T* wg = a.work + l.wg;
+  T* wr = a.work + l.wr;
+  T* bias = a.work + l.bias;
+  T* gx = a.work + l.gx;
+  const bool tr = a.training;
+  const int th = std::max(1, a.num_threads);
+
+  // The weights in the permuted, padded layout: W_ih^T (I x 4Hu), W_hh^T (P x 4Hu),
+  // W_hr^T (Hu x Pp), zeros past H and P; the two biases summed.
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
+#endif
+  for (i64 col = 0; col < G4; ++col) {
+    const i64 b = col / (4 * U), g = col % (4 * U) / U, j = b * U + col % U;
+    const bool in = j < H;
+    const i64 row = g * H + j;
+    for (i64 k = 0; k < I; ++k) wi[k * G4 + col] = in ? a.w_ih[row * I + k] : T(0);
+    for (i64 k = 0; k < P; ++k) wg[k * G4 + col] = in ? a.w_hh[row * P + k] : T(0);
+    T bsum = T(0);
+    if (in && a.b_ih) bsum += a.b_ih[row];
+    if (in && a.b_hh) bsum += a.b_hh[row];
+    bias[col] = bsum;
+  }
+  for (i64 j = 0; j < Hu; ++j)
+    for (i64 q = 0; q < Pp; ++q) wr[j * Pp + q] = j < H && q < P ? a.w_hr[q * H + j] : T(0);
+  gemm<T>(Trans::no, Trans::no, TN, G4, I, T(1), a.x, I, wi, G4, T(0), gx, G4, th);
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
+#endif
+  for (i64 r = 0; r < TN; ++r)
+    for (i64 col = 0; col < G4; ++col) gx[r * G4 + col] += bias[col];
+
+  T* pbuf = a.work + l.p;    // inference: the step's gates
+  T* cst = a.work + l.cs;    // inference: c
+  T* mbuf = a.work + l.mb;   // inference: m_t
+  T* rst = a.work + l.rs;    // r, the state (N x Pp)
+  T* rbuf = a.work + l.rb;   // r_t before the length mask
+  const LstmpTape<T>& tp = a.tape;
+  const int nt = team(th, d, s);
+  StepBarrier bar;
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+    int tid = 0, nth = 1;
+    thread_id(tid, nth);
+    if (tid == 0) bar.count = nth;
+    const i64 b0 = s.nb * tid / nth, b1 = s.nb * (tid + 1) / nth;  // unit blocks
+    const i64 u0 = b0 * U, u1 = b1 * U;
+    const i64 q0 = s.np * tid / nth * U, q1 = s.np * (tid + 1) / nth * U;  // output columns
+    const i64 t_first = d.reverse ? Tn - 1 : 0;
+    for (i64 n = 0; n < N; ++n) {
+      for (i64 q = q0; q < q1; ++q) {
+        rst[n * Pp + q] = q < P ? a.h0[n * P + q] : T(0);
+        if (tr) tp.rprev[(t_first * N + n) * Pp + q] = rst[n * Pp + q];
+      }
+      for (i64 j = u0; j < u1; ++j) {
+        const T c = j < H ? a.c0[n * H + j] : T(0);
+        if (tr) {
+          tp.c0[n * Hu + j] = c;
+        } else {
+          cst[n * Hu + j] = c;
+        }
+      }
+    }
+    omp_barrier();  // publishes bar.count and the initial states
+
+    for (i64 st = 0; st < Tn; ++st) {
+      const i64 t = d.reverse ? Tn - 1 - st : st;
+      const i64 t_prev = d.reverse ? t + 1 : t - 1;
+      const i64 t_next = d.reverse ? t - 1 : t + 1;
+      // (A) gates and cell of the owned units
+      T* pt = tr ? tp.gates + t * N * G4 : pbuf;
+      product(N, P, rst, Pp, wg, G4, pt, G4, b0 * 4 * U, b1 * 4 * U);
+      const T* c_in = tr ? (st == 0 ? tp.c0 : tp.c + t_prev * N * Hu) : cst;
+      T* c_out = tr ? tp.c + t * N * Hu : cst;
+      T* mt = tr ? tp.m + t * N * Hu : mbuf;
+      for (i64 n = 0; n < N; ++n) {
+        const bool on = active(a.lengths, t, n);
+        for (i64 b = b0; b < b1; ++b) {
+          const i64 cu = n * Hu + b * U;
+          if (!on) {  // the state carried, m = 0
+            if (c_out != c_in) std::memcpy(c_out + cu, c_in + cu, sizeof(T) * U);
+            std::fill(mt + cu, mt + cu + U, T(0));
+            continue;
+          }
+          const i64 gc = n * G4 + b * 4 * U;
+          cell_fwd(U, pt + gc, gx + t * N * G4 + gc, c_in + cu, c_out + cu, mt + cu);
+        }
+      }
+      bar.wait();
+      // (B) r_t = m_t W_hr^T on the owned outputs
+      product(N, Hu, mt, Hu, wr, Pp, rbuf, Pp, q0, q1);
+      for (i64 n = 0; n < N; ++n) {
+        const bool on = active(a.lengths, t, n);
+        T* yr = a.y + (t * N + n) * P;
+        for (i64 q = q0; q < q1; ++q) {
+          if (on) rst[n * Pp + q] = rbuf[n * Pp + q];
+          if (q < P) yr[q] = on ? rbuf[n * Pp + q] : T(0);
+          if (tr && st + 1 < Tn) tp.rprev[(t_next * N + n) * Pp + q] = rst[n * Pp + q];
+        }
+      }
+      bar.wait();
+    }
+    const T* c_last = tr ? tp.c + (d.reverse ? 0 : Tn - 1) * N * Hu : cst;
+    for (i64 n = 0; n < N; ++n) {
+      for (i64 q = q0; q < std::min(q1, P); ++q) a.h_n[n * P + q] = rst[n * Pp + q];
+      for (i64 j = u0; j < std::min(u1, H); ++j) a.c_n[n * H + j] = c_last[n * Hu + j];
+    }
+  }
+}
+
+template <class T>
+void backward(const LstmpBackward<T>& a) {
+  const LstmpDims& d = a.d;
+  const Sizes s = sizes_of<T>(d);
+  const BwdLay l = bwd_lay<T>(d);
+  const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P, TN = Tn * N;
+  const i64 U = s.U, Hu = s.Hu, Pp = s.Pp, G4 = s.G4;
+  T* wgt = a.work + l.wgt;  // W_hh, permuted rows (4Hu x Pp)
+  T* wrt = a.work + l.wrt;  // W_hr (P x Hu)
+  T* wip = a.work + l.wip;  // W_ih, permuted rows (4Hu x I)
+  T* dg = a.work + l.dg;    // dG for every step (T*N x 4Hu)
+  T* dr_all = a.work + l.dr_all;  // dL/dr_t for every step (T*N x Pp), 0 when inactive
+  T* dR = a.work + l.dR;    // dL/dr flowing into the step (N x Pp)
+  T* drb = a.work + l.dr;   // dr_t of the step
+  T* tmp = a.work + l.tmp;
+  T* dm = a.work + l.dm;
+  T* dc = a.work + l.dc;
+  const int th = std::max(1, a.num_threads);
+  const LstmpTape<const T>& tp = a.tape;
+
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
+#endif
+  for (i64 col = 0; col < G4; ++col) {
+    const i64 b = col / (4 * U), g = col % (4 * U) / U, j = b * U + col % U;
+    const bool in = j < H;
+    const i64 row = g * H + j;
+    for (i64 q = 0; q < Pp; ++q) wgt[col * Pp + q] = in && q < P ? a.w_hh[row * P + q] : T(0);
+    for (i64 k = 0; k < I; ++k) wip[col * I + k] = in ? a.w_ih[row * I + k] : T(0);
+  }
+  for (i64 q = 0; q < P; ++q)
+    for (i64 j = 0; j < Hu; ++j) wrt[q * Hu + j] = j < H ? a.w_hr[q * H + j] : T(0);
+
+  const int nt = team(th, d, s);
+  StepBarrier bar;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+    int tid = 0, nth = 1;
+    thread_id(tid, nth);
+    if (tid == 0) bar.count = nth;
+    const i64 b0 = s.nb * tid / nth, b1 = s.nb * (tid + 1) / nth;
+    const i64 u0 = b0 * U, u1 = b1 * U;
+    const i64 q0 = s.np * tid / nth * U, q1 = s.np * (tid + 1) / nth * U;
+    for (i64 n = 0; n < N; ++n) {
+      for (i64 q = q0; q < q1; ++q) dR[n * Pp + q] = a.dh_n && q < P ? a.dh_n[n * P + q] : T(0);
+      for (i64 j = u0; j < u1; ++j) dc[n * Hu + j] = a.dc_n && j < H ? a.dc_n[n * H + j] : T(0);
+    }
+    omp_barrier();
+
+    for (i64 st = 0; st < Tn; ++st) {
+      const i64 t = d.reverse ? st : Tn - 1 - st;  // the forward's steps, last first
+      const bool first = st + 1 == Tn;             // the forward's first step
+      const i64 t_prev = d.reverse ? t + 1 : t - 1;
+      // (1) dr_t = dR + dy_t on the owned outputs
+      for (i64 n = 0; n < N; ++n) {
+        const bool on = active(a.lengths, t, n);
+        const T* dyr = a.dy ? a.dy + (t * N + n) * P : nullptr;
+        T* dra = dr_all + (t * N + n) * Pp;
+        for (i64 q = q0; q < q1; ++q) {
+          const T v = on ? dR[n * Pp + q] + (dyr && q < P ? dyr[q] : T(0)) : T(0);
+          drb[n * Pp + q] = v;
+          dra[q] = v;
+        }
+      }
+      bar.wait();
+      // (2) dm_t = dr_t W_hr and the cell's backward on the owned units
+      product(N, P, drb, Pp, wrt, Hu, dm, Hu, u0, u1);
+      const T* c_prev = first ? tp.c0 : tp.c + t_prev * N * Hu;
+      for (i64 n = 0; n < N; ++n) {
+        const bool on = active(a.lengths, t, n);
+        T* dgr = dg + (t * N + n) * G4;
+        for (i64 b = b0; b < b1; ++b) {
+          if (!on) {
+            std::fill(dgr + b * 4 * U, dgr + (b + 1) * 4 * U, T(0));
+            continue;
+          }
+          const i64 cu = n * Hu + b * U;
+          cells::lstm_bwd<T>(static_cast<int>(U), U, U, dm + cu,
+                             tp.gates + (t * N + n) * G4 + b * 4 * U, c_prev + cu,
+                             tp.c + t * N * Hu + cu, dc + cu, dgr + b * 4 * U);
+        }
+      }
+      bar.wait();
+      // (3) dR = dG_t W_hh on the owned outputs (rows past their length keep theirs)
+      product(N, G4, dg + t * N * G4, G4, wgt, Pp, tmp, Pp, q0, q1);
+      for (i64 n = 0; n < N; ++n) {
+        if (!active(a.lengths, t, n)) continue;
+        std::memcpy(dR + n * Pp + q0, tmp + n * Pp + q0, sizeof(T) * (q1 - q0));
+      }
+    }
+    for (i64 n = 0; n < N; ++n) {
+      for (i64 q = q0; q < std::min(q1, P); ++q) a.dh0[n * P + q] = dR[n * Pp + q];
+      for (i64 j = u0; j < std::min(u1, H); ++j) a.dc0[n * H + j] = dc[n * Hu + j];
+    }
+  }
+
+  // Input, weight and bias gradients over all T*N rows; permuted rows back to PyTorch's.
+  T* dwi = a.work + l.dwi;
+  T* dwh = a.work + l.dwh;
+  T* bsum = a.work + l.bsum;
+  gemm<T>(Trans::no, Trans::no, TN, I, G4, T(1), dg, G4, wip, I, T(0), a.dx, I, th);
+  gemm<T>(Trans::yes, Trans::no, G4, I, TN, T(1), dg, G4, a.x, I, T(0), dwi, I, th);
+  gemm<T>(Trans::yes, Trans::no, G4, P, TN, T(1), dg, G4, tp.rprev, Pp, T(0), dwh, P, th);
+  gemm<T>(Trans::yes, Trans::no, P, H, TN, T(1), dr_all, Pp, tp.m, Hu, T(0), a.dw_hr, H, th);
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
+#endif
+  for (i64 col = 0; col < G4; ++col) {  // each column summed over the rows in order
+    T acc = T(0);
+    for (i64 r = 0; r < TN; ++r) acc += dg[r * G4 + col];
+    bsum[col] = acc;
+  }
+  for (int g = 0; g < 4; ++g) {
+    for (i64 j = 0; j < H; ++j) {
+      const i64 col = gate_col(U, g, j), row = g * H + j;
+      std::memcpy(a.dw_ih + row * I, dwi + col * I, sizeof(T) * I);
+      std::memcpy(a.dw_hh + row * P, dwh + col * P, sizeof(T) * P);
+      if (a.db_ih) a.db_ih[row] = bsum[col];
+      if (a.db_hh) a.db_hh[row] = bsum[col];
+    }
+  }
+}
+
+}  // namespace
+
+const LstmpTable& lstmp_table() {
+  static const LstmpTable t{
+      {&work<float>, &forward<float>, &backward<float>},
+      {&work<double>, &forward<double>, &backward<double>},
+  };
+  return t;
+}
+
+FASTRNN_TARGET_NS_END
