@@ -134,15 +134,19 @@ void product(i64 N, i64 K, const T* A, i64 lda, const T* B, i64 ldb, T* C, i64 l
 }
 
 // One row of one unit block: p (4U, gate g at g*U) in: W_hh r; out: the activations.
-// gx: the input projection with the biases; c_in -> c_out, m = o*tanh(c_out).
+// gx: the input projection, b: both biases summed; c_in -> c_out, m = o*tanh(c_out).
 template <class T>
-FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* c_in, T* c_out, T* m) {
+FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* b, const T* c_in, T* c_out,
+                             T* m) {
   using V = simd::Vec<T>;
+  auto pre = [&](i64 k) FASTRNN_INLINE_LAMBDA {
+    return V::load(p + k) + V::load(gx + k) + V::load(b + k);
+  };
   for (i64 u = 0; u < U; u += V::lanes) {
-    const V i = cells::gate_sigmoid(V::load(p + u) + V::load(gx + u));
-    const V f = cells::gate_sigmoid(V::load(p + U + u) + V::load(gx + U + u));
-    const V g = cells::gate_tanh(V::load(p + 2 * U + u) + V::load(gx + 2 * U + u));
-    const V o = cells::gate_sigmoid(V::load(p + 3 * U + u) + V::load(gx + 3 * U + u));
+    const V i = cells::gate_sigmoid(pre(u));
+    const V f = cells::gate_sigmoid(pre(U + u));
+    const V g = cells::gate_tanh(pre(2 * U + u));
+    const V o = cells::gate_sigmoid(pre(3 * U + u));
     const V c = f * V::load(c_in + u) + i * g;
     i.store(p + u);
     f.store(p + U + u);
@@ -154,6 +158,23 @@ FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* c_in, T* c_out, 
 }
 
 inline bool active(const i64* lengths, i64 t, i64 n) { return !lengths || t < lengths[n]; }
+
+// dst (K x ld, first 4Hu columns) = w^T in the permuted layout, w (4H x K) row-major; zeros
+// in the padded units' columns.
+template <class T>
+void transpose_gates(const T* w, i64 H, i64 K, i64 U, T* dst, i64 ld, int th) {
+  const i64 G4 = 4 * ((H + U - 1) / U * U);
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(th) schedule(static) if (th > 1 && K * G4 >= 65536)
+#endif
+  for (i64 k = 0; k < K; ++k) {
+    T* out = dst + k * ld;
+    for (i64 col = 0; col < G4; ++col) {
+      const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
+      out[col] = j < H ? w[row * K + k] : T(0);
+    }
+  }
+}
 
 template <class T>
 void forward(const LstmpForward<T>& a) {
@@ -171,29 +192,20 @@ void forward(const LstmpForward<T>& a) {
   const int th = std::max(1, a.num_threads);
 
   // The weights in the permuted, padded layout: W_ih^T (I x 4Hu), W_hh^T (P x 4Hu),
-  // W_hr^T (Hu x Pp), zeros past H and P; the two biases summed.
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
-#endif
+  // W_hr^T (Hu x Pp), zeros past H and P (rows written whole, the sources read by column:
+  // the lines of a column's rows stay in the cache for the next column); the biases summed.
+  transpose_gates(a.w_ih, H, I, U, wi, G4, th);
+  transpose_gates(a.w_hh, H, P, U, wg, G4, th);
   for (i64 col = 0; col < G4; ++col) {
-    const i64 b = col / (4 * U), g = col % (4 * U) / U, j = b * U + col % U;
-    const bool in = j < H;
-    const i64 row = g * H + j;
-    for (i64 k = 0; k < I; ++k) wi[k * G4 + col] = in ? a.w_ih[row * I + k] : T(0);
-    for (i64 k = 0; k < P; ++k) wg[k * G4 + col] = in ? a.w_hh[row * P + k] : T(0);
+    const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
     T bsum = T(0);
-    if (in && a.b_ih) bsum += a.b_ih[row];
-    if (in && a.b_hh) bsum += a.b_hh[row];
+    if (j < H && a.b_ih) bsum += a.b_ih[row];
+    if (j < H && a.b_hh) bsum += a.b_hh[row];
     bias[col] = bsum;
   }
   for (i64 j = 0; j < Hu; ++j)
     for (i64 q = 0; q < Pp; ++q) wr[j * Pp + q] = j < H && q < P ? a.w_hr[q * H + j] : T(0);
   gemm<T>(Trans::no, Trans::no, TN, G4, I, T(1), a.x, I, wi, G4, T(0), gx, G4, th);
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
-#endif
-  for (i64 r = 0; r < TN; ++r)
-    for (i64 col = 0; col < G4; ++col) gx[r * G4 + col] += bias[col];
 
   T* pbuf = a.work + l.p;    // inference: the step's gates
   T* cst = a.work + l.cs;    // inference: c
@@ -251,7 +263,8 @@ void forward(const LstmpForward<T>& a) {
             continue;
           }
           const i64 gc = n * G4 + b * 4 * U;
-          cell_fwd(U, pt + gc, gx + t * N * G4 + gc, c_in + cu, c_out + cu, mt + cu);
+          cell_fwd(U, pt + gc, gx + t * N * G4 + gc, bias + b * 4 * U, c_in + cu, c_out + cu,
+                   mt + cu);
         }
       }
       bar.wait();
@@ -293,18 +306,22 @@ void backward(const LstmpBackward<T>& a) {
   T* tmp = a.work + l.tmp;
   T* dm = a.work + l.dm;
   T* dc = a.work + l.dc;
+  T* bsum = a.work + l.bsum;  // column sums of dG: both bias gradients
   const int th = std::max(1, a.num_threads);
   const LstmpTape<const T>& tp = a.tape;
 
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
 #endif
-  for (i64 col = 0; col < G4; ++col) {
-    const i64 b = col / (4 * U), g = col % (4 * U) / U, j = b * U + col % U;
+  for (i64 col = 0; col < G4; ++col) {  // whole rows copied
+    const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
     const bool in = j < H;
-    const i64 row = g * H + j;
     for (i64 q = 0; q < Pp; ++q) wgt[col * Pp + q] = in && q < P ? a.w_hh[row * P + q] : T(0);
-    for (i64 k = 0; k < I; ++k) wip[col * I + k] = in ? a.w_ih[row * I + k] : T(0);
+    if (in) {
+      std::memcpy(wip + col * I, a.w_ih + row * I, sizeof(T) * I);
+    } else {
+      std::fill(wip + col * I, wip + (col + 1) * I, T(0));
+    }
   }
   for (i64 q = 0; q < P; ++q)
     for (i64 j = 0; j < Hu; ++j) wrt[q * Hu + j] = j < H ? a.w_hr[q * H + j] : T(0);
@@ -325,6 +342,7 @@ void backward(const LstmpBackward<T>& a) {
       for (i64 q = q0; q < q1; ++q) dR[n * Pp + q] = a.dh_n && q < P ? a.dh_n[n * P + q] : T(0);
       for (i64 j = u0; j < u1; ++j) dc[n * Hu + j] = a.dc_n && j < H ? a.dc_n[n * H + j] : T(0);
     }
+    std::fill(bsum + b0 * 4 * U, bsum + b1 * 4 * U, T(0));
     omp_barrier();
 
     for (i64 st = 0; st < Tn; ++st) {
@@ -359,6 +377,9 @@ void backward(const LstmpBackward<T>& a) {
                              tp.gates + (t * N + n) * G4 + b * 4 * U, c_prev + cu,
                              tp.c + t * N * Hu + cu, dc + cu, dgr + b * 4 * U);
         }
+        // The bias sums of the owned columns while dG_t is in the cache: every column
+        // summed over the steps and rows in one order, whatever the thread count.
+        for (i64 col = b0 * 4 * U; col < b1 * 4 * U; ++col) bsum[col] += dgr[col];
       }
       bar.wait();
       // (3) dR = dG_t W_hh on the owned outputs (rows past their length keep theirs)
@@ -377,19 +398,10 @@ void backward(const LstmpBackward<T>& a) {
   // Input, weight and bias gradients over all T*N rows; permuted rows back to PyTorch's.
   T* dwi = a.work + l.dwi;
   T* dwh = a.work + l.dwh;
-  T* bsum = a.work + l.bsum;
   gemm<T>(Trans::no, Trans::no, TN, I, G4, T(1), dg, G4, wip, I, T(0), a.dx, I, th);
   gemm<T>(Trans::yes, Trans::no, G4, I, TN, T(1), dg, G4, a.x, I, T(0), dwi, I, th);
   gemm<T>(Trans::yes, Trans::no, G4, P, TN, T(1), dg, G4, tp.rprev, Pp, T(0), dwh, P, th);
   gemm<T>(Trans::yes, Trans::no, P, H, TN, T(1), dr_all, Pp, tp.m, Hu, T(0), a.dw_hr, H, th);
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
-#endif
-  for (i64 col = 0; col < G4; ++col) {  // each column summed over the rows in order
-    T acc = T(0);
-    for (i64 r = 0; r < TN; ++r) acc += dg[r * G4 + col];
-    bsum[col] = acc;
-  }
   for (int g = 0; g < 4; ++g) {
     for (i64 j = 0; j < H; ++j) {
       const i64 col = gate_col(U, g, j), row = g * H + j;
