@@ -346,3 +346,30 @@ def test_concurrent_python_threads_get_their_own_results(rng):
         t.join()
     for k in range(4):
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_kernel_binding_checks_its_arguments(rng):
+    # _core.lstmp_forward / lstmp_backward check what they are given themselves.
+    from fastrnn import _core
+
+    T, N, I, H, P = 3, 2, 4, 5, 3
+    c = _case(T, N, I, H, P, np.float32, rng)
+    args = [c[k] for k in ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    fwd = _core.lstmp_forward
+    with pytest.raises(TypeError, match=r"x must be a numpy\.ndarray"):
+        fwd([[1.0]], *args[1:], c["weight_hr"], None, False, False)
+    with pytest.raises(ValueError, match=r"x must have shape \(T, N, I\)"):
+        fwd(c["x"][0], *args[1:], c["weight_hr"], None, False, False)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(N, P\) = \(2, 3\)"):
+        fwd(c["x"], c["c0"], *args[2:], c["weight_hr"], None, False, False)
+    with pytest.raises(ValueError, match=r"weight_hh must have shape \(4\*H, P\)"):
+        fwd(*args[:4], np.zeros((4 * H, H), np.float32), *args[5:], c["weight_hr"], None, 0, 0)
+    with pytest.raises(ValueError, match=r"lengths must satisfy 1 <= lengths\[n\] <= T"):
+        fwd(*args, c["weight_hr"], np.array([0, 3]), False, False)
+    *_, tape = fwd(*args, c["weight_hr"], None, False, True)
+    bwd = _core.lstmp_backward
+    w = (c["weight_ih"], c["weight_hh"], c["weight_hr"])
+    with pytest.raises(ValueError, match=r"dy must have shape \(T, N, P\) = \(3, 2, 3\)"):
+        bwd(tape, c["x"], *w, False, np.zeros((T, N, H), np.float32), None, None)
+    with pytest.raises(ValueError, match=r"tape weight_hh must have shape \(4\*H, P\)"):
+        bwd(tape, c["x"], w[0], w[0], w[2], False, None, None, None)

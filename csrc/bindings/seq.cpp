@@ -779,10 +779,11 @@ void register_seq(py::module_& m) {
          const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& whr, const py::object& lengths, bool reverse, bool training,
          bool poison) {
-        if (py::reinterpret_borrow<py::array>(x).ndim() != 3 && py::isinstance<py::array>(x)) {
+        const bool f64 = is_f64(x);  // raises unless x is a float32/float64 ndarray
+        if (py::reinterpret_borrow<py::array>(x).ndim() != 3) {
           throw py::value_error("x must have shape (T, N, I)");
         }
-        if (is_f64(x)) {
+        if (f64) {
           return lstmp_forward_t<double>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
                                          training, poison);
         }
