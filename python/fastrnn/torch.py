@@ -305,8 +305,7 @@ def _run_stack(
     h_np = None if h0 is None else _np(h0)
     c_np = None if c0 is None else _np(c0)
     p_np = _param_arrays(cfg.owner, cfg.names, params)
-    # The direct path calls the plain kernels; a projection goes through the stack.
-    if _BACKEND == "native" and not cfg.dropout_active and not cfg.proj_size:
+    if _BACKEND == "native" and not cfg.dropout_active:
         with _ThreadScope():
             packed = None if training or cfg.owner not in _PACKED else params
             y, states, tape = _native_stack(cfg, x_np, h_np, c_np, p_np, training, packed)
@@ -342,7 +341,8 @@ def _run_stack(
 
 class _NativeStackTape(list):
     """What ``_native_stack`` keeps for ``_native_stack_backward``: per layer, per
-    direction, the kernel's tape (``_core.seq_forward``'s dict)."""
+    direction, the kernel's tape (``_core.seq_forward``'s dict; with a projection,
+    ``(_core.lstmp_forward``'s dict, the layer's input, W_ih, W_hh, W_hr)``)."""
 
 
 def _native_stack(
@@ -366,8 +366,9 @@ def _native_stack(
     """
 
     lstm = cfg.mode == "lstm"
-    L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
+    L, D, H, P = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size, cfg.proj_size
     zeros = np.zeros((x.shape[1], H), x.dtype) if h0 is None or (lstm and c0 is None) else None
+    hzeros = np.zeros((x.shape[1], P), x.dtype) if P and h0 is None else zeros
     hs, cs = [], []
     tape = _NativeStackTape() if training else None
     named = None if packed_from is None else dict(zip(cfg.names, packed_from))
@@ -377,6 +378,19 @@ def _native_stack(
         for d in range(D):
             sfx = f"l{k}" + ("_reverse" if d else "")
             row = k * D + d
+            if P:  # the projection's kernel, which takes no packed weights
+                wts = (params[f"weight_ih_{sfx}"], params[f"weight_hh_{sfx}"])
+                w_hr = params[f"weight_hr_{sfx}"]
+                y, h_n, c_n, t = _core.lstmp_forward(
+                    inp, hzeros if h0 is None else h0[row], zeros if c0 is None else c0[row],
+                    *wts, params.get(f"bias_ih_{sfx}"), params.get(f"bias_hh_{sfx}"), w_hr,
+                    cfg.lengths, bool(d), training, False,
+                )  # fmt: skip
+                outs.append(y)
+                tapes.append((t, inp, *wts, w_hr) if training else None)
+                hs.append(h_n)
+                cs.append(c_n)
+                continue
             pw = None if named is None else _packed_weights(cfg, named, sfx)
             y, h_n, c_n, t = _core.seq_forward(
                 cfg.mode,
@@ -417,11 +431,13 @@ def _native_stack_backward(
 ) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
     """BPTT through ``_native_stack``'s layers (``_stack.stack_backward`` for that tape).
 
-    dy (T, N, D*H) or None, dh_n / dc_n (L*D, N, H) or None (zeros). Returns (dx,
-    [dh_0(, dc_0)], name -> gradient); every array is new.
+    dy (T, N, D*S) or None, dh_n (L*D, N, S), dc_n (L*D, N, H) or None (zeros), with S the
+    projection's size P or else H. Returns (dx, [dh_0(, dc_0)], name -> gradient); every
+    array is new.
     """
     lstm = cfg.mode == "lstm"
-    L, D, H = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size
+    L, D, H, P = cfg.num_layers, 2 if cfg.bidirectional else 1, cfg.hidden_size, cfg.proj_size
+    S = P or H  # the columns of each direction's output
     dh0: list[Any] = [None] * (L * D)
     dc0: list[Any] = [None] * (L * D)
     grads: dict[str, np.ndarray] = {}
@@ -432,18 +448,24 @@ def _native_stack_backward(
             row = k * D + d
             dy_d = dout
             if dout is not None and D == 2:
-                dy_d = np.ascontiguousarray(dout[..., d * H : (d + 1) * H])
-            g = _core.seq_backward(
-                cfg.mode,
-                tape[k][d],
-                cfg.nonlinearity,
-                True,  # reset_after
-                bool(d),  # reverse
-                dy_d,
-                None if dh_n is None else dh_n[row],
-                None if dc_n is None else dc_n[row],
-                False,  # poison
-            )
+                dy_d = np.ascontiguousarray(dout[..., d * S : (d + 1) * S])
+            dh = None if dh_n is None else dh_n[row]
+            dc = None if dc_n is None else dc_n[row]
+            if P:
+                t, inp, w_ih, w_hh, w_hr = tape[k][d]
+                g = _core.lstmp_backward(t, inp, w_ih, w_hh, w_hr, bool(d), dy_d, dh, dc, False)
+            else:
+                g = _core.seq_backward(
+                    cfg.mode,
+                    tape[k][d],
+                    cfg.nonlinearity,
+                    True,  # reset_after
+                    bool(d),  # reverse
+                    dy_d,
+                    dh,
+                    dc,
+                    False,  # poison
+                )
             dh0[row] = g["h0"]
             dc0[row] = g.get("c0")
             if dinp is None:
@@ -451,8 +473,8 @@ def _native_stack_backward(
             else:
                 dinp += g["x"]  # both new arrays from the kernel
             sfx = f"l{k}" + ("_reverse" if d else "")
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                if g[name] is not None:
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+                if g.get(name) is not None:
                     grads[f"{name}_{sfx}"] = g[name]
         dout = dinp
     states = [np.stack(dh0), np.stack(dc0)] if lstm else [np.stack(dh0)]
