@@ -201,8 +201,12 @@ def test_lstm_projection_config_and_errors(tmp_path):
     assert again.proj_size == P
     x = np.ones((T, N, I), np.float32)
     np.testing.assert_array_equal(again(x)[0], ours(x)[0])
-    ours.pack_weights()  # a projected layer runs unpacked: still the same results
+    ours.pack_weights()  # the three weights become read-only snapshots: the same results
+    assert not ours.params["weight_hr_l0"].flags.writeable
     np.testing.assert_array_equal(ours(x)[0], again(x)[0])
+    ours.unpack_weights()
+    ours.params["weight_hr_l1"] += 0.5  # writable again, and used
+    assert not np.array_equal(ours(x)[0], again(x)[0])
     with pytest.raises(ValueError, match=r"proj_size: expected 0 or 1 <= proj_size < hidden_size"):
         LSTM(I, H, proj_size=H)
     with pytest.raises(ValueError, match="proj_size: only lstm has a projection"):

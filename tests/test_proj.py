@@ -245,11 +245,48 @@ def test_projection_is_lstm_only():
         REF._check_inputs("gru", x, None, None, np.zeros((9, 3)), w, None, None, None, w)
 
 
-def test_packed_weights_are_refused(rng):
-    case = _case(3, 2, 4, 5, 3, np.float32, rng)
-    packed = F.pack_weights("lstm", np.zeros((20, 4), np.float32), np.zeros((20, 5), np.float32))
-    with pytest.raises(ValueError, match="packed: packed weights are not supported with weight_hr"):
-        F.lstm(**case, packed=packed)
+def test_packed_weights(rng):
+    # pack_weights(..., weight_hr=) snapshots the three weights and lays them out once; calls
+    # with it give bitwise the results of calls without, under every target (the layout
+    # does not depend on it), in inference and training.
+    from conftest import SUPPORTED_ISAS
+
+    size = (4, 5, 7, 40, 19)
+    case = _case(*size, np.float32, rng)
+    up = _upstream(4, 5, 40, 19, np.float32, rng)
+    packed = F.pack_weights(
+        "lstm", case["weight_ih"], case["weight_hh"], weight_hr=case["weight_hr"]
+    )
+    assert packed.weight_hr.shape == (19, 40) and not packed.weight_hr.flags.writeable
+    assert "proj_size=19" in repr(packed)
+    given = {**case, "weight_ih": None, "weight_hh": None, "weight_hr": None}
+    before = fastrnn.get_isa()
+    try:
+        for isa in SUPPORTED_ISAS:
+            fastrnn.set_isa(isa)
+            want = F.lstm(**case, training=True)
+            snapshot = {k: getattr(packed, k) for k in ("weight_ih", "weight_hh", "weight_hr")}
+            for kw in (given, {**case, **snapshot}):  # weights None, or the snapshot's
+                got = F.lstm(**kw, packed=packed, training=True)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1][0], want[1][0])
+                np.testing.assert_array_equal(got[1][1], want[1][1])
+                g_got, g_want = F.lstm_backward(got[2], **up), F.lstm_backward(want[2], **up)
+                for key in GRAD_KEYS:
+                    np.testing.assert_array_equal(g_got[key], g_want[key], err_msg=key)
+                y_inf, _ = F.lstm(**kw, packed=packed)
+                np.testing.assert_array_equal(y_inf, want[0])
+    finally:
+        fastrnn.set_isa(before)
+    with pytest.raises(ValueError, match=r"weight_hr: with packed=, pass packed\.weight_hr"):
+        F.lstm(**{**given, "weight_hr": case["weight_hr"]}, packed=packed)
+    plain = F.pack_weights("lstm", np.zeros((160, 7), np.float32), np.zeros((160, 40), np.float32))
+    with pytest.raises(ValueError, match=r"weight_hr: with packed=, pass packed\.weight_hr"):
+        F.lstm(**{**given, "weight_hr": case["weight_hr"]}, packed=plain)
+    with pytest.raises(ValueError, match=r"weight_hh: expected shape \(4\*H, P\)"):
+        F.pack_weights("lstm", case["weight_ih"], case["weight_ih"], weight_hr=case["weight_hr"])
+    with pytest.raises(ValueError, match="weight_hr: a projection exists only for lstm"):
+        F.pack_weights("gru", case["weight_ih"], case["weight_hh"], weight_hr=case["weight_hr"])
 
 
 def test_matches_torch(rng):

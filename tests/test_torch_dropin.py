@@ -604,6 +604,23 @@ def test_proj_size_gradcheck_and_dropout():
 
 
 @pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
+def test_proj_size_pack_weights():
+    # Inference under pack_weights(): bitwise the unpacked results, laid out again after an
+    # in-place change of any of the three weights (their version counters move).
+    fast, _ = make_pair("lstm", hidden_size=40, proj_size=9, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        want = fast(x)[0]
+        fast.pack_weights()
+        torch.testing.assert_close(fast(x)[0], want, rtol=0, atol=0)
+        fast.weight_hr_l1_reverse.mul_(0.5)
+        changed = fast(x)[0]
+        fast.unpack_weights()
+        torch.testing.assert_close(fast(x)[0], changed, rtol=0, atol=0)
+    assert not torch.equal(changed, want)
+
+
+@pytest.mark.filterwarnings(_TORCH_PROJ_WARNING)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_proj_size_larger_sizes(dtype, isa, threads):
     # Several unit and output blocks on every target (H = 70, P = 37), each thread count.

@@ -509,7 +509,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
                           const py::object& wih_o, const py::object& whh_o,
                           const py::object& bih_o, const py::object& bhh_o,
                           const py::object& whr_o, const py::object& len_o, bool reverse,
-                          bool training, bool poison_out) {
+                          bool training, bool poison_out, const py::object& packed_o) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
   py::array whr0 = py::reinterpret_borrow<py::array>(whr_o);
   if (!py::isinstance<py::array>(whr_o) || whr0.ndim() != 2) {
@@ -554,6 +554,13 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   if (!bhh_o.is_none()) bhh = need<T>(bhh_o, "bias_hh", {GH}, "(4*H,)");
   py::array_t<std::int64_t> lens;
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
+  py::array_t<T, py::array::c_style> packed;
+  if (!packed_o.is_none()) {
+    packed = need<T>(packed_o, "packed weights", {k.packed_size(d)}, "(packed_size,)");
+    if (reinterpret_cast<std::uintptr_t>(packed.data()) % 64 != 0) {
+      throw py::value_error("packed weights must be 64-byte aligned (lstmp_pack_weights' array)");
+    }
+  }
 
   auto y = pooled_array<T>({Tn, N, P});
   py::array_t<T, py::array::c_style> hn({N, P}), cn({N, H});
@@ -586,6 +593,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   a.b_hh = bhh_o.is_none() ? nullptr : bhh.data();
   a.w_hr = whr.data();
   a.lengths = len_o.is_none() ? nullptr : lens.data();
+  a.packed = packed_o.is_none() ? nullptr : packed.data();
   a.y = y.mutable_data();
   a.h_n = hn.mutable_data();
   a.c_n = cn.mutable_data();
@@ -615,6 +623,40 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
   }
   return py::make_tuple(y, hn, cn, training ? py::object(tape) : py::object(py::none()));
+}
+
+template <class T>
+py::array_t<T, py::array::c_style> lstmp_pack_t(const py::object& wih_o, const py::object& whh_o,
+                                                const py::object& whr_o) {
+  py::array whr0 = py::reinterpret_borrow<py::array>(whr_o);
+  py::array wih0 = py::reinterpret_borrow<py::array>(wih_o);
+  if (!py::isinstance<py::array>(whr_o) || whr0.ndim() != 2 ||
+      !py::isinstance<py::array>(wih_o) || wih0.ndim() != 2) {
+    throw py::type_error("weight_ih (4*H, I) and weight_hr (P, H) must be 2-d numpy.ndarrays");
+  }
+  LstmpDims d;
+  d.T = d.N = 1;
+  d.P = static_cast<i64>(whr0.shape(0));
+  d.H = static_cast<i64>(whr0.shape(1));
+  d.I = static_cast<i64>(wih0.shape(1));
+  if (d.H < 1 || d.P < 1) throw py::value_error("weight_hr must have shape (P, H), P, H >= 1");
+  auto wih = need<T>(wih_o, "weight_ih", {4 * d.H, d.I}, "(4*H, I)");
+  auto whh = need<T>(whh_o, "weight_hh", {4 * d.H, d.P}, "(4*H, P)");
+  auto whr = need<T>(whr_o, "weight_hr", {d.P, d.H}, "(P, H)");
+  const LstmpFns<T>& k = lstmp_fns<T>();
+  const i64 n = k.packed_size(d);
+  check_elems<T>(n, "packed weights");
+  constexpr i64 pad = 64 / static_cast<i64>(sizeof(T));  // 64-byte aligned view
+  py::array_t<T, py::array::c_style> raw({checked_add(n, pad, "packed weights")});
+  const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
+  const i64 off = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
+  auto out = py::array_t<T, py::array::c_style>::ensure(raw[py::slice(off, off + n, 1)]);
+  std::fill(out.mutable_data(), out.mutable_data() + n, T(0));  // the regions' rounding
+  {
+    py::gil_scoped_release release;
+    k.pack(d, wih.data(), whh.data(), whr.data(), out.mutable_data(), get_num_threads());
+  }
+  return out;
 }
 
 template <class T>
@@ -778,23 +820,33 @@ void register_seq(py::module_& m) {
       [](const py::object& x, const py::object& h0, const py::object& c0, const py::object& wih,
          const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& whr, const py::object& lengths, bool reverse, bool training,
-         bool poison) {
+         bool poison, const py::object& packed) {
         const bool f64 = is_f64(x);  // raises unless x is a float32/float64 ndarray
         if (py::reinterpret_borrow<py::array>(x).ndim() != 3) {
           throw py::value_error("x must have shape (T, N, I)");
         }
         if (f64) {
           return lstmp_forward_t<double>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
-                                         training, poison);
+                                         training, poison, packed);
         }
         return lstmp_forward_t<float>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
-                                      training, poison);
+                                      training, poison, packed);
       },
       py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"),
       py::arg("bias_ih"), py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
       py::arg("reverse"), py::arg("training"), py::arg("poison") = false,
+      py::arg("packed") = py::none(),
       "LSTM with a projection (weight_hr (P, H)) over a whole sequence. Returns "
-      "(y, h_n, c_n, tape|None); the tape holds the kernel's arrays only.");
+      "(y, h_n, c_n, tape|None); the tape holds the kernel's arrays only. packed: "
+      "lstmp_pack_weights' array for these weights (the same on every SIMD target).");
+  m.def(
+      "lstmp_pack_weights",
+      [](const py::object& wih, const py::object& whh, const py::object& whr) {
+        if (is_f64(wih)) return py::object(lstmp_pack_t<double>(wih, whh, whr));
+        return py::object(lstmp_pack_t<float>(wih, whh, whr));
+      },
+      py::arg("weight_ih"), py::arg("weight_hh"), py::arg("weight_hr"),
+      "lstmp_forward's layout of weight_ih (4*H, I), weight_hh (4*H, P), weight_hr (P, H).");
   m.def(
       "lstmp_backward",
       [](const py::dict& tape, const py::object& x, const py::object& wih, const py::object& whh,

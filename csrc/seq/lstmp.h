@@ -65,6 +65,9 @@ struct LstmpForward {
   T* c_n = nullptr;
   bool training = false;
   LstmpTape<T> tape;  // written when training
+  // The weights as pack() laid them out for d's I, H and P (any target), or null: the
+  // forward lays them out itself (w_ih, w_hh and w_hr must then hold the same weights).
+  const T* packed = nullptr;
   T* work = nullptr;  // work(d, false) elements, 64-byte aligned
   int num_threads = 1;
 };
@@ -100,6 +103,11 @@ struct LstmpFns {
   std::int64_t (*work)(const LstmpDims& d, bool backward);
   void (*forward)(const LstmpForward<T>& a);
   void (*backward)(const LstmpBackward<T>& a);
+  // Elements of the forward's weight layout for d's I, H and P (T and N do not matter), and
+  // that layout into `out` (64-byte aligned), the same on every target.
+  std::int64_t (*packed_size)(const LstmpDims& d);
+  void (*pack)(const LstmpDims& d, const T* w_ih, const T* w_hh, const T* w_hr, T* out,
+               int num_threads);
 };
 
 struct LstmpTable {

@@ -182,6 +182,33 @@ void transpose_gates(const T* w, i64 H, i64 K, i64 U, T* dst, i64 ld, int th) {
   }
 }
 
+// The forward's weight layout into out[0, packed_size(d)): W_ih^T (I x 4Hu) and W_hh^T
+// (P x 4Hu) in the permuted columns, W_hr^T (Hu x Pp), zeros past H and P, at the offsets
+// of the forward's workspace (fwd_lay: the same for any T and N).
+template <class T>
+void lay_out(const LstmpDims& d, const T* w_ih, const T* w_hh, const T* w_hr, T* out, int th) {
+  const Sizes s = sizes_of<T>(d);
+  const FwdLay l = fwd_lay<T>(d);
+  const i64 H = d.H, P = d.P;
+  transpose_gates(w_ih, H, d.I, s.U, out + l.wi, s.G4, th);
+  transpose_gates(w_hh, H, P, s.U, out + l.wg, s.G4, th);
+  T* wr = out + l.wr;
+  simd::transpose_rect(w_hr, H, P, H, wr, s.Pp);  // W_hr^T, then its padding
+  for (i64 j = 0; j < s.Hu; ++j) {
+    std::fill(wr + j * s.Pp + (j < H ? P : 0), wr + (j + 1) * s.Pp, T(0));
+  }
+}
+
+template <class T>
+i64 packed_size(const LstmpDims& d) {
+  return fwd_lay<T>(d).bias;  // the weight regions come first
+}
+
+template <class T>
+void pack(const LstmpDims& d, const T* w_ih, const T* w_hh, const T* w_hr, T* out, int th) {
+  lay_out(d, w_ih, w_hh, w_hr, out, std::max(1, th));
+}
+
 template <class T>
 void forward(const LstmpForward<T>& a) {
   const LstmpDims& d = a.d;
@@ -189,28 +216,23 @@ void forward(const LstmpForward<T>& a) {
   const FwdLay l = fwd_lay<T>(d);
   const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P, TN = Tn * N;
   const i64 U = s.U, Hu = s.Hu, Pp = s.Pp, G4 = s.G4;
-  T* wi = a.work + l.wi;
-  T* wg = a.work + l.wg;
-  T* wr = a.work + l.wr;
   T* bias = a.work + l.bias;
   T* gx = a.work + l.gx;
   const bool tr = a.training;
   const int th = std::max(1, a.num_threads);
-
-  // The weights in the permuted, padded layout: W_ih^T (I x 4Hu), W_hh^T (P x 4Hu),
-  // W_hr^T (Hu x Pp), zeros past H and P (rows written whole, the sources read by column:
-  // the lines of a column's rows stay in the cache for the next column); the biases summed.
-  transpose_gates(a.w_ih, H, I, U, wi, G4, th);
-  transpose_gates(a.w_hh, H, P, U, wg, G4, th);
-  for (i64 col = 0; col < G4; ++col) {
+  // The weights' layout: the caller's (pack), or made here at the same offsets.
+  if (!a.packed) lay_out(d, a.w_ih, a.w_hh, a.w_hr, a.work, th);
+  const T* wsrc = a.packed ? a.packed : a.work;
+  const T* wi = wsrc + l.wi;
+  const T* wg = wsrc + l.wg;
+  const T* wr = wsrc + l.wr;
+  for (i64 col = 0; col < G4; ++col) {  // both biases summed
     const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
     T bsum = T(0);
     if (j < H && a.b_ih) bsum += a.b_ih[row];
     if (j < H && a.b_hh) bsum += a.b_hh[row];
     bias[col] = bsum;
   }
-  simd::transpose_rect(a.w_hr, H, P, H, wr, Pp);  // W_hr^T, then its padding
-  for (i64 j = 0; j < Hu; ++j) std::fill(wr + j * Pp + (j < H ? P : 0), wr + (j + 1) * Pp, T(0));
   gemm<T>(Trans::no, Trans::no, TN, G4, I, T(1), a.x, I, wi, G4, T(0), gx, G4, th);
 
   T* pbuf = a.work + l.p;    // inference: the step's gates
@@ -423,8 +445,8 @@ void backward(const LstmpBackward<T>& a) {
 
 const LstmpTable& lstmp_table() {
   static const LstmpTable t{
-      {&work<float>, &forward<float>, &backward<float>},
-      {&work<double>, &forward<double>, &backward<double>},
+      {&work<float>, &forward<float>, &backward<float>, &packed_size<float>, &pack<float>},
+      {&work<double>, &forward<double>, &backward<double>, &packed_size<double>, &pack<double>},
   };
   return t;
 }

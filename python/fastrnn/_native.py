@@ -354,10 +354,6 @@ def _lstm_proj(
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
     reverse, lengths, training, poison, packed,
 ):  # fmt: skip
-    if packed is not None:
-        raise ValueError(
-            "packed: packed weights are not supported with weight_hr; call without packed"
-        )
     inp = _ref._check_inputs(
         "lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, weight_hr
     )
@@ -372,18 +368,22 @@ def _lstm_proj(
         y, h_n, c_n, data = _core.lstmp_forward(
             inp.x, inp.h0, inp.c0, inp.weight_ih, inp.weight_hh, inp.bias_ih, inp.bias_hh,
             inp.weight_hr, inp.lengths, reverse, training, poison,
+            None if packed is None else packed._data,
         )  # fmt: skip
     if not training:
         return y, (h_n, c_n)
 
-    def keep(a: np.ndarray) -> np.ndarray:  # the tape's own copy unless shared
-        return a if getattr(_local, "share", False) else np.array(a, copy=True)
+    share = getattr(_local, "share", False)
 
+    def keep(a: np.ndarray, snapshot: bool = False) -> np.ndarray:  # the tape's own copy
+        return a if share or snapshot else np.array(a, copy=True)
+
+    snap = packed is not None  # read-only snapshots: nothing can change them
     tape = ProjTape(
         dtype=dt, T=T, N=N, I=I, H=H, P=P, reverse=reverse,
         has_bias_ih=inp.bias_ih is not None, has_bias_hh=inp.bias_hh is not None, data=data,
-        x=keep(inp.x), weight_ih=keep(inp.weight_ih), weight_hh=keep(inp.weight_hh),
-        weight_hr=keep(inp.weight_hr),
+        x=keep(inp.x), weight_ih=keep(inp.weight_ih, snap), weight_hh=keep(inp.weight_hh, snap),
+        weight_hr=keep(inp.weight_hr, snap),
     )  # fmt: skip
     return y, (h_n, c_n), tape
 

@@ -290,9 +290,10 @@ def stack_forward(
             )
             if P:
                 kw["weight_hr"] = params[f"weight_hr_{sfx}"]
-            pw = packed.get(sfx) if packed and not P else None
+            pw = packed.get(sfx) if packed else None
             if pw is not None and pw.weight_ih is args[0] and pw.weight_hh is args[1]:
-                kw["packed"] = pw
+                if not P or pw.weight_hr is kw["weight_hr"]:
+                    kw["packed"] = pw
             row = k * D + d
             hrow = None if h0 is None else h0[row]
             if mode == "lstm":

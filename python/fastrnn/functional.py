@@ -72,7 +72,9 @@ class PackedWeights:
     ``kind``, ``reset_after`` (GRU), ``dtype``, ``input_size``, ``hidden_size`` describe it;
     ``nbytes`` counts the snapshot and the packed layout. The layout belongs to the SIMD
     target in use when it was made: under another one (:func:`fastrnn.set_isa`) calls are
-    still right, and lay the weights out per call again.
+    still right, and lay the weights out per call again. An LSTM with a projection also
+    has ``weight_hr`` (P, H) (else None), and ``weight_hh`` is (4*H, P); its layout is the
+    same on every target.
     """
 
     __slots__ = (
@@ -84,21 +86,29 @@ class PackedWeights:
         "kind",
         "reset_after",
         "weight_hh",
+        "weight_hr",
         "weight_ih",
     )
 
-    def __init__(self, kind: str, weight_ih: Any, weight_hh: Any, reset_after: bool) -> None:
+    def __init__(
+        self, kind: str, weight_ih: Any, weight_hh: Any, reset_after: bool, weight_hr: Any = None
+    ) -> None:
         from fastrnn import _core
 
         G = reference._check_kind(kind)
         reset_after = reference._check_bool("reset_after", reset_after)
+        if weight_hr is not None and kind != "lstm":
+            raise ValueError(f"weight_hr: a projection exists only for lstm, not {kind}")
         snap = []
-        for name, w in (("weight_ih", weight_ih), ("weight_hh", weight_hh)):
+        named = [("weight_ih", weight_ih), ("weight_hh", weight_hh)]
+        if weight_hr is not None:
+            named.append(("weight_hr", weight_hr))
+        for name, w in named:
             if not isinstance(w, np.ndarray):
                 raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
             if w.dtype not in reference.FLOAT_DTYPES:
                 raise TypeError(f"{name}: expected dtype float32 or float64, got {w.dtype}")
-            if w.ndim != 2 or w.shape[0] < G or w.shape[0] % G:
+            if name != "weight_hr" and (w.ndim != 2 or w.shape[0] < G or w.shape[0] % G):
                 raise ValueError(
                     f"{name}: expected shape (G*H, {'I' if name == 'weight_ih' else 'H'}) with "
                     f"G={G} for {kind}, got {w.shape}"
@@ -106,32 +116,47 @@ class PackedWeights:
             base = np.array(w, order="C", copy=True)
             base.setflags(write=False)
             snap.append(base.view())  # a view of a read-only base cannot be made writeable
-        wih, whh = snap
+        wih, whh = snap[:2]
+        whr = snap[2] if weight_hr is not None else None
         H = wih.shape[0] // G
-        if whh.dtype != wih.dtype:
-            raise TypeError(
-                f"weight_hh: expected dtype {wih.dtype} (that of weight_ih), got {whh.dtype}"
+        S = H if whr is None else whr.shape[0]  # the columns of weight_hh
+        for name, w in (("weight_hh", whh), ("weight_hr", whr)):
+            if w is not None and w.dtype != wih.dtype:
+                raise TypeError(
+                    f"{name}: expected dtype {wih.dtype} (that of weight_ih), got {w.dtype}"
+                )
+        if whr is not None and (whr.ndim != 2 or whr.shape[1] != H or whr.shape[0] < 1):
+            raise ValueError(
+                f"weight_hr: expected shape (P, H) with H = {H} and P >= 1, got {whr.shape}"
             )
-        if whh.shape != (G * H, H):
-            raise ValueError(f"weight_hh: expected shape (G*H, H) = {(G * H, H)}, got {whh.shape}")
-        data, isa = _core.seq_pack_weights(kind, wih, whh, reset_after)
+        if whh.shape != (G * H, S):
+            want = "(G*H, H)" if whr is None else "(4*H, P)"
+            raise ValueError(f"weight_hh: expected shape {want} = {(G * H, S)}, got {whh.shape}")
+        if whr is None:
+            data, isa = _core.seq_pack_weights(kind, wih, whh, reset_after)
+        else:  # the projection's layout, the same on every target
+            data, isa = _core.lstmp_pack_weights(wih, whh, whr), -1
         data.setflags(write=False)
         self.kind, self.reset_after = kind, reset_after
-        self.weight_ih, self.weight_hh = wih, whh
+        self.weight_ih, self.weight_hh, self.weight_hr = wih, whh, whr
         self.dtype, self.input_size, self.hidden_size = wih.dtype, wih.shape[1], H
         self._data, self._isa = data, isa
 
     def __reduce__(self) -> tuple:
         # A copy (pickle, copy.deepcopy) lays the snapshot out again: unpickled arrays are
         # writable, and the layout belongs to the SIMD target of the machine that made it.
-        return (PackedWeights, (self.kind, self.weight_ih, self.weight_hh, self.reset_after))
+        args = (self.kind, self.weight_ih, self.weight_hh, self.reset_after, self.weight_hr)
+        return (PackedWeights, args)
 
     @property
     def nbytes(self) -> int:
-        return self.weight_ih.nbytes + self.weight_hh.nbytes + self._data.nbytes
+        hr = 0 if self.weight_hr is None else self.weight_hr.nbytes
+        return self.weight_ih.nbytes + self.weight_hh.nbytes + hr + self._data.nbytes
 
     def __repr__(self) -> str:
         extra = "" if self.kind != "gru" else f", reset_after={self.reset_after}"
+        if self.weight_hr is not None:
+            extra = f", proj_size={self.weight_hr.shape[0]}"
         return (
             f"PackedWeights({self.kind!r}, input_size={self.input_size}, "
             f"hidden_size={self.hidden_size}, dtype={self.dtype}{extra})"
@@ -139,19 +164,26 @@ class PackedWeights:
 
 
 def pack_weights(
-    kind: str, weight_ih: np.ndarray, weight_hh: np.ndarray, *, reset_after: bool = True
+    kind: str,
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    *,
+    reset_after: bool = True,
+    weight_hr: np.ndarray | None = None,
 ) -> PackedWeights:
     """Snapshot and lay out one layer's weights for repeated forwards of ``kind``
-    (``"rnn"``, ``"lstm"``, ``"gru"``; ``reset_after`` selects the GRU variant).
+    (``"rnn"``, ``"lstm"``, ``"gru"``; ``reset_after`` selects the GRU variant;
+    ``weight_hr``, an LSTM's projection, see :func:`lstm`).
 
     Pass the result as ``packed=`` to :func:`rnn`, :func:`lstm` or :func:`gru` with
-    ``weight_ih=packed.weight_ih`` and ``weight_hh=packed.weight_hh`` (or ``None``): the
-    forward then skips laying them out (10-30% of a short sequence's or small batch's time).
-    The snapshot is a copy: later edits of the arrays given here do not reach it; pack
-    again after changing the weights. Training forwards accept it too (their tapes keep
-    the snapshot instead of copying the weights).
+    ``weight_ih=packed.weight_ih`` and ``weight_hh=packed.weight_hh`` (and
+    ``weight_hr=packed.weight_hr``), or ``None`` for each: the forward then skips laying
+    them out (10-30% of a short sequence's or small batch's time). The snapshot is a copy:
+    later edits of the arrays given here do not reach it; pack again after changing the
+    weights. Training forwards accept it too (their tapes keep the snapshot instead of
+    copying the weights).
     """
-    return PackedWeights(kind, weight_ih, weight_hh, reset_after)
+    return PackedWeights(kind, weight_ih, weight_hh, reset_after, weight_hr)
 
 
 def _unpack(kind: str, packed: Any, weight_ih: Any, weight_hh: Any, reset_after: bool) -> tuple:
@@ -241,14 +273,16 @@ def lstm(
     ``packed``: these weights from :func:`pack_weights` (the module docstring).
     ``weight_hr`` (P, H): a projection (PyTorch's ``proj_size = P``), ``h_t = W_hr (o*tanh(c_t))``;
     h0, h_n and y then have P columns and ``weight_hh`` is (4*H, P); the backward's dict
-    adds ``"weight_hr"``. Not with ``packed``.
+    adds ``"weight_hr"``.
     """
     if packed is not None:
-        if weight_hr is not None:
-            raise ValueError(
-                "packed: packed weights are not supported with weight_hr; call without packed"
-            )
         weight_ih, weight_hh = _unpack("lstm", packed, weight_ih, weight_hh, True)
+        if weight_hr is not None and weight_hr is not packed.weight_hr:
+            raise ValueError(
+                "weight_hr: with packed=, pass packed.weight_hr or None (packed holds a "
+                "snapshot of the weights; call pack_weights() again after changing them)"
+            )
+        weight_hr = packed.weight_hr
     return _call(backend, "lstm", packed)(
         x,
         h0,

@@ -286,24 +286,35 @@ class _RecurrentLayer(Module):
         super().pack_weights()
 
     def _pack_own(self) -> None:
-        if self.proj_size:  # the projection's kernels take no packed weights
-            return
         packed = {}
         for sfx in self._suffixes():
             wih, whh = self.params[f"weight_ih_{sfx}"], self.params[f"weight_hh_{sfx}"]
+            whr = self.params[f"weight_hr_{sfx}"] if self.proj_size else None
             pw = self._packed.get(sfx)
             # A layout whose read-only snapshot is still in params is current as it is.
-            if pw is None or pw.weight_ih is not wih or pw.weight_hh is not whh:
-                pw = functional.pack_weights(self.mode, wih, whh, reset_after=self.reset_after)
+            if (
+                pw is None
+                or pw.weight_ih is not wih
+                or pw.weight_hh is not whh
+                or (pw.weight_hr is not whr)
+            ):
+                pw = functional.pack_weights(
+                    self.mode, wih, whh, reset_after=self.reset_after, weight_hr=whr
+                )
             packed[sfx] = pw
         for sfx, pw in packed.items():
             self.params[f"weight_ih_{sfx}"] = pw.weight_ih
             self.params[f"weight_hh_{sfx}"] = pw.weight_hh
+            if pw.weight_hr is not None:
+                self.params[f"weight_hr_{sfx}"] = pw.weight_hr
         self._packed = packed
 
     def _unpack_own(self) -> None:
         for sfx, pw in self._packed.items():
-            for name, snap in (("weight_ih", pw.weight_ih), ("weight_hh", pw.weight_hh)):
+            snaps = [("weight_ih", pw.weight_ih), ("weight_hh", pw.weight_hh)]
+            if pw.weight_hr is not None:
+                snaps.append(("weight_hr", pw.weight_hr))
+            for name, snap in snaps:
                 key = f"{name}_{sfx}"
                 if self.params.get(key) is snap:  # not replaced since: a writable copy
                     self.params[key] = snap.copy()
@@ -477,7 +488,7 @@ class LSTM(_RecurrentLayer):
     Arguments as :class:`RNN` (without ``nonlinearity``), plus ``proj_size``: P with
     1 <= P < H gives each layer a projection ``h' = W_hr (o*tanh(c'))`` (``weight_hr_l*``
     (P, H)), so h and each direction's output have P columns (y (T, N, D*P)) while c keeps
-    H; 0 (the default) none. Layers with a projection ignore :meth:`pack_weights`.
+    H; 0 (the default) none.
     """
 
     mode = "lstm"

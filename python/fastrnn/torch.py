@@ -171,12 +171,16 @@ def _packed_weights(cfg: _Config, named: dict, sfx: str) -> Any:
     replaced, moved or changed in place since."""
     cache = _PACKED[cfg.owner]
     wi, wh = named[f"weight_ih_{sfx}"], named[f"weight_hh_{sfx}"]
+    wr = named.get(f"weight_hr_{sfx}")  # an LSTM's projection, or None
     key = (wi.data_ptr(), wh.data_ptr(), wi._version, wh._version)
+    if wr is not None:
+        key += (wr.data_ptr(), wr._version)
     hit = cache.get(sfx)
     if hit is None or hit[0] is not wi or hit[1] is not wh or hit[2] != key:
         from fastrnn import functional
 
-        hit = (wi, wh, key, functional.pack_weights(cfg.mode, _np(wi), _np(wh)))
+        hr = None if wr is None else _np(wr)
+        hit = (wi, wh, key, functional.pack_weights(cfg.mode, _np(wi), _np(wh), weight_hr=hr))
         cache[sfx] = hit
     return hit[3]
 
@@ -378,13 +382,14 @@ def _native_stack(
         for d in range(D):
             sfx = f"l{k}" + ("_reverse" if d else "")
             row = k * D + d
-            if P:  # the projection's kernel, which takes no packed weights
+            if P:  # the projection's kernel
                 wts = (params[f"weight_ih_{sfx}"], params[f"weight_hh_{sfx}"])
                 w_hr = params[f"weight_hr_{sfx}"]
+                pw = None if named is None else _packed_weights(cfg, named, sfx)
                 y, h_n, c_n, t = _core.lstmp_forward(
                     inp, hzeros if h0 is None else h0[row], zeros if c0 is None else c0[row],
                     *wts, params.get(f"bias_ih_{sfx}"), params.get(f"bias_hh_{sfx}"), w_hr,
-                    cfg.lengths, bool(d), training, False,
+                    cfg.lengths, bool(d), training, False, None if pw is None else pw._data,
                 )  # fmt: skip
                 outs.append(y)
                 tapes.append((t, inp, *wts, w_hr) if training else None)
