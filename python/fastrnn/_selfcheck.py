@@ -57,6 +57,27 @@ def _seq_check(kind: str, rng: np.random.Generator) -> tuple[str, bool, str]:
     return (f"{kind} forward+backward float64", worst < 1e-10, f"max rel error {worst:.1e}")
 
 
+def _proj_check(rng: np.random.Generator) -> tuple[str, bool, str]:
+    """The LSTM with a projection (its own kernel) against the reference, float64."""
+    from fastrnn import functional, reference
+
+    T, N, I, H, P = 5, 3, 7, 11, 4
+    x = rng.standard_normal((T, N, I))
+    w = [rng.uniform(-0.3, 0.3, s) for s in [(4 * H, I), (4 * H, P), (4 * H,), (4 * H,)]]
+    w_hr = rng.uniform(-0.3, 0.3, (P, H))
+    h0, c0 = rng.standard_normal((N, P)) * 0.5, rng.standard_normal((N, H)) * 0.5
+    dy = rng.standard_normal((T, N, P))
+    results = []
+    for impl in (functional, reference):
+        y, (h, c), tape = impl.lstm(x, h0, c0, *w, weight_hr=w_hr, training=True)
+        results.append((y, h, c, impl.lstm_backward(tape, dy)))
+    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
+    worst = max(_rel_err(y1, y2), _rel_err(h1, h2), _rel_err(c1, c2))
+    for key, want in g2.items():
+        worst = max(worst, _rel_err(g1[key], want))
+    return ("lstm with projection float64", worst < 1e-10, f"max rel error {worst:.1e}")
+
+
 def _checks() -> list[tuple[str, bool, str]]:
     """(name, passed, detail) for each native kernel family."""
     from fastrnn import ops
@@ -74,6 +95,7 @@ def _checks() -> list[tuple[str, bool, str]]:
         results.append((f"{name} float64", e < 1e-14, f"max rel error {e:.1e}"))
     for kind in ("rnn", "lstm", "gru"):
         results.append(_seq_check(kind, rng))
+    results.append(_proj_check(rng))
     return results
 
 
