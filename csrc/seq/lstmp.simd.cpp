@@ -1,15 +1,16 @@
 // LSTM with a projection (seq/lstmp.h), forward and BPTT, one target.
 //
-// Forward: the input projection of all T*N rows is one GEMM (biases added after); then
-// one OpenMP region spans the time loop, with two phases per step, each ended by a
-// barrier: (A) each thread owns fixed blocks of hidden units and computes their gates,
-// r_{t-1} W_hh^T on register tiles (K = P), then the cell math, c_t and m_t = o*tanh(c_t);
+// Forward: the weights laid out (lay_out, or pack() once beforehand), the input projection
+// of all T*N rows as one GEMM; then one OpenMP region spans the time loop, with two phases
+// per step, each ended by a barrier: (A) each thread owns fixed blocks of hidden units and
+// computes their gates, r_{t-1} W_hh^T on register tiles (K = P), then the cell math (the
+// input projection and the biases added there), c_t and m_t = o*tanh(c_t);
 // (B) each thread owns fixed blocks of the P outputs and computes r_t = m_t W_hr^T
 // (K = H), which is y_t and the next step's state. Per step that is 4HP + HP multiply-adds
 // a row, against 4H*H + HP for folding W_hh W_hr into one H x 4H recurrent matrix.
 // Backward: the reverse loop, also two barriers per step: dr_t = dy_t + dR (output blocks),
-// dm_t = dr_t W_hr and the cell's backward, dG_t (unit blocks), then dR = dG_t W_hh
-// (output blocks); after it, dx, dW_ih, dW_hh, dW_hr and the bias sums over all T*N rows.
+// dm_t = dr_t W_hr, the cell's backward into dG_t and the bias sums (unit blocks), then
+// dR = dG_t W_hh (output blocks); after it, dx, dW_ih, dW_hh and dW_hr over all T*N rows.
 // Threads split columns only: every sum runs in the same order for any thread count.
 #include <algorithm>
 #include <cstdint>
