@@ -273,6 +273,23 @@ def test_flops_formula():
     assert c.flops("inference") == fwd
     assert c.flops("training") == 3 * fwd
     assert c.flops("step") == fwd / 10
+    p = Case("lstm", 10, 2, 3, 8, P=5)  # 4H(I+P) for the gates, HP for the projection
+    assert p.flops("inference") == 2 * 10 * 2 * (4 * 8 * (3 + 5) + 8 * 5)
+
+
+def test_projected_cases():
+    c = parse_case_spec("lstm:T=7,N=3,I=5,H=8,P=4")
+    assert (c.P, c.S) == (4, 4) and c.label == "lstm T=7,N=3,I=5,H=8,P=4"
+    assert c.to_dict()["P"] == 4 and "P" not in Case("lstm", 1, 1, 1, 2).to_dict()
+    assert c.small().P == 4
+    for spec, match in (
+        ("lstm:T=1,N=1,H=4,P=4", "0 <= P < H = 4"),
+        ("gru:T=1,N=1,H=4,P=2", "only an lstm has a projection"),
+        ("lstm:T=1,N=1,H=4,P=2,modes=step", "no step mode"),
+        ("lstm:T=1,N=1,H=4,P=0", "P must be a positive integer"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_case_spec(spec)
 
 
 # --------------------------------------------------------------------------------------
@@ -720,6 +737,38 @@ def test_packed_backend_matches_native_bitwise(cell):
         for k, v in want.items():
             np.testing.assert_array_equal(got[k], v, err_msg=f"{mode} {k}")
         PackedNativeBackend().prepare(case, mode, p)()
+
+
+def test_projected_case_on_every_backend(capsys):
+    # Every backend with a projection is checked against the reference and timed; JAX,
+    # which has none, is skipped with the reason.
+    names = ["reference", "native", "native-packed"]
+    if HAVE_TORCH:
+        names += ["torch", "fastrnn.torch"]
+    if HAVE_JAX:
+        names.append("jax")
+    argv = ["--case", "lstm:T=4,N=3,I=5,H=9,P=4", "--backends", ",".join(names)]
+    code = cli.main([*argv, "--threads", "1", *FAST])
+    table = capsys.readouterr().out
+    assert code == 0, table
+    rows = [line for line in table.splitlines() if line.startswith("lstm T=4,N=3,I=5,H=9,P=4")]
+    assert len(rows) == 2 * len(names), table
+    for line in rows:
+        status = line.split()[-2] if line.split()[-1].startswith("[") else line.split()[-1]
+        assert status == ("skipped" if " jax " in line else "ok"), line
+
+
+def test_packed_backend_matches_native_bitwise_with_a_projection():
+    from fastrnn.bench.backends import FunctionalBackend, PackedNativeBackend
+
+    for mode in ("inference", "training"):
+        case = Case("lstm", 5, 3, 7, 37, P=11)
+        p = make_params(case, "float32", seed=4)
+        got = PackedNativeBackend().compute(case, mode, p)
+        want = FunctionalBackend("native").compute(case, mode, p)
+        assert sorted(got) == sorted(want) and want["y"].shape == (5, 3, 11)
+        for k, v in want.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=f"{mode} {k}")
 
 
 def test_tiny_run_end_to_end(tmp_path, capsys):

@@ -10,7 +10,9 @@ Every backend turns a case, a mode and a set of NumPy parameters into
 
 Result keys: ``y`` (T, N, H), ``h_n`` (N, H), ``c_n`` (LSTM), and in training mode the
 gradients ``d_x``, ``d_h0``, ``d_c0`` (LSTM), ``d_weight_ih``, ``d_weight_hh``,
-``d_bias_ih``, ``d_bias_hh`` of ``L = sum(y*dy) + sum(h_n*dh_n) (+ sum(c_n*dc_n))``.
+``d_bias_ih``, ``d_bias_hh`` (and ``d_weight_hr``, an LSTM's projection) of
+``L = sum(y*dy) + sum(h_n*dh_n) (+ sum(c_n*dc_n))``. With a projection (``case.P``) y, h_n
+and their gradients have P columns instead of H.
 In step mode ``compute`` runs ``T`` single steps carrying the state and stacks them.
 """
 
@@ -20,6 +22,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +40,11 @@ def make_params(case: Case, dtype: str, seed: int = 0) -> Params:
     """Inputs, states, weights and upstream gradients for ``case`` (PyTorch's init range).
 
     Shapes: x (T, N, I); h0, c0, dh_n, dc_n (N, H); weight_ih (G*H, I);
-    weight_hh (G*H, H); bias_ih, bias_hh (G*H,); dy (T, N, H).
+    weight_hh (G*H, H); bias_ih, bias_hh (G*H,); dy (T, N, H). With a projection (S = P):
+    h0, dh_n (N, P), weight_hh (4*H, P), dy (T, N, P) and weight_hr (P, H).
     """
     rng = np.random.default_rng(seed)
-    T, N, I, H, G = case.T, case.N, case.I, case.H, case.gates
+    T, N, I, H, G, S = case.T, case.N, case.I, case.H, case.gates, case.S
     k = 1.0 / np.sqrt(H)
     dt = np.dtype(dtype)
 
@@ -49,17 +53,19 @@ def make_params(case: Case, dtype: str, seed: int = 0) -> Params:
 
     p: Params = {
         "x": u((T, N, I), 1.0),
-        "h0": u((N, H), 0.5),
+        "h0": u((N, S), 0.5),
         "weight_ih": u((G * H, I), k),
-        "weight_hh": u((G * H, H), k),
+        "weight_hh": u((G * H, S), k),
         "bias_ih": u((G * H,), k),
         "bias_hh": u((G * H,), k),
-        "dy": u((T, N, H), 1.0),
-        "dh_n": u((N, H), 1.0),
+        "dy": u((T, N, S), 1.0),
+        "dh_n": u((N, S), 1.0),
     }
     if case.cell == "lstm":
         p["c0"] = u((N, H), 0.5)
         p["dc_n"] = u((N, H), 1.0)
+    if case.P:
+        p["weight_hr"] = u((case.P, H), k)
     return p
 
 
@@ -71,6 +77,8 @@ def make_params(case: Case, dtype: str, seed: int = 0) -> Params:
 def _forward(fn: Any, cell: str, p: Params, x: np.ndarray, state: tuple, **kw: Any) -> Any:
     w = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
     if cell == "lstm":
+        if "weight_hr" in p:
+            kw["weight_hr"] = p["weight_hr"]
         return fn.lstm(x, state[0], state[1], *w, **kw)
     return getattr(fn, cell)(x, state[0], *w, **kw)
 
@@ -221,8 +229,12 @@ class PackedNativeBackend(FunctionalBackend):
     def _setup(self, case: Case, p: Params) -> tuple[Params, dict[str, Any]]:
         from fastrnn import functional
 
-        packed = functional.pack_weights(case.cell, p["weight_ih"], p["weight_hh"])
+        packed = functional.pack_weights(
+            case.cell, p["weight_ih"], p["weight_hh"], weight_hr=p.get("weight_hr")
+        )
         p = dict(p, weight_ih=packed.weight_ih, weight_hh=packed.weight_hh)
+        if packed.weight_hr is not None:
+            p["weight_hr"] = packed.weight_hr
         return p, {"backend": "native", "packed": packed}
 
 
@@ -244,6 +256,9 @@ def reference_outputs(case: Case, mode: str, p: Params) -> Outputs:
 # --------------------------------------------------------------------------------------
 # PyTorch (torch.nn) and fastrnn.torch drop-ins
 # --------------------------------------------------------------------------------------
+
+# Per-layer parameter names in PyTorch's order; weight_hr only with a projection.
+_TORCH_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 class TorchBackend(Backend):
@@ -292,9 +307,11 @@ class TorchBackend(Backend):
         cells = self._cell_classes() if step else None
         suffix = "" if cells else "_l0"
         cls = (cells or self._classes())[case.cell]
-        m = cls(case.I, case.H).to(dtype)
+        if case.P:  # torch.nn.LSTM's notice on every call that oneDNN takes no projection
+            warnings.filterwarnings("ignore", "LSTM with projections is not supported")
+        m = (cls(case.I, case.H, proj_size=case.P) if case.P else cls(case.I, case.H)).to(dtype)
         with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            for name in _TORCH_PARAMS[: 5 if case.P else 4]:
                 getattr(m, name + suffix).copy_(torch.from_numpy(p[name]))
         return m, bool(cells)
 
@@ -353,10 +370,10 @@ class TorchBackend(Backend):
         else:
             y, hn = m(x, h0)
             outs, grads = [y, hn], [tp["dy"], tp["dh_n"][None]]
-        params = [getattr(m, n + "_l0") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        pnames = list(_TORCH_PARAMS[: 5 if case.P else 4])
+        params = [getattr(m, n + "_l0") for n in pnames]
         got = torch.autograd.grad(outs, leaves + params, grads)
-        names = ["x", "h0"] + (["c0"] if case.cell == "lstm" else [])
-        names += ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+        names = ["x", "h0"] + (["c0"] if case.cell == "lstm" else []) + pnames
         return dict(zip(names, got))
 
     def compute(self, case: Case, mode: str, p: Params) -> Outputs:
@@ -384,7 +401,7 @@ class TorchBackend(Backend):
                 for k, v in grads.items():
                     res[f"d_{k}"] = v.detach().numpy().reshape(p[k].shape).copy()
         if case.cell == "lstm":
-            res["h_n"] = state[0].detach().reshape(case.N, case.H).numpy().copy()
+            res["h_n"] = state[0].detach().reshape(case.N, case.S).numpy().copy()
             res["c_n"] = state[1].detach().reshape(case.N, case.H).numpy().copy()
         else:
             res["h_n"] = state.detach().reshape(case.N, case.H).numpy().copy()
@@ -520,6 +537,8 @@ class JaxBackend(Backend):
         return a, w, tuple(a[n] for n in names), tuple(a[n] for n in dnames)
 
     def prepare(self, case: Case, mode: str, p: Params) -> Callable[[], Any]:
+        if case.P:
+            raise NotImplementedError("the JAX backend has no LSTM projection")
         jax = self._jax(p["x"].dtype)
         f = self._fns(case, jax)[mode]
         a, w, st, dst = self._args(case, p, jax)
@@ -538,6 +557,8 @@ class JaxBackend(Backend):
         return step
 
     def compute(self, case: Case, mode: str, p: Params) -> Outputs:
+        if case.P:
+            raise NotImplementedError("the JAX backend has no LSTM projection")
         jax = self._jax(p["x"].dtype)
         fns = self._fns(case, jax)
         a, w, st, dst = self._args(case, p, jax)

@@ -14,8 +14,13 @@ Floating-point work counted per call (G gates: LSTM 4, GRU 3, vanilla RNN 1)::
     training = 3 * forward
     step     = forward with T = 1
 
+An LSTM case may have a projection, ``P`` (PyTorch's ``proj_size``, 1 <= P < H): its state
+and outputs have P columns and forward = 2 * T * N * (4 * H * (I + P) + H * P); it runs in
+inference and training mode only (PyTorch has no projected cell for steps).
+
 Cases come from the built-in suites, from ``--case`` specs such as
-``lstm:T=100,N=32,I=256,H=256`` or from a TOML file of ``[[case]]`` tables.
+``lstm:T=100,N=32,I=256,H=256`` (``,P=64`` for a projection) or from a TOML file of
+``[[case]]`` tables.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Case:
     name: str = ""
     note: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    P: int = 0  # LSTM projection (proj_size), 0 for none
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -57,6 +63,13 @@ class Case:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
                 raise ValueError(f"case {key} must be a positive int <= {_MAX_SIZE}, got {value!r}")
+        P = self.P
+        if isinstance(P, bool) or not isinstance(P, int) or not 0 <= P < self.H:
+            raise ValueError(f"case P must be an int with 0 <= P < H = {self.H}, got {P!r}")
+        if P and self.cell != "lstm":
+            raise ValueError(f"case P: only an lstm has a projection, not {self.cell}")
+        if P and "step" in self.modes:
+            raise ValueError("case P: a projected lstm has no step mode (no such PyTorch cell)")
         if not self.modes:
             raise ValueError("case modes must not be empty")
         for mode in self.modes:
@@ -70,7 +83,12 @@ class Case:
 
     @property
     def shape(self) -> str:
-        return f"T={self.T},N={self.N},I={self.I},H={self.H}"
+        return f"T={self.T},N={self.N},I={self.I},H={self.H}" + (f",P={self.P}" if self.P else "")
+
+    @property
+    def S(self) -> int:
+        """The columns of the state h and of y: P with a projection, else H."""
+        return self.P or self.H
 
     @property
     def label(self) -> str:
@@ -80,13 +98,14 @@ class Case:
     def flops(self, mode: str) -> float:
         """Floating-point operations of one timed call in ``mode`` (see module doc)."""
         steps = 1 if mode == "step" else self.T
-        forward = 2.0 * steps * self.N * self.gates * self.H * (self.I + self.H)
+        G, H, S = self.gates, self.H, self.S
+        forward = 2.0 * steps * self.N * (G * H * (self.I + S) + (H * self.P))
         return 3.0 * forward if mode == "training" else forward
 
     def input_bytes(self, itemsize: int) -> int:
         """Bytes of the inputs, states, weights and upstream gradients one run draws."""
-        T, N, I, H, G = self.T, self.N, self.I, self.H, self.gates
-        return itemsize * (T * N * (I + H) + G * H * (I + H + 2) + 4 * N * H)
+        T, N, I, H, G, S, P = self.T, self.N, self.I, self.H, self.gates, self.S, self.P
+        return itemsize * (T * N * (I + S) + G * H * (I + S + 2) + P * H + 2 * N * (H + S))
 
     def small(self, T: int = 4, N: int = 3) -> Case:
         """The same cell and feature sizes with tiny T and N, for the correctness check."""
@@ -102,6 +121,7 @@ class Case:
             "N": self.N,
             "I": self.I,
             "H": self.H,
+            **({"P": self.P} if self.P else {}),
             "label": self.label,
             "note": self.note,
         }
@@ -122,7 +142,7 @@ def _parse_int(key: str, text: str, spec: str) -> int:
 
 
 def parse_case_spec(spec: str) -> Case:
-    """Parse ``cell:T=..,N=..,I=..,H=..[,modes=inference+training]``.
+    """Parse ``cell:T=..,N=..,I=..,H=..[,P=..][,modes=inference+training]``.
 
     ``I`` defaults to ``H`` when left out. Raises ``ValueError`` naming the problem.
     """
@@ -147,8 +167,8 @@ def parse_case_spec(spec: str) -> Case:
             if bad or not modes:
                 raise ValueError(f"case {spec!r}: modes must be '+'-joined from {MODES}")
             continue
-        if key not in _SIZE_KEYS:
-            raise ValueError(f"case {spec!r}: unknown key {key!r}; use T, N, I, H, modes")
+        if key not in (*_SIZE_KEYS, "P"):
+            raise ValueError(f"case {spec!r}: unknown key {key!r}; use T, N, I, H, P, modes")
         if key in sizes:
             raise ValueError(f"case {spec!r}: {key} given twice")
         sizes[key] = _parse_int(key, value, spec)
@@ -157,7 +177,12 @@ def parse_case_spec(spec: str) -> Case:
     missing = [k for k in ("T", "N", "H") if k not in sizes]
     if missing:
         raise ValueError(f"case {spec!r}: missing {', '.join(missing)}")
-    return Case(cell, sizes["T"], sizes["N"], sizes["I"], sizes["H"], modes=modes)
+    try:
+        return Case(
+            cell, sizes["T"], sizes["N"], sizes["I"], sizes["H"], modes=modes, P=sizes.get("P", 0)
+        )
+    except ValueError as exc:
+        raise ValueError(f"case {spec!r}: {exc}") from None
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -192,6 +217,7 @@ def cases_from_toml(path: str | Path) -> list[Case]:
         N = 32
         I = 256          # optional, defaults to H
         H = 256
+        P = 64           # optional, lstm only: a projection (proj_size)
         modes = ["step"] # optional
         name = "my lstm" # optional label
     """
@@ -210,7 +236,7 @@ def cases_from_toml(path: str | Path) -> list[Case]:
         at = f"{where} case #{k + 1}"
         if not isinstance(table, dict):
             raise ValueError(f"{at}: expected a [[case]] table, got {table!r}")
-        unknown = set(table) - {"cell", "T", "N", "I", "H", "modes", "name", "note"}
+        unknown = set(table) - {"cell", "T", "N", "I", "H", "P", "modes", "name", "note"}
         if unknown:
             raise ValueError(f"{at}: unknown keys {sorted(unknown)}")
         for key in ("cell", "T", "N", "H"):
@@ -228,6 +254,7 @@ def cases_from_toml(path: str | Path) -> list[Case]:
                     modes=modes,
                     name=str(table.get("name", "")),
                     note=str(table.get("note", "")),
+                    P=table.get("P", 0),
                 )
             )
         except ValueError as exc:
