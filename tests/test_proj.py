@@ -8,6 +8,7 @@ projections); these tests hold it to the reference's step-by-step math.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
@@ -259,6 +260,10 @@ def test_packed_weights(rng):
     )
     assert packed.weight_hr.shape == (19, 40) and not packed.weight_hr.flags.writeable
     assert "proj_size=19" in repr(packed)
+    again = pickle.loads(pickle.dumps(packed))  # laid out again from the snapshot
+    np.testing.assert_array_equal(again.weight_hr, packed.weight_hr)
+    np.testing.assert_array_equal(again._data, packed._data)
+    assert packed.nbytes == again.nbytes > packed._data.nbytes + packed.weight_ih.nbytes
     given = {**case, "weight_ih": None, "weight_hh": None, "weight_hr": None}
     before = fastrnn.get_isa()
     try:
