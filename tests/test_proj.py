@@ -22,7 +22,8 @@ from helpers import assert_allclose_named, random_lengths
 from test_native import TOL32, TOL64
 
 # (T, N, I, H, P): odd sizes; P below, equal to and above H (the functional API takes any
-# P >= 1; the layers follow PyTorch's P < H); H = 100 and 130 span several SIMD blocks.
+# P >= 1; the layers follow PyTorch's P < H); H = 100 and 130 span several SIMD blocks;
+# T*N <= 8 (four of them) takes the forward's direct path, the rest the register tiles.
 SIZES = [
     (7, 5, 4, 17, 5),
     (1, 1, 3, 1, 1),
@@ -31,6 +32,7 @@ SIZES = [
     (3, 5, 6, 130, 129),
     (6, 9, 40, 20, 20),
     (3, 4, 5, 4, 7),
+    (2, 3, 5, 20, 7),
 ]
 GRAD_KEYS = ["x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
 
@@ -158,8 +160,9 @@ def test_native_matches_reference(size, dtype, isa, threads, rng):
         _check(size, dtype, rng, bias=bias, reverse=reverse, with_lengths=with_lengths, h0=h0)
 
 
-def test_thread_counts_give_the_same_bits():
-    size = (5, 33, 9, 100, 37)
+@pytest.mark.parametrize("size", [(5, 33, 9, 100, 37), (1, 8, 19, 256, 128)])
+def test_thread_counts_give_the_same_bits(size):
+    # The second size has few enough rows (T*N = 8) for the direct path, with two threads.
     results = []
     for nt in (1, 2):
         before = fastrnn.get_num_threads()
@@ -246,15 +249,16 @@ def test_projection_is_lstm_only():
         REF._check_inputs("gru", x, None, None, np.zeros((9, 3)), w, None, None, None, w)
 
 
-def test_packed_weights(rng):
+@pytest.mark.parametrize("size", [(4, 5, 7, 40, 19), (2, 3, 7, 40, 19)])
+def test_packed_weights(size, rng):
     # pack_weights(..., weight_hr=) snapshots the three weights and lays them out once; calls
     # with it give bitwise the results of calls without, under every target (the layout
     # does not depend on it), in inference and training.
     from conftest import SUPPORTED_ISAS
 
-    size = (4, 5, 7, 40, 19)
+    # (The second size has few rows: the forward then reads the weights directly.)
     case = _case(*size, np.float32, rng)
-    up = _upstream(4, 5, 40, 19, np.float32, rng)
+    up = _upstream(size[0], size[1], 40, 19, np.float32, rng)
     packed = F.pack_weights(
         "lstm", case["weight_ih"], case["weight_hh"], weight_hr=case["weight_hr"]
     )
