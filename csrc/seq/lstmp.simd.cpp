@@ -110,8 +110,16 @@ i64 work(const LstmpDims& d, bool backward) {
   return backward ? bwd_lay<T>(d).total : fwd_lay<T>(d).total;
 }
 
-// The permuted column of gate g of unit j (seq/lstmp.h).
+// The permuted column of gate g of unit j (seq/lstmp.h), and back: the unit j of column
+// col and the row of the weights (g*H + j) it holds.
 inline i64 gate_col(i64 U, int g, i64 j) { return j / U * 4 * U + g * U + j % U; }
+struct ColUnit {
+  i64 j, row;
+};
+inline ColUnit col_unit(i64 U, i64 H, i64 col) {
+  const i64 j = col / (4 * U) * U + col % U;
+  return {j, col % (4 * U) / U * H + j};
+}
 
 // Threads: at most one per unit block, and only as many as keep about 48k multiply-adds
 // per thread per step: a step has two barriers. Measured, 1 thread against 2, forward,
@@ -261,7 +269,7 @@ void forward(const LstmpForward<T>& a) {
   const T* wg = wsrc + l.wg;
   const T* wr = wsrc + l.wr;
   for (i64 col = 0; col < G4; ++col) {  // both biases summed
-    const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
+    const auto [j, row] = col_unit(U, H, col);
     T bsum = T(0);
     if (j < H && a.b_ih) bsum += a.b_ih[row];
     if (j < H && a.b_hh) bsum += a.b_hh[row];
@@ -314,7 +322,7 @@ void forward(const LstmpForward<T>& a) {
       if (direct) {  // pt = r_{t-1} W_hh^T and Gx_t = x_t W_ih^T, by dot products
         for (i64 n = 0; n < N; ++n) {
           for (i64 col = b0 * 4 * U; col < b1 * 4 * U; ++col) {
-            const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
+            const auto [j, row] = col_unit(U, H, col);
             const bool in = j < H;
             pt[n * G4 + col] = in ? dot(a.w_hh + row * P, rst + n * Pp, P) : T(0);
             gx[(t * N + n) * G4 + col] = in ? dot(a.w_ih + row * I, a.x + (t * N + n) * I, I)
@@ -394,7 +402,7 @@ void backward(const LstmpBackward<T>& a) {
 #pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
 #endif
   for (i64 col = 0; col < G4; ++col) {  // whole rows copied
-    const i64 j = col / (4 * U) * U + col % U, row = col % (4 * U) / U * H + j;
+    const auto [j, row] = col_unit(U, H, col);
     const bool in = j < H;
     for (i64 q = 0; q < Pp; ++q) wgt[col * Pp + q] = in && q < P ? a.w_hh[row * P + q] : T(0);
     if (in) {
