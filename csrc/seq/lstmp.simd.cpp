@@ -30,6 +30,16 @@ namespace {
 
 using i64 = std::int64_t;
 
+// The most rows (T*N) the kernels compute from the weights as they are (forward: dot
+// products; backward: axpy rows and GEMMs on the weights in PyTorch's layout) instead of
+// laying them out for the register tiles (the layout reads and writes every weight: most
+// of a one-step call). Inference and training, packed or not, take the same
+// path for the same T*N, so that they give the same bits. Measured, forward, one step of
+// N rows, I = H/2, P = H/4, 1 / 2 threads: H = 256, N = 1 0.034 / 0.024 ms (laid out:
+// 0.11 / 0.16), N = 8 0.18 / 0.10 (N = 9, laid out: 0.15 / 0.17); H = 512, N = 8 0.50 /
+// 0.32 (N = 9: 0.83 / 0.50); H = 1024, N = 8 2.7 / 1.3 (N = 9: 5.3 / 2.5).
+constexpr i64 kDirectRows = 8;
+
 struct Sizes {
   i64 U, Hu, Pp, G4, nb, np;  // block, padded H and P, 4*Hu, unit blocks, output blocks
 };
@@ -80,7 +90,7 @@ FwdLay fwd_lay(const LstmpDims& d) {
 }
 
 struct BwdLay {
-  i64 wgt, wrt, wip, dg, dr_all, dR, dr, tmp, dm, dc, dwi, dwh, bsum, total;
+  i64 wgt, wrt, wip, dg, dr_all, dR, dr, tmp, dm, dc, dwi, dwh, bsum, dgu, total;
 };
 template <class T>
 BwdLay bwd_lay(const LstmpDims& d) {
@@ -101,6 +111,8 @@ BwdLay bwd_lay(const LstmpDims& d) {
   l.dwi = c.take(checked_mul(s.G4, d.I, "weight_ih"), "weight_ih");
   l.dwh = c.take(checked_mul(s.G4, d.P, "weight_hh"), "weight_hh");
   l.bsum = c.take(s.G4, "bias");
+  // the direct path's dG in PyTorch's gate rows (a few rows only)
+  l.dgu = c.take(TN <= kDirectRows ? checked_mul(TN, 4 * d.H, "T*N*4*H") : 0, "T*N*4*H");
   l.total = c.off;
   return l;
 }
@@ -171,14 +183,6 @@ FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* b, const T* c_in
 
 inline bool active(const i64* lengths, i64 t, i64 n) { return !lengths || t < lengths[n]; }
 
-// The most rows (T*N) the forward computes from the weights as they are, by dot products,
-// instead of laying them out for the register tiles (the layout reads and writes every
-// weight: most of a one-step call). Inference and training, packed or not, take the same
-// path for the same T*N, so that they give the same bits. Measured, forward, one step of
-// N rows, I = H/2, P = H/4, 1 / 2 threads: H = 256, N = 1 0.034 / 0.024 ms (laid out:
-// 0.11 / 0.16), N = 8 0.18 / 0.10 (N = 9, laid out: 0.15 / 0.17); H = 512, N = 8 0.50 /
-// 0.32 (N = 9: 0.83 / 0.50); H = 1024, N = 8 2.7 / 1.3 (N = 9: 5.3 / 2.5).
-constexpr i64 kDirectRows = 8;
 
 // sum over k < K of w[k] v[k]: four vector sums over interleaved runs of k (four chains of
 // fused multiply-adds in flight, not one), added pairwise, then across the lanes
@@ -200,6 +204,16 @@ FASTRNN_INLINE T dot(const T* w, const T* v, i64 K) {
     acc[1] = simd::fma(V::load_partial(w + k, r), V::load_partial(v + k, r), acc[1]);
   }
   return simd::reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
+}
+
+// y[0, n) += alpha * x[0, n), one fused multiply-add per element.
+template <class T>
+FASTRNN_INLINE void axpy(i64 n, T alpha, const T* x, T* y) {
+  using V = simd::Vec<T>;
+  const V va = V::broadcast(alpha);
+  simd::for_vectors<T>(n, [&](i64 i, auto ld, auto st) {
+    st(y + i, simd::fma(va, ld(x + i), ld(y + i)));
+  });
 }
 
 // dst (K x ld, first 4Hu columns) = w^T in the permuted layout, w (4H x K) row-major; zeros
@@ -397,11 +411,12 @@ void backward(const LstmpBackward<T>& a) {
   T* bsum = a.work + l.bsum;  // column sums of dG: both bias gradients
   const int th = std::max(1, a.num_threads);
   const LstmpTape<const T>& tp = a.tape;
+  const bool direct = TN <= kDirectRows;  // the weights as they are (kDirectRows)
 
 #if defined(_OPENMP)
-#pragma omp parallel for num_threads(th) schedule(static) if (th > 1)
+#pragma omp parallel for num_threads(th) schedule(static) if (th > 1 && !direct)
 #endif
-  for (i64 col = 0; col < G4; ++col) {  // whole rows copied
+  for (i64 col = 0; col < (direct ? 0 : G4); ++col) {  // whole rows copied
     const auto [j, row] = col_unit(U, H, col);
     const bool in = j < H;
     for (i64 q = 0; q < Pp; ++q) wgt[col * Pp + q] = in && q < P ? a.w_hh[row * P + q] : T(0);
@@ -411,7 +426,7 @@ void backward(const LstmpBackward<T>& a) {
       std::fill(wip + col * I, wip + (col + 1) * I, T(0));
     }
   }
-  for (i64 q = 0; q < P; ++q)
+  for (i64 q = 0; q < (direct ? 0 : P); ++q)
     for (i64 j = 0; j < Hu; ++j) wrt[q * Hu + j] = j < H ? a.w_hr[q * H + j] : T(0);
 
   const int nt = team(th, d, s);
@@ -450,7 +465,16 @@ void backward(const LstmpBackward<T>& a) {
       }
       bar.wait();
       // (2) dm_t = dr_t W_hr and the cell's backward on the owned units
-      product(N, P, drb, Pp, wrt, Hu, dm, Hu, u0, u1);
+      if (direct) {  // the rows of W_hr, q in order
+        const i64 len = std::max<i64>(0, std::min(u1, H) - u0);
+        for (i64 n = 0; n < N; ++n) {
+          T* dmr = dm + n * Hu;
+          std::fill(dmr + u0, dmr + u1, T(0));
+          for (i64 q = 0; q < P; ++q) axpy(len, drb[n * Pp + q], a.w_hr + q * H + u0, dmr + u0);
+        }
+      } else {
+        product(N, P, drb, Pp, wrt, Hu, dm, Hu, u0, u1);
+      }
       const T* c_prev = first ? tp.c0 : tp.c + t_prev * N * Hu;
       for (i64 n = 0; n < N; ++n) {
         const bool on = active(a.lengths, t, n);
@@ -471,7 +495,20 @@ void backward(const LstmpBackward<T>& a) {
       }
       bar.wait();
       // (3) dR = dG_t W_hh on the owned outputs (rows past their length keep theirs)
-      product(N, G4, dg + t * N * G4, G4, wgt, Pp, tmp, Pp, q0, q1);
+      if (direct) {  // the rows of W_hh, the permuted columns in order
+        const i64 len = std::max<i64>(0, std::min(q1, P) - q0);
+        for (i64 n = 0; n < N; ++n) {
+          T* tmr = tmp + n * Pp;
+          const T* dgr = dg + (t * N + n) * G4;
+          std::fill(tmr + q0, tmr + q1, T(0));
+          for (i64 col = 0; col < G4; ++col) {
+            const auto [j, row] = col_unit(U, H, col);
+            if (j < H) axpy(len, dgr[col], a.w_hh + row * P + q0, tmr + q0);
+          }
+        }
+      } else {
+        product(N, G4, dg + t * N * G4, G4, wgt, Pp, tmp, Pp, q0, q1);
+      }
       for (i64 n = 0; n < N; ++n) {
         if (!active(a.lengths, t, n)) continue;
         std::memcpy(dR + n * Pp + q0, tmp + n * Pp + q0, sizeof(T) * (q1 - q0));
@@ -483,18 +520,38 @@ void backward(const LstmpBackward<T>& a) {
     }
   }
 
-  // Input, weight and bias gradients over all T*N rows; permuted rows back to PyTorch's.
-  T* dwi = a.work + l.dwi;
-  T* dwh = a.work + l.dwh;
-  gemm<T>(Trans::no, Trans::no, TN, I, G4, T(1), dg, G4, wip, I, T(0), a.dx, I, th);
-  gemm<T>(Trans::yes, Trans::no, G4, I, TN, T(1), dg, G4, a.x, I, T(0), dwi, I, th);
-  gemm<T>(Trans::yes, Trans::no, G4, P, TN, T(1), dg, G4, tp.rprev, Pp, T(0), dwh, P, th);
+  // Input, weight and bias gradients over all T*N rows; permuted rows back to PyTorch's
+  // (direct: dG's few rows first, then the products against the weights as they are).
   gemm<T>(Trans::yes, Trans::no, P, H, TN, T(1), dr_all, Pp, tp.m, Hu, T(0), a.dw_hr, H, th);
+  if (direct) {
+    T* dgu = a.work + l.dgu;  // (T*N, 4H)
+    for (i64 r = 0; r < TN; ++r) {
+      for (i64 col = 0; col < G4; ++col) {
+        const auto [j, row] = col_unit(U, H, col);
+        if (j < H) dgu[r * 4 * H + row] = dg[r * G4 + col];
+      }
+    }
+    gemm<T>(Trans::no, Trans::no, TN, I, 4 * H, T(1), dgu, 4 * H, a.w_ih, I, T(0), a.dx, I, th);
+    gemm<T>(Trans::yes, Trans::no, 4 * H, I, TN, T(1), dgu, 4 * H, a.x, I, T(0), a.dw_ih, I, th);
+    gemm<T>(Trans::yes, Trans::no, 4 * H, P, TN, T(1), dgu, 4 * H, tp.rprev, Pp, T(0), a.dw_hh,
+            P, th);
+  } else {
+    T* dwi = a.work + l.dwi;
+    T* dwh = a.work + l.dwh;
+    gemm<T>(Trans::no, Trans::no, TN, I, G4, T(1), dg, G4, wip, I, T(0), a.dx, I, th);
+    gemm<T>(Trans::yes, Trans::no, G4, I, TN, T(1), dg, G4, a.x, I, T(0), dwi, I, th);
+    gemm<T>(Trans::yes, Trans::no, G4, P, TN, T(1), dg, G4, tp.rprev, Pp, T(0), dwh, P, th);
+    for (int g = 0; g < 4; ++g) {
+      for (i64 j = 0; j < H; ++j) {
+        const i64 col = gate_col(U, g, j), row = g * H + j;
+        std::memcpy(a.dw_ih + row * I, dwi + col * I, sizeof(T) * I);
+        std::memcpy(a.dw_hh + row * P, dwh + col * P, sizeof(T) * P);
+      }
+    }
+  }
   for (int g = 0; g < 4; ++g) {
     for (i64 j = 0; j < H; ++j) {
       const i64 col = gate_col(U, g, j), row = g * H + j;
-      std::memcpy(a.dw_ih + row * I, dwi + col * I, sizeof(T) * I);
-      std::memcpy(a.dw_hh + row * P, dwh + col * P, sizeof(T) * P);
       if (a.db_ih) a.db_ih[row] = bsum[col];
       if (a.db_hh) a.db_hh[row] = bsum[col];
     }
