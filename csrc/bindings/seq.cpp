@@ -86,16 +86,6 @@ Act parse_act(const std::string& s) {
   throw py::value_error("nonlinearity must be 'tanh', 'relu' or 'sigmoid', got '" + s + "'");
 }
 
-template <class T>
-const SeqFns<T>& fns() {
-  const SeqTable& t = FASTRNN_DISPATCH(seq_table);
-  if constexpr (std::is_same_v<T, float>) {
-    return t.f32;
-  } else {
-    return t.f64;
-  }
-}
-
 // Byte size of an array with this many elements, checked.
 template <class T>
 void check_elems(i64 n, const char* what) {
@@ -103,6 +93,47 @@ void check_elems(i64 n, const char* what) {
   if (n > std::numeric_limits<i64>::max() / 16) {
     throw std::length_error(std::string(what) + ": size overflows 64-bit arithmetic");
   }
+}
+
+// The float or double half of a kernel table (SeqTable, LstmpTable).
+template <class T, class Table>
+const auto& of_type(const Table& t) {
+  if constexpr (std::is_same_v<T, float>) {
+    return t.f32;
+  } else {
+    return t.f64;
+  }
+}
+
+template <class T>
+const SeqFns<T>& fns() {
+  return of_type<T>(FASTRNN_DISPATCH(seq_table));
+}
+
+// A zero-filled array of n elements whose data is 64-byte aligned like the kernels' own
+// workspace (a view into a slightly larger array): packed weights.
+template <class T>
+py::array_t<T, py::array::c_style> aligned_zeros(i64 n) {
+  check_elems<T>(n, "packed weights");
+  constexpr i64 pad = 64 / static_cast<i64>(sizeof(T));
+  py::array_t<T, py::array::c_style> raw({checked_add(n, pad, "packed weights")});
+  const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
+  const i64 off = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
+  auto out = py::array_t<T, py::array::c_style>::ensure(raw[py::slice(off, off + n, 1)]);
+  std::fill(out.mutable_data(), out.mutable_data() + n, T(0));
+  return out;
+}
+
+// Packed weights handed to a forward: n elements of dtype T, 64-byte aligned (`maker`:
+// the function that makes them, for the message).
+template <class T>
+py::array_t<T, py::array::c_style> need_packed(const py::object& o, i64 n, const char* maker) {
+  auto packed = need<T>(o, "packed weights", {n}, "(packed_size,)");
+  if (reinterpret_cast<std::uintptr_t>(packed.data()) % 64 != 0) {
+    throw py::value_error(std::string("packed weights must be 64-byte aligned (") + maker +
+                          "' array)");
+  }
+  return packed;
 }
 
 py::array_t<std::int64_t> check_lengths(const py::object& lengths, i64 N, i64 T) {
@@ -201,12 +232,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   // Packed weights for the SIMD target in use (else ignored: the kernel packs as usual).
   py::array_t<T, py::array::c_style> packed;
   const bool use_packed = !packed_o.is_none() && packed_isa == static_cast<int>(active_isa());
-  if (use_packed) {
-    packed = need<T>(packed_o, "packed weights", {k.packed_size(d)}, "(packed_size,)");
-    if (reinterpret_cast<std::uintptr_t>(packed.data()) % 64 != 0) {
-      throw py::value_error("packed weights must be 64-byte aligned (seq_pack_weights' array)");
-    }
-  }
+  if (use_packed) packed = need_packed<T>(packed_o, k.packed_size(d), "seq_pack_weights");
 
   auto y = pooled_array<T>({Tn, N, H});
   py::array_t<T, py::array::c_style> hn({N, H}), cn;
@@ -439,16 +465,8 @@ py::array_t<T, py::array::c_style> pack_weights_t(Cell cell, const py::object& w
   auto wih = need<T>(wih_o, "weight_ih", {GH, I}, "(G*H, I)");
   auto whh = need<T>(whh_o, "weight_hh", {GH, d.H}, "(G*H, H)");
   const SeqFns<T>& k = fns<T>();
-  const i64 n = k.packed_size(d);
-  check_elems<T>(n, "packed weights");
-  // 64-byte aligned like the kernel's own workspace: a view into a slightly larger array.
-  constexpr i64 pad = 64 / static_cast<i64>(sizeof(T));
-  py::array_t<T, py::array::c_style> raw({checked_add(n, pad, "packed weights")});
-  const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
-  const i64 off = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
-  auto out = py::array_t<T, py::array::c_style>::ensure(raw[py::slice(off, off + n, 1)]);
   // Zeros in the columns past a short last block's units, which no kernel reads for a result.
-  std::fill(out.mutable_data(), out.mutable_data() + n, T(0));
+  auto out = aligned_zeros<T>(k.packed_size(d));
   {
     py::gil_scoped_release release;
     k.pack_weights(d, wih.data(), whh.data(), out.mutable_data(), get_num_threads());
@@ -496,12 +514,19 @@ bool is_f64(const py::object& x) {
 
 template <class T>
 const LstmpFns<T>& lstmp_fns() {
-  const LstmpTable& t = FASTRNN_DISPATCH(lstmp_table);
-  if constexpr (std::is_same_v<T, float>) {
-    return t.f32;
-  } else {
-    return t.f64;
-  }
+  return of_type<T>(FASTRNN_DISPATCH(lstmp_table));
+}
+
+// The sizes of a call from x (T, N, I) and weight_hr (P, H), both already 3-d and 2-d.
+LstmpDims lstmp_dims(const py::array& x, const py::array& w_hr, bool reverse) {
+  LstmpDims d;
+  d.T = static_cast<i64>(x.shape(0));
+  d.N = static_cast<i64>(x.shape(1));
+  d.I = static_cast<i64>(x.shape(2));
+  d.P = static_cast<i64>(w_hr.shape(0));
+  d.H = static_cast<i64>(w_hr.shape(1));
+  d.reverse = reverse;
+  return d;
 }
 
 template <class T>
@@ -515,13 +540,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   if (!py::isinstance<py::array>(whr_o) || whr0.ndim() != 2) {
     throw py::type_error("weight_hr must be a 2-d numpy.ndarray (P, H)");
   }
-  LstmpDims d;
-  d.T = static_cast<i64>(x0.shape(0));
-  d.N = static_cast<i64>(x0.shape(1));
-  d.I = static_cast<i64>(x0.shape(2));
-  d.P = static_cast<i64>(whr0.shape(0));
-  d.H = static_cast<i64>(whr0.shape(1));
-  d.reverse = reverse;
+  const LstmpDims d = lstmp_dims(x0, whr0, reverse);
   const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P;
   if (Tn < 1 || N < 1 || H < 1 || P < 1) {
     throw py::value_error("x must have T >= 1 and N >= 1, weight_hr (P, H) P, H >= 1 here");
@@ -556,10 +575,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
   py::array_t<T, py::array::c_style> packed;
   if (!packed_o.is_none()) {
-    packed = need<T>(packed_o, "packed weights", {k.packed_size(d)}, "(packed_size,)");
-    if (reinterpret_cast<std::uintptr_t>(packed.data()) % 64 != 0) {
-      throw py::value_error("packed weights must be 64-byte aligned (lstmp_pack_weights' array)");
-    }
+    packed = need_packed<T>(packed_o, k.packed_size(d), "lstmp_pack_weights");
   }
 
   auto y = pooled_array<T>({Tn, N, P});
@@ -644,14 +660,7 @@ py::array_t<T, py::array::c_style> lstmp_pack_t(const py::object& wih_o, const p
   auto whh = need<T>(whh_o, "weight_hh", {4 * d.H, d.P}, "(4*H, P)");
   auto whr = need<T>(whr_o, "weight_hr", {d.P, d.H}, "(P, H)");
   const LstmpFns<T>& k = lstmp_fns<T>();
-  const i64 n = k.packed_size(d);
-  check_elems<T>(n, "packed weights");
-  constexpr i64 pad = 64 / static_cast<i64>(sizeof(T));  // 64-byte aligned view
-  py::array_t<T, py::array::c_style> raw({checked_add(n, pad, "packed weights")});
-  const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
-  const i64 off = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
-  auto out = py::array_t<T, py::array::c_style>::ensure(raw[py::slice(off, off + n, 1)]);
-  std::fill(out.mutable_data(), out.mutable_data() + n, T(0));  // the regions' rounding
+  auto out = aligned_zeros<T>(k.packed_size(d));  // zeros in the regions' rounding
   {
     py::gil_scoped_release release;
     k.pack(d, wih.data(), whh.data(), whr.data(), out.mutable_data(), get_num_threads());
@@ -670,13 +679,7 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
       whr0.ndim() != 2) {
     throw py::value_error("tape is damaged: x must be a 3-d and weight_hr a 2-d array");
   }
-  LstmpDims d;
-  d.T = static_cast<i64>(x0.shape(0));
-  d.N = static_cast<i64>(x0.shape(1));
-  d.I = static_cast<i64>(x0.shape(2));
-  d.P = static_cast<i64>(whr0.shape(0));
-  d.H = static_cast<i64>(whr0.shape(1));
-  d.reverse = reverse;
+  const LstmpDims d = lstmp_dims(x0, whr0, reverse);
   const i64 Tn = d.T, N = d.N, I = d.I, H = d.H, P = d.P, GH = 4 * H;
   if (Tn < 1 || N < 1 || H < 1 || P < 1) throw py::value_error("tape is damaged: empty sizes");
   const i64 Hu = lstmp_round<T>(H), Pp = lstmp_round<T>(P), G4 = 4 * Hu;
