@@ -142,6 +142,26 @@ inline int team(int want, const LstmpDims& d, const Sizes& s) {
   return static_cast<int>(std::max<i64>(1, std::min<i64>({i64{want}, s.nb, useful})));
 }
 
+// What a thread of the time loop's team owns for the whole sequence: unit blocks [b0, b1)
+// (units [u0, u1)) and output columns [q0, q1), whole blocks each. Thread 0 sets the step
+// barrier's count (published by the caller's omp_barrier()).
+struct Owned {
+  i64 b0, b1, u0, u1, q0, q1;
+};
+inline Owned join(StepBarrier& bar, const Sizes& s) {
+  int tid = 0, nth = 1;
+  thread_id(tid, nth);
+  if (tid == 0) bar.count = nth;
+  Owned o{};
+  o.b0 = s.nb * tid / nth;
+  o.b1 = s.nb * (tid + 1) / nth;
+  o.u0 = o.b0 * s.U;
+  o.u1 = o.b1 * s.U;
+  o.q0 = s.np * tid / nth * s.U;
+  o.q1 = s.np * (tid + 1) / nth * s.U;
+  return o;
+}
+
 // C[:, c0:c1) = A (N x K) B[:, c0:c1) on register tiles of up to four vectors (c0, c1
 // multiples of the vector width; B rows ldb apart, C rows ldc apart). Every element is the
 // sum over k in one fixed order whatever the column range (tile::panel_fixed).
@@ -304,12 +324,7 @@ void forward(const LstmpForward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    int tid = 0, nth = 1;
-    thread_id(tid, nth);
-    if (tid == 0) bar.count = nth;
-    const i64 b0 = s.nb * tid / nth, b1 = s.nb * (tid + 1) / nth;  // unit blocks
-    const i64 u0 = b0 * U, u1 = b1 * U;
-    const i64 q0 = s.np * tid / nth * U, q1 = s.np * (tid + 1) / nth * U;  // output columns
+    const auto [b0, b1, u0, u1, q0, q1] = join(bar, s);
     const i64 t_first = d.reverse ? Tn - 1 : 0;
     for (i64 n = 0; n < N; ++n) {
       for (i64 q = q0; q < q1; ++q) {
@@ -435,12 +450,7 @@ void backward(const LstmpBackward<T>& a) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
   {
-    int tid = 0, nth = 1;
-    thread_id(tid, nth);
-    if (tid == 0) bar.count = nth;
-    const i64 b0 = s.nb * tid / nth, b1 = s.nb * (tid + 1) / nth;
-    const i64 u0 = b0 * U, u1 = b1 * U;
-    const i64 q0 = s.np * tid / nth * U, q1 = s.np * (tid + 1) / nth * U;
+    const auto [b0, b1, u0, u1, q0, q1] = join(bar, s);
     for (i64 n = 0; n < N; ++n) {
       for (i64 q = q0; q < q1; ++q) dR[n * Pp + q] = a.dh_n && q < P ? a.dh_n[n * P + q] : T(0);
       for (i64 j = u0; j < u1; ++j) dc[n * Hu + j] = a.dc_n && j < H ? a.dc_n[n * H + j] : T(0);
