@@ -125,10 +125,8 @@ class PackedWeights:
                 raise TypeError(
                     f"{name}: expected dtype {wih.dtype} (that of weight_ih), got {w.dtype}"
                 )
-        if whr is not None and (whr.ndim != 2 or whr.shape[1] != H or whr.shape[0] < 1):
-            raise ValueError(
-                f"weight_hr: expected shape (P, H) with H = {H} and P >= 1, got {whr.shape}"
-            )
+        if whr is not None:
+            reference._check_weight_hr_shape(whr, H)
         if whh.shape != (G * H, S):
             want = "(G*H, H)" if whr is None else "(4*H, P)"
             raise ValueError(f"weight_hh: expected shape {want} = {(G * H, S)}, got {whh.shape}")

@@ -252,11 +252,7 @@ def _check_inputs(
     if weight_hr is not None:
         if kind != "lstm":
             raise ValueError(f"weight_hr: a projection exists only for lstm, not {kind}")
-        weight_hr = _check_float_dtype("weight_hr", weight_hr, dtype)
-        if weight_hr.ndim != 2 or weight_hr.shape[1] != H or weight_hr.shape[0] < 1:
-            raise ValueError(
-                f"weight_hr: expected shape (P, H) with H = {H} and P >= 1, got {weight_hr.shape}"
-            )
+        weight_hr = _check_weight_hr_shape(_check_float_dtype("weight_hr", weight_hr, dtype), H)
         P, s_desc = int(weight_hr.shape[0]), "P"
         hh_desc = f"({_GDESC[G][0]}, P)"
     weight_hh = _check_float_array("weight_hh", weight_hh, (GH, P), dtype, hh_desc)
@@ -277,6 +273,15 @@ def _check_inputs(
     lengths = _check_lengths(lengths, N, T)
     return _Inputs(kind, G, T, N, I, H, dtype, x, h0, c0, weight_ih, weight_hh, bias_ih,
                    bias_hh, lengths, weight_hr, P)  # fmt: skip
+
+
+def _check_weight_hr_shape(weight_hr: np.ndarray, H: int) -> np.ndarray:
+    """An LSTM projection must be (P, H) with P >= 1; ``ValueError`` otherwise."""
+    if weight_hr.ndim != 2 or weight_hr.shape[1] != H or weight_hr.shape[0] < 1:
+        raise ValueError(
+            f"weight_hr: expected shape (P, H) with H = {H} and P >= 1, got {weight_hr.shape}"
+        )
+    return weight_hr
 
 
 def _check_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype, desc: str) -> Any:
