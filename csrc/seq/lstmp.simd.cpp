@@ -22,6 +22,7 @@
 #include "runtime/target.h"
 #include "seq/lstmp.h"
 #include "seq/team.h"
+#include "seq/workspace.h"
 #include "seq/tile.h"
 #include "simd/transpose.h"
 
@@ -55,16 +56,6 @@ Sizes sizes_of(const LstmpDims& d) {
   s.np = s.Pp / s.U;
   return s;
 }
-
-// Consecutive workspace regions of whole 64-byte lines, sizes overflow-checked.
-struct Carve {
-  i64 off = 0;
-  i64 take(i64 n, const char* what) {
-    const i64 at = off;
-    off = checked_add(off, checked_mul(checked_add(n, 15, what) / 16, 16, what), what);
-    return at;
-  }
-};
 
 struct FwdLay {
   i64 wi, wg, wr, bias, gx, p, cs, mb, rs, rb, total;

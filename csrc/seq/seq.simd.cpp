@@ -34,6 +34,7 @@
 #include "runtime/target.h"
 #include "seq/seq.h"
 #include "seq/team.h"
+#include "seq/workspace.h"
 #include "seq/tile.h"
 #include "simd/transpose.h"
 
@@ -172,21 +173,6 @@ Geo packed_geometry(const SeqDims& d) {
 
 constexpr int kMaxTile = 8 * 4 * 64;  // rows x (G*U) for every target and type
 constexpr int kMaxU = 64;
-
-inline i64 round16(i64 n, const char* what) {
-  return checked_mul((checked_add(n, 15, what)) / 16, 16, what);
-}
-
-// Consecutive regions of one workspace, each rounded up to 16 elements (64 bytes of
-// float), with every size checked against 64-bit overflow.
-struct Carve {
-  i64 off = 0;
-  i64 take(i64 n, const char* what) {
-    const i64 at = off;
-    off = checked_add(off, round16(n, what), what);
-    return at;
-  }
-};
 
 struct FwdLayout {
   i64 wih = 0, whh = 0, gx = 0, gh = 0, bias = 0, bhn = 0, hbuf = 0, rh = 0, zb = 0, xt = 0,
