@@ -33,6 +33,7 @@
 #include "runtime/checked.h"
 #include "runtime/target.h"
 #include "seq/seq.h"
+#include "seq/stream.h"
 #include "seq/team.h"
 #include "seq/workspace.h"
 #include "seq/tile.h"
@@ -526,41 +527,9 @@ inline void finish_row(bool active, const T* hv, const T* hi, T* ho, T* yo, i64 
   }
 }
 
-// Tapes whose gate activations take at least this many bytes are streamed (tape_units); a
-// smaller one may still be in the caches when the backward reads it.
-constexpr i64 kStreamTapeBytes = i64{1} << 20;
 // Weight gradients of a short call (small_k_product) of at least this many bytes are
 // streamed to memory.
 constexpr i64 kStreamGradBytes = i64{4} << 20;
-
-// dst[0:n) = src[0:n) with the whole vectors from dst's first vector-aligned element on
-// stored past the caches (simd::Vec::stream), the elements before and after them plainly.
-// Call simd::stream_fence() before another thread reads dst.
-template <class T>
-void stream_copy(T* dst, const T* src, i64 n) {
-  using V = simd::Vec<T>;
-  constexpr i64 L = V::lanes;
-  i64 i = 0;
-  for (; i < n && reinterpret_cast<std::uintptr_t>(dst + i) % sizeof(V) != 0; ++i) dst[i] = src[i];
-  for (; i + L <= n; i += L) V::load(src + i).stream(dst + i);
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-// This thread's share of dst[0:n) = src[0:n) (slices split at whole 64-byte lines): the
-// training copies of x and the weights (seq.h), which only the backward reads. From
-// kStreamTapeBytes on, stored past the caches (GRU (1,1,768,512) training 1.24x faster,
-// LSTM (1,1,1024,1024) 1.13x; LSTM (10,8,256,256) the same either way).
-template <class T>
-void copy_share(T* dst, const T* src, i64 n, int tid, int nth) {
-  constexpr i64 line = 64 / static_cast<i64>(sizeof(T));
-  const i64 i0 = n * tid / nth / line * line;
-  const i64 i1 = tid + 1 == nth ? n : n * (tid + 1) / nth / line * line;
-  if (n * static_cast<i64>(sizeof(T)) >= kStreamTapeBytes) {
-    stream_copy(dst + i0, src + i0, i1 - i0);
-  } else if (i0 < i1) {
-    std::memcpy(dst + i0, src + i0, sizeof(T) * static_cast<std::size_t>(i1 - i0));
-  }
-}
 
 // Block b of the packed weights: [b][k][gate*S + u] = W[gate*H + b*U + u][k], W_ih into
 // wih and W_hh into whh. Gates in order: each gate's U columns from gt * S on, so in a short
