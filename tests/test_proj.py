@@ -181,12 +181,18 @@ def test_thread_counts_give_the_same_bits(size):
         np.testing.assert_array_equal(g1[key], g2[key], err_msg=key)
 
 
+# Sizes for the tape's copies: the tiles, the direct path (T*N <= 8), and weights of more
+# than 1 MiB (float64 W_ih 2.3 MiB), which the forward's threads copy past the caches.
+COPY_SIZES = [(6, 5, 7, 17, 5), (2, 3, 5, 9, 4), (2, 3, 300, 256, 96)]
+
+
+@pytest.mark.parametrize("size", COPY_SIZES)
 @pytest.mark.parametrize("backend", ["native", "reference"])
-def test_tape_ignores_later_edits(backend, rng):
+def test_tape_ignores_later_edits(size, backend, threads, rng):
     # The backward uses the weights and x of the forward, whatever the caller did since.
-    size = (6, 5, 7, 17, 5)
+    T, N, _, H, P = size
     case = _case(*size, np.float64, rng)
-    up = _upstream(6, 5, 17, 5, np.float64, rng)
+    up = _upstream(T, N, H, P, np.float64, rng)
     *_, tape = F.lstm(**case, training=True, backend=backend)
     want = F.lstm_backward(tape, **up)
     *_, tape = F.lstm(**case, training=True, backend=backend)
@@ -195,6 +201,37 @@ def test_tape_ignores_later_edits(backend, rng):
     got = F.lstm_backward(tape, **up)
     for key, w in want.items():
         np.testing.assert_array_equal(got[key], w, err_msg=key)
+
+
+@pytest.mark.parametrize("size", COPY_SIZES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tape_keeps_its_own_copies_unless_told_to_share(size, dtype, threads, rng):
+    # The kernel's threads copy x and the weights into the tape: equal bits, no memory in
+    # common with the caller's arrays; inside _tape_shares_inputs (the drop-ins, which guard
+    # them with autograd's version counters) the tape holds the arrays as given.
+    case = _case(*size, dtype, rng)
+    keys = ("x", "weight_ih", "weight_hh", "weight_hr")
+    *_, tape = F.lstm(**case, training=True)
+    for key in keys:
+        kept = getattr(tape, key)
+        assert not np.shares_memory(kept, case[key]), key
+        np.testing.assert_array_equal(kept, case[key], err_msg=key)
+    with NAT._tape_shares_inputs():
+        *_, tape = F.lstm(**case, training=True)
+    for key in keys:
+        assert getattr(tape, key) is case[key], key
+
+
+def test_packed_call_copies_x_and_keeps_the_snapshot(rng):
+    # A packed call's weights are the snapshot's read-only arrays: only x is copied.
+    case = _case(4, 3, 6, 20, 7, np.float64, rng)
+    keys = ("weight_ih", "weight_hh", "weight_hr")
+    packed = F.pack_weights("lstm", *(case[k] for k in keys[:2]), weight_hr=case["weight_hr"])
+    *_, tape = F.lstm(**{**case, **dict.fromkeys(keys)}, training=True, packed=packed)
+    assert not np.shares_memory(tape.x, case["x"])
+    np.testing.assert_array_equal(tape.x, case["x"])
+    for key in keys:
+        assert getattr(tape, key) is getattr(packed, key), key
 
 
 @pytest.mark.parametrize("T", [0, 3])

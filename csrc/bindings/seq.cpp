@@ -534,7 +534,8 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
                           const py::object& wih_o, const py::object& whh_o,
                           const py::object& bih_o, const py::object& bhh_o,
                           const py::object& whr_o, const py::object& len_o, bool reverse,
-                          bool training, bool poison_out, const py::object& packed_o) {
+                          bool training, bool poison_out, const py::object& packed_o,
+                          bool copy_inputs, bool share_weights) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
   py::array whr0 = py::reinterpret_borrow<py::array>(whr_o);
   if (!py::isinstance<py::array>(whr_o) || whr0.ndim() != 2) {
@@ -588,6 +589,16 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     ms = pooled_array<T>({Tn, N, Hu});
     rprev = pooled_array<T>({Tn, N, Pp});
   }
+  // The tape's own x and weights (written by the kernel), or the caller's arrays.
+  const bool copies = training && copy_inputs;
+  const bool wcopies = copies && !share_weights;
+  py::array_t<T, py::array::c_style> xk = x, wihk = wih, whhk = whh, whrk = whr;
+  if (copies) xk = pooled_array<T>({Tn, N, I});
+  if (wcopies) {
+    wihk = pooled_array<T>({GH, I});
+    whhk = pooled_array<T>({GH, P});
+    whrk = pooled_array<T>({P, H});
+  }
   PoolBuffer<T> ws(work);
   if (poison_out) {
     poison(y);
@@ -596,6 +607,8 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     if (training) {
       for (auto* a : {&gates, &cs, &cz, &ms, &rprev}) poison(*a);
     }
+    if (copies) poison(xk);
+    if (wcopies) poison(wihk), poison(whhk), poison(whrk);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
   LstmpForward<T> a;
@@ -621,6 +634,12 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     a.tape.m = ms.mutable_data();
     a.tape.rprev = rprev.mutable_data();
   }
+  if (copies) a.x_copy = xk.mutable_data();
+  if (wcopies) {
+    a.w_ih_copy = wihk.mutable_data();
+    a.w_hh_copy = whhk.mutable_data();
+    a.w_hr_copy = whrk.mutable_data();
+  }
   a.work = ws.data();
   a.num_threads = get_num_threads();
   {
@@ -634,6 +653,10 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     tape["c0"] = cz;
     tape["m"] = ms;
     tape["rprev"] = rprev;
+    tape["x"] = xk;
+    tape["weight_ih"] = wihk;
+    tape["weight_hh"] = whhk;
+    tape["weight_hr"] = whrk;
     tape["has_bias_ih"] = !bih_o.is_none();
     tape["has_bias_hh"] = !bhh_o.is_none();
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
@@ -823,24 +846,27 @@ void register_seq(py::module_& m) {
       [](const py::object& x, const py::object& h0, const py::object& c0, const py::object& wih,
          const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& whr, const py::object& lengths, bool reverse, bool training,
-         bool poison, const py::object& packed) {
+         bool poison, const py::object& packed, bool copy_inputs, bool share_weights) {
         const bool f64 = is_f64(x);  // raises unless x is a float32/float64 ndarray
         if (py::reinterpret_borrow<py::array>(x).ndim() != 3) {
           throw py::value_error("x must have shape (T, N, I)");
         }
         if (f64) {
           return lstmp_forward_t<double>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
-                                         training, poison, packed);
+                                         training, poison, packed, copy_inputs, share_weights);
         }
         return lstmp_forward_t<float>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
-                                      training, poison, packed);
+                                      training, poison, packed, copy_inputs, share_weights);
       },
       py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"),
       py::arg("bias_ih"), py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
       py::arg("reverse"), py::arg("training"), py::arg("poison") = false,
-      py::arg("packed") = py::none(),
+      py::arg("packed") = py::none(), py::arg("copy_inputs") = false,
+      py::arg("share_weights") = false,
       "LSTM with a projection (weight_hr (P, H)) over a whole sequence. Returns "
-      "(y, h_n, c_n, tape|None); the tape holds the kernel's arrays only. packed: "
+      "(y, h_n, c_n, tape|None); the tape holds the kernel's arrays and x, weight_ih, "
+      "weight_hh, weight_hr: with training and copy_inputs the kernel's own copies of x and "
+      "(unless share_weights) the weights, else the arrays given. packed: "
       "lstmp_pack_weights' array for these weights (the same on every SIMD target).");
   m.def(
       "lstmp_pack_weights",

@@ -65,6 +65,12 @@ struct LstmpForward {
   T* c_n = nullptr;
   bool training = false;
   LstmpTape<T> tape;  // written when training
+  // Training: where the forward's threads copy x and the weights for the backward (any may
+  // be null: not copied), so that later edits of the caller's arrays do not reach the tape.
+  T* x_copy = nullptr;
+  T* w_ih_copy = nullptr;
+  T* w_hh_copy = nullptr;
+  T* w_hr_copy = nullptr;
   // The weights as pack() laid them out for d's I, H and P (any target), or null: the
   // forward lays them out itself (w_ih, w_hh and w_hr must then hold the same weights).
   const T* packed = nullptr;

@@ -361,29 +361,30 @@ def _lstm_proj(
     training = _ref._check_bool("training", training)
     T, N, I, H, P, dt = inp.T, inp.N, inp.I, inp.H, inp.P, inp.dtype
     data = None
+    # the tape must not see later in-place edits by the caller: the kernel copies x and the
+    # weights for it (not a packed snapshot's weights, which are read-only)
+    copies = training and not getattr(_local, "share", False)
     if T == 0 or N == 0:
         y = np.zeros((T, N, P), dt)
         h_n, c_n = np.array(inp.h0, copy=True), np.array(inp.c0, copy=True)
+        kept = {"x": inp.x, "weight_ih": inp.weight_ih, "weight_hh": inp.weight_hh,
+                "weight_hr": inp.weight_hr}  # fmt: skip
+        if copies:  # nothing ran: the tape's copies made here
+            kept = {k: np.array(v, copy=True) for k, v in kept.items()}
     else:
         y, h_n, c_n, data = _core.lstmp_forward(
             inp.x, inp.h0, inp.c0, inp.weight_ih, inp.weight_hh, inp.bias_ih, inp.bias_hh,
             inp.weight_hr, inp.lengths, reverse, training, poison,
-            None if packed is None else packed._data,
+            None if packed is None else packed._data, copies, packed is not None,
         )  # fmt: skip
+        kept = data
     if not training:
         return y, (h_n, c_n)
-
-    share = getattr(_local, "share", False)
-
-    def keep(a: np.ndarray, snapshot: bool = False) -> np.ndarray:  # the tape's own copy
-        return a if share or snapshot else np.array(a, copy=True)
-
-    snap = packed is not None  # read-only snapshots: nothing can change them
     tape = ProjTape(
         dtype=dt, T=T, N=N, I=I, H=H, P=P, reverse=reverse,
         has_bias_ih=inp.bias_ih is not None, has_bias_hh=inp.bias_hh is not None, data=data,
-        x=keep(inp.x), weight_ih=keep(inp.weight_ih, snap), weight_hh=keep(inp.weight_hh, snap),
-        weight_hr=keep(inp.weight_hr, snap),
+        x=kept["x"], weight_ih=kept["weight_ih"], weight_hh=kept["weight_hh"],
+        weight_hr=kept["weight_hr"],
     )  # fmt: skip
     return y, (h_n, c_n), tape
 
