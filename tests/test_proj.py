@@ -1,9 +1,9 @@
 """LSTM with a projection (``weight_hr``, PyTorch's ``proj_size``): the reference against
 finite differences, the native path against the reference, errors.
 
-The native path runs the plain LSTM kernel on m_t = o * tanh(c_t) with the recurrent
-weights W_hh W_hr and projects after the loop (fastrnn._native, the section on
-projections); these tests hold it to the reference's step-by-step math.
+The native path is a kernel of its own (csrc/seq/lstmp.simd.cpp, docs/kernels.md): per step
+the gates of each thread's unit blocks, then the projection on its output blocks; these
+tests hold it to the reference's step-by-step math.
 """
 
 from __future__ import annotations
