@@ -203,7 +203,7 @@ def test_tape_ignores_later_edits(size, backend, threads, rng):
         np.testing.assert_array_equal(got[key], w, err_msg=key)
 
 
-@pytest.mark.parametrize("size", COPY_SIZES)
+@pytest.mark.parametrize("size", [*COPY_SIZES, (0, 3, 5, 9, 4)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tape_keeps_its_own_copies_unless_told_to_share(size, dtype, threads, rng):
     # The kernel's threads copy x and the weights into the tape: equal bits, no memory in
@@ -227,11 +227,17 @@ def test_packed_call_copies_x_and_keeps_the_snapshot(rng):
     case = _case(4, 3, 6, 20, 7, np.float64, rng)
     keys = ("weight_ih", "weight_hh", "weight_hr")
     packed = F.pack_weights("lstm", *(case[k] for k in keys[:2]), weight_hr=case["weight_hr"])
-    *_, tape = F.lstm(**{**case, **dict.fromkeys(keys)}, training=True, packed=packed)
-    assert not np.shares_memory(tape.x, case["x"])
-    np.testing.assert_array_equal(tape.x, case["x"])
-    for key in keys:
-        assert getattr(tape, key) is getattr(packed, key), key
+    for T in (4, 0):  # the kernel's copy of x, or (nothing to run) NumPy's
+        x = case["x"][:T]
+        *_, tape = F.lstm(
+            **{**case, **dict.fromkeys(keys), "x": x}, training=True, packed=packed
+        )  # fmt: skip
+        assert tape.x is not x and not np.shares_memory(tape.x, case["x"])
+        np.testing.assert_array_equal(tape.x, x)
+        for key in keys:
+            assert getattr(tape, key) is getattr(packed, key), key
+        assert set(tape.data or {}) <= {"gates", "c", "c0", "m", "rprev", "has_bias_ih",
+                                        "has_bias_hh", "lengths"}  # fmt: skip
 
 
 @pytest.mark.parametrize("T", [0, 3])

@@ -364,20 +364,23 @@ def _lstm_proj(
     # the tape must not see later in-place edits by the caller: the kernel copies x and the
     # weights for it (not a packed snapshot's weights, which are read-only)
     copies = training and not getattr(_local, "share", False)
+    names = ("x", "weight_ih", "weight_hh", "weight_hr")
     if T == 0 or N == 0:
         y = np.zeros((T, N, P), dt)
         h_n, c_n = np.array(inp.h0, copy=True), np.array(inp.c0, copy=True)
-        kept = {"x": inp.x, "weight_ih": inp.weight_ih, "weight_hh": inp.weight_hh,
-                "weight_hr": inp.weight_hr}  # fmt: skip
-        if copies:  # nothing ran: the tape's copies made here
-            kept = {k: np.array(v, copy=True) for k, v in kept.items()}
+        # nothing ran: the tape's copies are made here (a packed call's weights are the
+        # snapshot's, kept as they are)
+        wcopy = copies and packed is None
+        kept = {k: np.array(getattr(inp, k), copy=wcopy or (copies and k == "x")) for k in names}
     else:
         y, h_n, c_n, data = _core.lstmp_forward(
             inp.x, inp.h0, inp.c0, inp.weight_ih, inp.weight_hh, inp.bias_ih, inp.bias_hh,
             inp.weight_hr, inp.lengths, reverse, training, poison,
             None if packed is None else packed._data, copies, packed is not None,
         )  # fmt: skip
-        kept = data
+        # x and the weights (the kernel's copies or the arrays given) become the tape's own
+        # fields; data keeps the kernel's arrays only
+        kept = {k: data.pop(k) for k in names} if training else {}
     if not training:
         return y, (h_n, c_n)
     tape = ProjTape(
