@@ -166,6 +166,17 @@ void poison(py::array_t<T, py::array::c_style>& a) {
   std::fill(a.mutable_data(), a.mutable_data() + a.size(), std::numeric_limits<T>::quiet_NaN());
 }
 
+// The array the kernel fills with the tape's own copy of `a` (pooled, a's shape, NaN with
+// poison_out), or without `copy` the caller's `a` itself, which the tape then keeps.
+template <class T>
+py::array_t<T, py::array::c_style> tape_copy(const py::array_t<T, py::array::c_style>& a,
+                                             bool copy, bool poison_out) {
+  if (!copy) return a;
+  auto k = pooled_array<T>(std::vector<i64>(a.shape(), a.shape() + a.ndim()));
+  if (poison_out) poison(k);
+  return k;
+}
+
 // The sizes and options of a call, with T, N, I from x (T, N, I); H is set by the caller.
 SeqDims dims_of(Cell cell, Act act, bool reset_after, bool reverse, const py::array& x) {
   SeqDims d;
@@ -255,12 +266,8 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   // The tape's own x and weights (written by the kernel), or the caller's arrays.
   const bool copies = training && copy_inputs;
   const bool wcopies = copies && !share_weights;
-  py::array_t<T, py::array::c_style> xk = x, wihk = wih, whhk = whh;
-  if (copies) xk = pooled_array<T>({Tn, N, I});
-  if (wcopies) {
-    wihk = pooled_array<T>({GH, I});
-    whhk = pooled_array<T>({GH, H});
-  }
+  auto xk = tape_copy(x, copies, poison_out);
+  auto wihk = tape_copy(wih, wcopies, poison_out), whhk = tape_copy(whh, wcopies, poison_out);
   PoolBuffer<T> ws(work);
   const bool lstm = cell == Cell::lstm, gru = cell == Cell::gru;
   const bool has_bih = !bih_o.is_none(), has_bhh = !bhh_o.is_none(), has_len = !len_o.is_none();
@@ -278,8 +285,6 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
       if (lstm) poison(cprev), poison(clast);
       if (gru) poison(aux);
     }
-    if (copies) poison(xk);
-    if (wcopies) poison(wihk), poison(whhk);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
 
@@ -592,13 +597,9 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   // The tape's own x and weights (written by the kernel), or the caller's arrays.
   const bool copies = training && copy_inputs;
   const bool wcopies = copies && !share_weights;
-  py::array_t<T, py::array::c_style> xk = x, wihk = wih, whhk = whh, whrk = whr;
-  if (copies) xk = pooled_array<T>({Tn, N, I});
-  if (wcopies) {
-    wihk = pooled_array<T>({GH, I});
-    whhk = pooled_array<T>({GH, P});
-    whrk = pooled_array<T>({P, H});
-  }
+  auto xk = tape_copy(x, copies, poison_out);
+  auto wihk = tape_copy(wih, wcopies, poison_out), whhk = tape_copy(whh, wcopies, poison_out);
+  auto whrk = tape_copy(whr, wcopies, poison_out);
   PoolBuffer<T> ws(work);
   if (poison_out) {
     poison(y);
@@ -607,8 +608,6 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     if (training) {
       for (auto* a : {&gates, &cs, &cz, &ms, &rprev}) poison(*a);
     }
-    if (copies) poison(xk);
-    if (wcopies) poison(wihk), poison(whhk), poison(whrk);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
   LstmpForward<T> a;
