@@ -187,17 +187,17 @@ FwdLayout fwd_layout(const SeqDims& d, const Geo& g) {
   Carve w;
   const char* wih = "packed weight_ih";
   const i64 packed = g.unpacked() ? 0 : 1;
-  l.wih = w.take(checked_mul(checked_mul(g.nb, d.I * packed, wih), g.GU, wih), wih);
+  l.wih = w.take(checked_mul(g.nb, d.I * packed, wih), g.GU, wih);
   const char* whh = "packed weight_hh";
-  l.whh = w.take(checked_mul(checked_mul(g.nb, d.H * packed, whh), g.GU, whh), whh);
+  l.whh = w.take(checked_mul(g.nb, d.H * packed, whh), g.GU, whh);
   // [block][row][GU] so a block's rows are contiguous (no 4 KiB strides in L1)
   const char* gx = "input projection";
-  l.gx = w.take(checked_mul(checked_mul(g.Tc, d.N, gx), g.GHp, gx), gx);
-  l.gh = w.take(checked_mul(d.N, g.GHp, "recurrent projection"), "recurrent projection");
+  l.gx = w.take(checked_mul(g.Tc, d.N, gx), g.GHp, gx);
+  l.gh = w.take(d.N, g.GHp, "recurrent projection");
   l.bias = w.take(g.GHp, "bias");
-  l.bhn = w.take(checked_mul(g.nb, g.U, "bias"), "bias");
+  l.bhn = w.take(g.nb, g.U, "bias");
   const i64 nh = checked_mul(d.N, d.H, "state");
-  l.hbuf = w.take(checked_mul(2, nh, "state"), "state");
+  l.hbuf = w.take(2, nh, "state");
   l.rh = w.take(nh, "state");
   l.zb = w.take(nh, "state");
   if (g.thin) {
@@ -243,9 +243,8 @@ BwdLayout bwd_layout(const SeqDims& d, const Geo& g) {
   const i64 TN = checked_mul(d.T, d.N, "time steps x batch");
   // The direct backward reads W_hh unpacked; the thin one too, bar a last partial block.
   const i64 packed = g.direct ? 0 : (g.thin ? 1 : g.nb);
-  l.wbk = w.take(checked_mul(checked_mul(packed, GH, "packed weight_hh"), g.U, "packed weight_hh"),
-                 "packed weight_hh");
-  l.dg = w.take(checked_mul(TN, GH, "gate gradients"), "gate gradients");
+  l.wbk = w.take(checked_mul(packed, GH, "packed weight_hh"), g.U, "packed weight_hh");
+  l.dg = w.take(TN, GH, "gate gradients");
   l.dhn =
       w.take(d.cell == Cell::gru ? checked_mul(TN, d.H, "gate gradients") : 0, "gate gradients");
   l.dts = w.take(checked_mul(d.N, checked_mul(g.nb, g.U, "units"), "recurrent gradient"),

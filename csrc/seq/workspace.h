@@ -24,6 +24,10 @@ struct Carve {
     off = checked_add(off, round16(n, what), what);
     return at;
   }
+  // A region of rows x cols elements.
+  std::int64_t take(std::int64_t rows, std::int64_t cols, const char* what) {
+    return take(checked_mul(rows, cols, what), what);
+  }
 };
 
 }  // namespace
