@@ -18,7 +18,7 @@ import fastrnn
 from fastrnn import _native as NAT
 from fastrnn import functional as F
 from fastrnn import reference as REF
-from helpers import assert_allclose_named, random_lengths
+from helpers import assert_allclose_named, assert_grads_close, assert_same_grads, random_lengths
 from test_native import TOL32, TOL64
 
 # (T, N, I, H, P): odd sizes; P below, equal to and above H (the functional API takes any
@@ -108,8 +108,7 @@ def test_reference_without_projection_is_unchanged(rng):
     np.testing.assert_allclose(h1, h0, rtol=1e-14, atol=1e-15)
     g1 = REF.lstm_backward(t1, up["dy"], up["dh_n"], up["dc_n"])
     g0 = REF.lstm_backward(t0, up["dy"], up["dh_n"], up["dc_n"])
-    for key, want in g0.items():
-        np.testing.assert_allclose(g1[key], want, rtol=1e-13, atol=1e-14, err_msg=key)
+    assert_grads_close({k: g1[k] for k in g0}, g0, rtol=1e-13, atol=1e-14)  # g1 also has weight_hr
 
 
 def _check(size, dtype, rng, *, bias, reverse, with_lengths, h0):
@@ -138,12 +137,9 @@ def _check(size, dtype, rng, *, bias, reverse, with_lengths, h0):
     g_w = REF.lstm_backward(tape_w, **_as64(up))
     g_g = F.lstm_backward(tape_g, **up)
     assert list(g_g) == list(g_w) == GRAD_KEYS
-    for key, want in g_w.items():
-        if want is None:
-            assert g_g[key] is None, key
-            continue
-        assert g_g[key].dtype == np.dtype(dtype), key
-        assert_allclose_named(f"grad {key}", g_g[key], want, **tol)
+    assert_grads_close(g_g, g_w, **tol)
+    for key, g in g_g.items():
+        assert g is None or g.dtype == np.dtype(dtype), key
     return y_g, h_g, c_g, g_g
 
 
@@ -177,8 +173,7 @@ def test_thread_counts_give_the_same_bits(size):
     (y1, h1, c1, g1), (y2, h2, c2, g2) = results
     for a, b in ((y1, y2), (h1, h2), (c1, c2)):
         np.testing.assert_array_equal(a, b)
-    for key in g1:
-        np.testing.assert_array_equal(g1[key], g2[key], err_msg=key)
+    assert_same_grads(g2, g1)
 
 
 # Sizes for the tape's copies: the tiles, the direct path (T*N <= 8), and weights of more
@@ -199,8 +194,7 @@ def test_tape_ignores_later_edits(size, backend, threads, rng):
     for key in ("x", "h0", "c0", "weight_ih", "weight_hh", "weight_hr"):
         case[key][...] = 9.0
     got = F.lstm_backward(tape, **up)
-    for key, w in want.items():
-        np.testing.assert_array_equal(got[key], w, err_msg=key)
+    assert_same_grads(got, want)
 
 
 @pytest.mark.parametrize("size", [*COPY_SIZES, (0, 3, 5, 9, 4)])
