@@ -196,7 +196,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
                     const py::object& bih_o, const py::object& bhh_o, const py::object& len_o,
                     Act act, bool reset_after, bool reverse, bool training, bool copy_inputs,
                     bool share_weights, const py::object& packed_o, int packed_isa,
-                    bool poison_out) {
+                    bool poison_out, const py::object& peep_o) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
   SeqDims d = dims_of(cell, act, reset_after, reverse, x0);
   const i64 G = d.gates();
@@ -238,6 +238,12 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   py::array_t<T, py::array::c_style> bih, bhh;
   if (!bih_o.is_none()) bih = need<T>(bih_o, "bias_ih", {GH}, "(G*H,)");
   if (!bhh_o.is_none()) bhh = need<T>(bhh_o, "bias_hh", {GH}, "(G*H,)");
+  const bool has_peep = !peep_o.is_none();
+  if (has_peep && cell != Cell::lstm) {
+    throw py::value_error("weight_peephole: peepholes exist only for lstm");
+  }
+  py::array_t<T, py::array::c_style> peep;
+  if (has_peep) peep = need<T>(peep_o, "weight_peephole", {3 * H}, "(3*H,)");
   py::array_t<std::int64_t> lens;
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
   // Packed weights for the SIMD target in use (else ignored: the kernel packs as usual).
@@ -297,6 +303,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
   a.w_hh = whh.data();
   a.b_ih = has_bih ? bih.data() : nullptr;
   a.b_hh = has_bhh ? bhh.data() : nullptr;
+  a.w_peep = has_peep ? peep.data() : nullptr;
   a.lengths = has_len ? lens.data() : nullptr;
   a.y = y.mutable_data();
   a.h_n = hn.mutable_data();
@@ -340,6 +347,10 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     tape["has_bias_ih"] = has_bih;
     tape["has_bias_hh"] = has_bhh;
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
+    // 3*H values (not in a packed snapshot): copied here with x's copy, not by the kernel
+    py::object tape_peep = py::none();
+    if (has_peep) tape_peep = copies ? peep.attr("copy")() : py::object(peep);
+    tape["weight_peephole"] = tape_peep;
   }
   return py::make_tuple(y, hn, lstm ? py::object(cn) : py::object(py::none()),
                         training ? py::object(tape) : py::object(py::none()));
@@ -397,6 +408,13 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   if (cell == Cell::lstm && !dcn_o.is_none()) dcn = need<T>(dcn_o, "dc_n", {N, H}, "(N, H)");
   const bool has_bih = tape["has_bias_ih"].cast<bool>();
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
+  const bool has_peep = tape.contains("weight_peephole") && !tape["weight_peephole"].is_none();
+  if (has_peep && cell != Cell::lstm) throw py::value_error("tape is damaged: peepholes");
+  py::array_t<T, py::array::c_style> peep, dpeep;
+  if (has_peep) {
+    peep = need<T>(tape["weight_peephole"], "tape weight_peephole", {3 * H}, "(3*H,)");
+    dpeep = py::array_t<T, py::array::c_style>({3 * H});
+  }
 
   auto dx = pooled_array<T>({Tn, N, I});
   // The weight gradients from the cache too: 64-byte aligned (the kernel may stream them).
@@ -415,6 +433,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
     if (lstm) poison(dc0);
     if (has_bih) poison(dbih);
     if (has_bhh) poison(dbhh);
+    if (has_peep) poison(dpeep);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
   SeqBackward<T> a;
@@ -422,6 +441,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.x = x.data();
   a.w_ih = wih.data();
   a.w_hh = whh.data();
+  a.w_peep = has_peep ? peep.data() : nullptr;
   a.lengths = has_len ? lens.data() : nullptr;
   a.tape.hprev = hprev.data();
   a.tape.gates = cell == Cell::rnn ? nullptr : gates.data();
@@ -439,6 +459,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   a.dw_hh = dwhh.mutable_data();
   a.db_ih = has_bih ? dbih.mutable_data() : nullptr;
   a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
+  a.dw_peep = has_peep ? dpeep.mutable_data() : nullptr;
   a.work = ws.data();
   a.work_size = work;
   a.num_threads = get_num_threads();
@@ -454,6 +475,7 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   out["weight_hh"] = dwhh;
   out["bias_ih"] = has_bih ? py::object(dbih) : py::object(py::none());
   out["bias_hh"] = has_bhh ? py::object(dbhh) : py::object(py::none());
+  if (has_peep) out["weight_peephole"] = dpeep;
   return out;
 }
 
@@ -793,7 +815,7 @@ void register_seq(py::module_& m) {
          const py::object& wih, const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& lengths, const std::string& nonlinearity, bool reset_after, bool reverse,
          bool training, bool copy_inputs, bool poison, bool share_weights,
-         const py::object& packed, int packed_isa) {
+         const py::object& packed, int packed_isa, const py::object& peephole) {
         const Cell c = parse_cell(cell);
         const Act a = parse_act(nonlinearity);
         py::array xa = py::reinterpret_borrow<py::array>(x);
@@ -801,21 +823,23 @@ void register_seq(py::module_& m) {
           if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
           return forward_t<double>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after,
                                    reverse, training, copy_inputs, share_weights, packed,
-                                   packed_isa, poison);
+                                   packed_isa, poison, peephole);
         }
         if (xa.ndim() != 3) throw py::value_error("x must have shape (T, N, I)");
         return forward_t<float>(c, x, h0, c0, wih, whh, bih, bhh, lengths, a, reset_after, reverse,
-                                training, copy_inputs, share_weights, packed, packed_isa, poison);
+                                training, copy_inputs, share_weights, packed, packed_isa, poison,
+                                peephole);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"),
       py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("lengths"),
       py::arg("nonlinearity"), py::arg("reset_after"), py::arg("reverse"), py::arg("training"),
       py::arg("copy_inputs") = false, py::arg("poison") = false, py::arg("share_weights") = false,
       py::arg("packed") = py::none(), py::arg("packed_isa") = -1,
+      py::arg("peephole") = py::none(),
       "One layer, one direction over a whole sequence. Returns (y, h_n, c_n|None, tape|None); "
       "with training and copy_inputs the tape keeps its own copies of x and (unless "
       "share_weights) the weights. packed: seq_pack_weights' array for these weights, used "
-      "when packed_isa is the SIMD target in use.");
+      "when packed_isa is the SIMD target in use. peephole: an LSTM's (3*H,) p_i, p_f, p_o.");
   m.def(
       "seq_pack_weights",
       [](const std::string& cell, const py::object& wih_o, const py::object& whh_o,

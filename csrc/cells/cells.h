@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "runtime/target.h"
 #include "seq/seq.h"
@@ -130,21 +131,29 @@ FASTRNN_INLINE simd::Vec<T> gate_in(const T* p, const T* gx, int g, int S, int U
 // The gates, c_new = f*c_in + i*g, tanh(c_new) and h_new = o*tanh(c_new) of one row of a
 // block (in registers). One body for lstm_fwd and lstm_fwd_infer, so that training and
 // inference get the same bits: the same statements, so the same fused multiply-adds.
+// Peepholes (pp, or null for none): the block's p_i, p_f, p_o at pp, pp + ph, pp + 2*ph
+// (len units each); i and f also see c_in, o sees c_new (reference.lstm).
 template <class T>
 struct LstmStep {
   simd::Vec<T> i, f, g, o, c, tc, h;
 };
 template <class T>
 FASTRNN_INLINE LstmStep<T> lstm_step(int len, int U, int S, const T* p, const T* gx,
-                                     const T* c_in) {
+                                     const T* c_in, const T* pp, std::int64_t ph) {
   using V = simd::Vec<T>;
   LstmStep<T> r;
-  r.i = gate_sigmoid(gate_in(p, gx, 0, S, U));
-  r.f = gate_sigmoid(gate_in(p, gx, 1, S, U));
-  r.g = gate_tanh(gate_in(p, gx, 2, S, U));
-  r.o = gate_sigmoid(gate_in(p, gx, 3, S, U));
   const V cin = load_units(c_in, len);
+  V ai = gate_in(p, gx, 0, S, U), af = gate_in(p, gx, 1, S, U), ao = gate_in(p, gx, 3, S, U);
+  if (pp) {
+    ai = ai + load_units(pp, len) * cin;
+    af = af + load_units(pp + ph, len) * cin;
+  }
+  r.i = gate_sigmoid(ai);
+  r.f = gate_sigmoid(af);
+  r.g = gate_tanh(gate_in(p, gx, 2, S, U));
   r.c = r.f * cin + r.i * r.g;
+  if (pp) ao = ao + load_units(pp + 2 * ph, len) * r.c;
+  r.o = gate_sigmoid(ao);
   r.tc = gate_tanh(r.c);
   r.h = r.o * r.tc;
   return r;
@@ -163,8 +172,8 @@ FASTRNN_INLINE LstmStep<T> lstm_step(int len, int U, int S, const T* p, const T*
 // quarter of the forward's gate-math time.
 template <class T>
 FASTRNN_INLINE void lstm_fwd(int len, int U, int S, T* p, const T* gx, const T* c_in, T* c_new,
-                             T* h_new) {
-  const LstmStep<T> r = lstm_step(len, U, S, p, gx, c_in);
+                             T* h_new, const T* pp, std::int64_t ph) {
+  const LstmStep<T> r = lstm_step(len, U, S, p, gx, c_in, pp, ph);
   r.i.store(p);
   r.f.store(p + S);
   r.g.store(p + 2 * S);
@@ -180,8 +189,8 @@ FASTRNN_INLINE void lstm_fwd(int len, int U, int S, T* p, const T* gx, const T* 
 // (100,64,256,256) 1.05x, (200,32,128,128) 1.06x, (1000,8,64,64) 1.10x, (25,16,512,512) 1.0x).
 template <class T>
 FASTRNN_INLINE void lstm_fwd_infer(int len, int U, int S, const T* p, const T* gx, T* c_io,
-                                   T* h_out, T* y_out) {
-  const LstmStep<T> r = lstm_step(len, U, S, p, gx, c_io);
+                                   T* h_out, T* y_out, const T* pp, std::int64_t ph) {
+  const LstmStep<T> r = lstm_step(len, U, S, p, gx, c_io, pp, ph);
   store_units(r.c, c_io, len);
   store_units(r.h, h_out, len);
   store_units(r.h, y_out, len);
@@ -278,21 +287,38 @@ inline void rnn_bwd(Act act, int len, const T* gh, const T* a, T* dg) {
 // tanh(c) comes from the forward's own gate_tanh, so it has the bits the forward used
 // (on the same SIMD target); the tape no longer keeps it: the forward wrote an eighth
 // less (LSTM training forward 1.00-1.06x faster), and c is the next step's c_prev, which
-// the backward has just read.
+// the backward has just read. Peepholes as in lstm_step (pp, ph; null for none): o's
+// gradient reaches c through p_o, and i's and f's reach c_prev through p_i and p_f.
 template <class T>
 inline void lstm_bwd(int len, std::int64_t ha, std::int64_t hg, const T* gh, const T* act,
-                     const T* c_prev, const T* c, T* dc, T* dg) {
+                     const T* c_prev, const T* c, T* dc, T* dg, const T* pp, std::int64_t ph) {
   using V = simd::Vec<T>;
-  simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
-    const V i = ld(act + u), f = ld(act + ha + u), g = ld(act + 2 * ha + u);
-    const V o = ld(act + 3 * ha + u), t = gate_tanh(ld(c + u)), dh = ld(gh + u);
-    const V dct = ld(dc + u) + dh * o * (T(1) - t * t);
-    st(dg + u, dct * g * i * (T(1) - i));
-    st(dg + hg + u, dct * ld(c_prev + u) * f * (T(1) - f));
-    st(dg + 2 * hg + u, dct * i * (T(1) - g * g));
-    st(dg + 3 * hg + u, dh * t * o * (T(1) - o));
-    st(dc + u, dct * f);
-  });
+  auto body = [&](auto peep) {
+    constexpr bool kPeep = decltype(peep)::value;
+    simd::for_vectors<T>(len, [&](std::int64_t u, auto ld, auto st) {
+      const V i = ld(act + u), f = ld(act + ha + u), g = ld(act + 2 * ha + u);
+      const V o = ld(act + 3 * ha + u), t = gate_tanh(ld(c + u)), dh = ld(gh + u);
+      const V dao = dh * t * o * (T(1) - o);
+      V dct = ld(dc + u) + dh * o * (T(1) - t * t);
+      if constexpr (kPeep) dct = dct + dao * ld(pp + 2 * ph + u);
+      const V dai = dct * g * i * (T(1) - i);
+      const V daf = dct * ld(c_prev + u) * f * (T(1) - f);
+      st(dg + u, dai);
+      st(dg + hg + u, daf);
+      st(dg + 2 * hg + u, dct * i * (T(1) - g * g));
+      st(dg + 3 * hg + u, dao);
+      if constexpr (kPeep) {
+        st(dc + u, dct * f + dai * ld(pp + u) + daf * ld(pp + ph + u));
+      } else {
+        st(dc + u, dct * f);
+      }
+    });
+  };
+  if (pp) {
+    body(std::true_type{});
+  } else {
+    body(std::false_type{});
+  }
 }
 
 // GRU, reset after. act: r,z,n (gate stride ha); hn: W_hn h + b_hn. Writes dG for the

@@ -507,7 +507,7 @@ void backward(const LstmpBackward<T>& a) {
           const i64 cu = n * Hu + b * U;
           cells::lstm_bwd<T>(static_cast<int>(U), U, U, dm + cu,
                              tp.gates + (t * N + n) * G4 + b * 4 * U, c_prev + cu,
-                             tp.c + t * N * Hu + cu, dc + cu, dgr + b * 4 * U);
+                             tp.c + t * N * Hu + cu, dc + cu, dgr + b * 4 * U, nullptr, 0);
         }
         // The bias sums of the owned columns while dG_t is in the cache: every column
         // summed over the steps and rows in one order, whatever the thread count.

@@ -75,6 +75,7 @@ struct SeqForward {
   const T* w_hh = nullptr;                // (G*H,H)
   const T* b_ih = nullptr;                // (G*H) or null
   const T* b_hh = nullptr;                // (G*H) or null
+  const T* w_peep = nullptr;              // (3*H) LSTM peepholes p_i, p_f, p_o, or null
   const std::int64_t* lengths = nullptr;  // (N), 1 <= len <= T, or null (all T)
   T* y = nullptr;                         // (T,N,H) out
   T* h_n = nullptr;                       // (N,H) out
@@ -102,6 +103,7 @@ struct SeqBackward {
   const T* x = nullptr;     // (T,N,I)
   const T* w_ih = nullptr;  // (G*H,I)
   const T* w_hh = nullptr;  // (G*H,H)
+  const T* w_peep = nullptr;  // (3*H) as given to the forward, or null (no peepholes)
   const std::int64_t* lengths = nullptr;
   SeqTape<const T> tape;    // as written by the forward pass
   const T* dy = nullptr;    // (T,N,H) or null (zero)
@@ -114,6 +116,7 @@ struct SeqBackward {
   T* dw_hh = nullptr;       // (G*H,H) out
   T* db_ih = nullptr;       // (G*H) out or null (no bias)
   T* db_hh = nullptr;       // (G*H) out or null (no bias)
+  T* dw_peep = nullptr;     // (3*H) out where w_peep is not null
   T* work = nullptr;        // backward_work(d) elements, 64-byte aligned
   std::int64_t work_size = 0;
   int num_threads = 1;

@@ -666,6 +666,8 @@ void forward(const SeqForward<T>& a) {
     }
     omp_barrier();
 
+    // LSTM peepholes of the units from jb on (cells::lstm_step), or null
+    auto peep = [&a](i64 jb) -> const T* { return a.w_peep ? a.w_peep + jb : nullptr; };
     alignas(64) T tl[kMaxTile];
     alignas(64) T cnew[kMaxU];
     alignas(64) T hnew[kMaxU];
@@ -763,7 +765,8 @@ void forward(const SeqForward<T>& a) {
               if (d.cell == Cell::rnn) {
                 cells::rnn_fwd_infer(d.act, len, p, gxr, ho, yo);
               } else if (lstm) {
-                cells::lstm_fwd_infer(len, U, S, p, gxr, a.c_n + n * H + jb, ho, yo);
+                cells::lstm_fwd_infer(len, U, S, p, gxr, a.c_n + n * H + jb, ho, yo, peep(jb),
+                                      H);
               } else {
                 cells::gru_fwd_infer(len, U, S, p, gxr, bhn + jb, hin + n * Hp + jb, ho, yo);
               }
@@ -789,7 +792,7 @@ void forward(const SeqForward<T>& a) {
               T* cout = (tr ? (s == Tn - 1 ? a.c_n + n * H : tp.cprev + (tnext * N + n) * Hp)
                             : a.c_n + n * H) +
                         jb;
-              cells::lstm_fwd(len, U, S, p, gxr, cin, cnew, hnew);
+              cells::lstm_fwd(len, U, S, p, gxr, cin, cnew, hnew, peep(jb), H);
               if (tr) {
                 for (int gt = 0; gt < 4; ++gt)
                   tape_units(tp.gates + tn * GHp + gt * Hp + jb, p + gt * S, lt, stream);
@@ -937,6 +940,32 @@ void backward(const SeqBackward<T>& a) {
   const int mr_bwd = tile::max_rows(4);
   const SeqTape<const T>& tp = a.tape;
   const i64 Hp = tape_stride(H, sizeof(T)), GHp = G * Hp;  // the tape's strides (seq.h)
+  // Row n of what the forward's step at time t (the backward's step s) produced: the
+  // state it handed on (h_t, LSTM c_t), which the forward's next step took in, or after
+  // its last step (s == 0) the tape's copy; and its gate activations, an RNN's being h_t.
+  auto next_state = [&](i64 s, i64 t, i64 n, const T* prev, const T* last) -> const T* {
+    return s == 0 ? last + n * Hp : prev + ((d.reverse ? t - 1 : t + 1) * N + n) * Hp;
+  };
+  // The peephole gradients of units [ja, jb) from step s (time t) on: dp_i += dA_i c_{t-1},
+  // dp_f += dA_f c_{t-1}, dp_o += dA_o c_t over the rows in order (dA is zero on inactive
+  // steps). Like the bias sums, the owned units' inside the loop, the shared blocks' after
+  // it, every unit in the same order of steps and rows: the bits do not depend on the
+  // thread count.
+  auto peep_sums = [&](i64 s, i64 t, i64 ja, i64 jb) {
+    T* dpi = a.dw_peep;
+    T* dpf = a.dw_peep + H;
+    T* dpo = a.dw_peep + 2 * H;
+    for (i64 n = 0; n < N; ++n) {
+      const T* dgr = dG + (t * N + n) * GH;
+      const T* cp = tp.cprev + (t * N + n) * Hp;
+      const T* ct = next_state(s, t, n, tp.cprev, tp.clast);
+      for (i64 j = ja; j < jb; ++j) {
+        dpi[j] += dgr[j] * cp[j];
+        dpf[j] += dgr[H + j] * cp[j];
+        dpo[j] += dgr[3 * H + j] * ct[j];
+      }
+    }
+  };
   const int nt = team_size(a.num_threads, g.nb, d, false);
   StepBarrier bar;
 
@@ -991,6 +1020,11 @@ void backward(const SeqBackward<T>& a) {
       for (int gt = 0; gt < G; ++gt) std::fill(bsum + gt * H + j0, bsum + gt * H + j1, T(0));
       if (with_dhn) std::fill(bsum + GH + j0, bsum + GH + j1, T(0));
     }
+    if (a.dw_peep) {
+      for (int k = 0; k < 3; ++k) {
+        std::fill(a.dw_peep + k * H + j0, a.dw_peep + k * H + j1, T(0));
+      }
+    }
     omp_barrier();  // publishes bar.count
 
     // What the pointwise step of row tn, units [jb, jb + len) reads from memory: the
@@ -1006,12 +1040,6 @@ void backward(const SeqBackward<T>& a) {
     // Backward alone, both ways alternated in one process, 2 threads, 8 shapes (LSTM, GRU,
     // RNN, H = 64-512, N = 16-256), five runs: 0.95-1.02x the time, medians 0.98-0.99; 1 thread
     // 0.97-1.03x. Four rows ahead: 0.98-1.01x; without the step-ahead fetch: 0.93-1.01x.
-    // Row n of what the forward's step at time t (the backward's step s) produced: the
-    // state it handed on (h_t, LSTM c_t), which the forward's next step took in, or after
-    // its last step (s == 0) the tape's copy; and its gate activations, an RNN's being h_t.
-    auto next_state = [&](i64 s, i64 t, i64 n, const T* prev, const T* last) -> const T* {
-      return s == 0 ? last + n * Hp : prev + ((d.reverse ? t - 1 : t + 1) * N + n) * Hp;
-    };
     auto act_row = [&](i64 s, i64 t, i64 n) -> const T* {
       return d.cell == Cell::rnn ? next_state(s, t, n, tp.hprev, tp.hlast)
                                  : tp.gates + (t * N + n) * GHp;
@@ -1064,7 +1092,7 @@ void backward(const SeqBackward<T>& a) {
           } else if (lstm) {
             const T* ct = next_state(s, t, n, tp.cprev, tp.clast) + jb;
             cells::lstm_bwd(len, Hp, H, gb, act, tp.cprev + tn * Hp + jb, ct,
-                            a.dc0 + n * H + jb, dgr);
+                            a.dc0 + n * H + jb, dgr, a.w_peep ? a.w_peep + jb : nullptr, H);
             std::fill(dh, dh + len, T(0));
           } else if (d.reset_after) {
             cells::gru_bwd(len, Hp, H, gb, act, tp.hprev + tn * Hp + jb, tp.aux + tn * Hp + jb,
@@ -1120,6 +1148,7 @@ void backward(const SeqBackward<T>& a) {
           }
         }
       }
+      if (a.dw_peep) peep_sums(s, t, j0, j1);
       // dh_{t-1} += dG_t W_hh on the owned units (K in L1-sized slices over all N rows).
       const i64 K1 = gru ? 2 * H : GH;
       // Superblock sb of w blocks, rows [r0, r1).
@@ -1232,6 +1261,12 @@ void backward(const SeqBackward<T>& a) {
     } else {
       weight_grads(H, dG + 2 * H, GH, {{a.x, I, I, dwi_n, I}, {tp.aux, Hp, H, dwh_n, H}});
     }
+  }
+  if (a.dw_peep && shared_js < H) {
+    for (int k = 0; k < 3; ++k) {
+      std::fill(a.dw_peep + k * H + shared_js, a.dw_peep + (k + 1) * H, T(0));
+    }
+    for (i64 s = 0; s < Tn; ++s) peep_sums(s, d.reverse ? s : Tn - 1 - s, shared_js, H);
   }
   // Both biases sit on the same pre-activations, except GRU's b_hn (reset after), which
   // sits inside r * (...): the sums of dG serve both. Those of the owned units were taken in

@@ -42,7 +42,8 @@ class NativeTape:
     instead), ``cprev`` and ``clast`` (LSTM: c entering step t, and (N, Hp) c after the
     last step: the backward recomputes tanh(c_t) from them), ``aux`` (GRU: ``W_hn h + b_hn`` with
     ``reset_after``, else ``r * h``), plus private copies of ``x`` and the weights (the
-    arrays as given inside :func:`_tape_shares_inputs`). Rows and gate segments are Hp
+    arrays as given inside :func:`_tape_shares_inputs`; an LSTM's ``weight_peephole`` too,
+    None without peepholes). Rows and gate segments are Hp
     apart: H rounded up to whole 64-byte lines when H spans at least four of them (the
     kernel streams the tape to memory in whole lines), else H; columns past H are unused.
     """
@@ -60,6 +61,7 @@ class NativeTape:
     has_bias_hh: bool
     data: dict[str, Any] | None
     backend: str = "native"
+    has_peephole: bool = False
 
 
 _local = threading.local()
@@ -95,8 +97,12 @@ def _forward(
     training: Any,
     poison: bool,
     packed: Any = None,
+    weight_peephole: Any = None,
 ) -> tuple:
-    inp = _ref._check_inputs(kind, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
+    inp = _ref._check_inputs(
+        kind, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+        weight_peephole=weight_peephole,
+    )  # fmt: skip
     reverse = _ref._check_bool("reverse", reverse)
     training = _ref._check_bool("training", training)
     T, N, I, H = inp.T, inp.N, inp.I, inp.H
@@ -129,6 +135,7 @@ def _forward(
             share_weights=packed is not None,
             packed=None if packed is None else packed._data,
             packed_isa=-1 if packed is None else packed._isa,
+            peephole=inp.weight_peephole,
         )
     if training:
         tape = NativeTape(
@@ -144,6 +151,7 @@ def _forward(
             has_bias_ih=inp.bias_ih is not None,
             has_bias_hh=inp.bias_hh is not None,
             data=data,
+            has_peephole=inp.weight_peephole is not None,
         )
     state = (h_n, c_n) if kind == "lstm" else h_n
     return (y, state, tape) if training else (y, state)
@@ -171,6 +179,8 @@ def _backward(kind: str, tape: Any, dy: Any, dh_n: Any, dc_n: Any, poison: bool)
         out["weight_hh"] = np.zeros((G * H, H), dt)
         out["bias_ih"] = np.zeros(G * H, dt) if tape.has_bias_ih else None
         out["bias_hh"] = np.zeros(G * H, dt) if tape.has_bias_hh else None
+        if tape.has_peephole:
+            out["weight_peephole"] = np.zeros(3 * H, dt)
         return out
     return dict(
         _core.seq_backward(
@@ -236,11 +246,17 @@ def lstm(
     lengths=None,
     training=False,
     weight_hr=None,
+    weight_peephole=None,
     _poison=False,
     _packed=None,
 ):
     """Native :func:`fastrnn.reference.lstm` (same arguments and results)."""
     if weight_hr is not None:
+        if weight_peephole is not None:
+            raise ValueError(
+                "weight_peephole: the native backend has no projected LSTM with peepholes "
+                "(weight_hr and weight_peephole together); use backend='reference'"
+            )
         return _lstm_proj(
             x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
             reverse, lengths, training, _poison, _packed,
@@ -261,6 +277,7 @@ def lstm(
         training,
         _poison,
         _packed,
+        weight_peephole,
     )
 
 

@@ -262,6 +262,7 @@ def lstm(
     backend: str = "native",
     packed: PackedWeights | None = None,
     weight_hr: np.ndarray | None = None,
+    weight_peephole: np.ndarray | None = None,
 ) -> tuple:
     """LSTM over a sequence (gates i, f, g, o in PyTorch's order).
 
@@ -272,6 +273,9 @@ def lstm(
     ``weight_hr`` (P, H): a projection (PyTorch's ``proj_size = P``), ``h_t = W_hr (o*tanh(c_t))``;
     h0, h_n and y then have P columns and ``weight_hh`` is (4*H, P); the backward's dict
     adds ``"weight_hr"``.
+    ``weight_peephole`` (3*H,): peephole weights ``[p_i, p_f, p_o]`` (ONNX's ``P``):
+    ``i = sigmoid(a_i + p_i*c_{t-1})``, ``f = sigmoid(a_f + p_f*c_{t-1})``,
+    ``o = sigmoid(a_o + p_o*c_t)``; the backward's dict adds ``"weight_peephole"``.
     """
     if packed is not None:
         weight_ih, weight_hh = _unpack("lstm", packed, weight_ih, weight_hh, True)
@@ -293,6 +297,7 @@ def lstm(
         lengths=lengths,
         training=training,
         weight_hr=weight_hr,
+        weight_peephole=weight_peephole,
     )
 
 

@@ -208,6 +208,7 @@ class _Inputs:
     lengths: np.ndarray | None
     weight_hr: np.ndarray | None = None  # lstm with a projection: (P, H)
     P: int = 0  # the state's size: H, or P with weight_hr
+    weight_peephole: np.ndarray | None = None  # lstm with peepholes: (3*H,), i, f, o
 
 
 def _check_inputs(
@@ -221,11 +222,13 @@ def _check_inputs(
     bias_hh: Any,
     lengths: Any,
     weight_hr: Any = None,
+    weight_peephole: Any = None,
 ) -> _Inputs:
     """Check every forward argument of a ``kind`` cell and return them normalised.
 
     Sizes: ``T, N, I`` come from ``x``; ``H`` from ``weight_ih`` (which has ``G*H`` rows);
     with ``weight_hr`` (lstm only, ``(P, H)``) the state ``h`` has P columns instead of H.
+    ``weight_peephole`` (lstm only) must be ``(3*H,)``.
     Pass ``c0=None`` for non-LSTM kinds. The returned arrays are the caller's (no copy),
     except that missing ``h0``/``c0`` become new zero arrays.
     """
@@ -258,6 +261,12 @@ def _check_inputs(
     weight_hh = _check_float_array("weight_hh", weight_hh, (GH, P), dtype, hh_desc)
     bias_ih = _check_optional_float_array("bias_ih", bias_ih, (GH,), dtype, b_desc)
     bias_hh = _check_optional_float_array("bias_hh", bias_hh, (GH,), dtype, b_desc)
+    if weight_peephole is not None:
+        if kind != "lstm":
+            raise ValueError(f"weight_peephole: peepholes exist only for lstm, not {kind}")
+        weight_peephole = _check_float_array(
+            "weight_peephole", weight_peephole, (3 * H,), dtype, "(3*H,)"
+        )
 
     if h0 is None:
         h0 = np.zeros((N, P), dtype)
@@ -272,7 +281,7 @@ def _check_inputs(
         c0 = None
     lengths = _check_lengths(lengths, N, T)
     return _Inputs(kind, G, T, N, I, H, dtype, x, h0, c0, weight_ih, weight_hh, bias_ih,
-                   bias_hh, lengths, weight_hr, P)  # fmt: skip
+                   bias_hh, lengths, weight_hr, P, weight_peephole)  # fmt: skip
 
 
 def _check_weight_hr_shape(weight_hr: np.ndarray, H: int) -> np.ndarray:
@@ -402,6 +411,7 @@ class Tape:
     weight_hr: np.ndarray | None = None
     m: np.ndarray | None = None
     P: int = 0
+    weight_peephole: np.ndarray | None = None
 
 
 def _new_tape(inp: _Inputs, reverse: bool, active: np.ndarray, gates_shape: int) -> Tape:
@@ -429,6 +439,9 @@ def _new_tape(inp: _Inputs, reverse: bool, active: np.ndarray, gates_shape: int)
         gates=np.zeros((T, N, gates_shape), inp.dtype),
         weight_hr=None if inp.weight_hr is None else np.array(inp.weight_hr, copy=True),
         P=inp.P,
+        weight_peephole=(
+            None if inp.weight_peephole is None else np.array(inp.weight_peephole, copy=True)
+        ),
     )
 
 
@@ -590,6 +603,7 @@ def lstm(
     lengths: np.ndarray | None = None,
     training: bool = False,
     weight_hr: np.ndarray | None = None,
+    weight_peephole: np.ndarray | None = None,
 ) -> (
     tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
     | tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Tape]
@@ -606,6 +620,12 @@ def lstm(
     With a projection (``weight_hr``, PyTorch's ``proj_size = P``), ``h_t = W_hr m_t`` with
     ``m_t = o * tanh(c_t)``: h0, h_n and y_t have P columns, ``weight_hh`` is (4*H, P).
 
+    With peepholes (``weight_peephole = [p_i, p_f, p_o]``, three blocks of H: ONNX's ``P``
+    input, oneDNN's peephole LSTM), the gates also see the cell state, unit by unit::
+
+        i = sigmoid(a_i + p_i * c_{t-1})   f = sigmoid(a_f + p_f * c_{t-1})
+        o = sigmoid(a_o + p_o * c_t)
+
     Args:
         x: (T, N, I) inputs, float32 or float64 (sets the dtype of everything).
         h0, c0: (N, H) initial states (h0 (N, P) with a projection), or None for zeros.
@@ -616,6 +636,7 @@ def lstm(
             both states and write 0 to ``y[t, n]``.
         training: also return a :class:`Tape` for :func:`lstm_backward`.
         weight_hr: None, or (P, H) with P >= 1: the projection of each output.
+        weight_peephole: None, or (3*H,): the peephole weights p_i, p_f, p_o.
 
     Returns:
         ``(y, (h_n, c_n))`` or ``(y, (h_n, c_n), tape)``: y (T, N, H), h_n, c_n (N, H)
@@ -629,10 +650,12 @@ def lstm(
     reverse = _check_bool("reverse", reverse)
     training = _check_bool("training", training)
     inp = _check_inputs(
-        "lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, weight_hr
-    )
+        "lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, weight_hr,
+        weight_peephole,
+    )  # fmt: skip
     T, N, H, P = inp.T, inp.N, inp.H, inp.P
     w_hr = inp.weight_hr
+    peep = None if inp.weight_peephole is None else inp.weight_peephole.reshape(3, H)
     active = _active_mask(inp.lengths, T, N)
     tape = _new_tape(inp, reverse, active, 4 * H) if training else None
     if tape is not None:
@@ -650,11 +673,17 @@ def lstm(
             a = gx[t] + h @ inp.weight_hh.T
             if inp.bias_hh is not None:
                 a += inp.bias_hh
-            i = _sigmoid(a[:, 0 * H : 1 * H])
-            f = _sigmoid(a[:, 1 * H : 2 * H])
-            g = np.tanh(a[:, 2 * H : 3 * H])
-            o = _sigmoid(a[:, 3 * H : 4 * H])
+            a_i, a_f, a_g, a_o = (a[:, k * H : (k + 1) * H] for k in range(4))
+            if peep is not None:
+                a_i = a_i + peep[0] * c
+                a_f = a_f + peep[1] * c
+            i = _sigmoid(a_i)
+            f = _sigmoid(a_f)
+            g = np.tanh(a_g)
             c_new = f * c + i * g
+            if peep is not None:
+                a_o = a_o + peep[2] * c_new
+            o = _sigmoid(a_o)
             m = o * np.tanh(c_new)
             h_new = m if w_hr is None else m @ w_hr.T
             if tape is not None:
@@ -699,6 +728,11 @@ def lstm_backward(
     dh = dh W_hr`` (from the state's P columns to m_t's H), and ``dh = da W_hh`` has P
     columns again.
 
+    With peepholes, ``dc += da_o * p_o`` before ``di``, ``df``, ``dg`` are taken, the cell
+    gradient handed back is ``dc = dc * f + da_i * p_i + da_f * p_f``, and
+    ``dp_i = sum_t da_i c_{t-1}``, ``dp_f = sum_t da_f c_{t-1}``, ``dp_o = sum_t da_o c_t``
+    (summed over the batch too).
+
     Args:
         tape: from ``lstm(..., training=True)``.
         dy: (T, N, H) or None.  dh_n, dc_n: (N, H) or None (None means zeros). With a
@@ -707,7 +741,8 @@ def lstm_backward(
     Returns:
         dict with "x" (T, N, I), "h0", "c0" (N, H), "weight_ih" (4H, I),
         "weight_hh" (4H, H), "bias_ih", "bias_hh" ((4H,) or None without biases); with a
-        projection "h0" is (N, P), "weight_hh" (4H, P), and "weight_hr" (P, H) is added.
+        projection "h0" is (N, P), "weight_hh" (4H, P), and "weight_hr" (P, H) is added;
+        with peepholes, "weight_peephole" (3H,).
     """
     tape = _check_tape(tape, "lstm")
     T, N, H, dt = tape.T, tape.N, tape.H, tape.dtype
@@ -718,6 +753,8 @@ def lstm_backward(
     dc = np.array(_check_grad("dc_n", dc_n, (N, H), dt, "(N, H)"), copy=True)
     da_all = np.zeros((T, N, 4 * H), dt)
     dw_hr = None if w_hr is None else np.zeros_like(w_hr)
+    peep = None if tape.weight_peephole is None else tape.weight_peephole.reshape(3, H)
+    dpeep = np.zeros((3, H), dt)
     with _errstate():
         for t in reversed(_time_order(T, tape.reverse)):
             act = tape.active[t]
@@ -732,23 +769,34 @@ def lstm_backward(
                 dw_hr += np.where(act, dh_t, 0).T @ tape.m[t]
                 dh_t = dh_t @ w_hr
             do = dh_t * tanh_c
+            da_o = do * o * (1 - o)
             dc_t = dc + dh_t * o * (1 - tanh_c * tanh_c)
+            if peep is not None:
+                dc_t = dc_t + da_o * peep[2]
             di = dc_t * g
             df = dc_t * tape.c_prev[t]
             dg = dc_t * i
             da = np.concatenate(
-                [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)],
-                axis=1,
+                [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), da_o], axis=1
             )
             da = np.where(act, da, 0)
             da_all[t] = da
             dh = np.where(act, da @ tape.weight_hh, dh)
-            dc = np.where(act, dc_t * f, dc)
+            dc_prev = dc_t * f
+            if peep is not None:
+                da_i, da_f, da_o = da[:, :H], da[:, H : 2 * H], da[:, 3 * H :]
+                dc_prev = dc_prev + da_i * peep[0] + da_f * peep[1]
+                dpeep[0] += (da_i * tape.c_prev[t]).sum(axis=0)
+                dpeep[1] += (da_f * tape.c_prev[t]).sum(axis=0)
+                dpeep[2] += (da_o * tape.c_new[t]).sum(axis=0)
+            dc = np.where(act, dc_prev, dc)
         grads = _weight_grads(tape, da_all, da_all, tape.h_prev)
     grads["h0"] = dh
     grads["c0"] = dc
     if dw_hr is not None:
         grads["weight_hr"] = dw_hr
+    if peep is not None:
+        grads["weight_peephole"] = dpeep.reshape(3 * H)
     return _ordered(grads)
 
 
@@ -922,7 +970,10 @@ def gru_backward(
     return _ordered(grads)
 
 
-_GRAD_ORDER = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_GRAD_ORDER = (
+    "x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr",
+    "weight_peephole",
+)  # fmt: skip
 
 
 def _ordered(grads: dict[str, Any]) -> dict[str, Any]:
