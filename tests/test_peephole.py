@@ -1,9 +1,10 @@
 """LSTM with peepholes (``weight_peephole`` = [p_i, p_f, p_o], ONNX's ``P``): the reference
 against finite differences, the native kernel against the reference, errors.
 
-The native path is the plain LSTM kernel (csrc/seq/seq.simd.cpp) with the peephole terms
-in its gate math (cells::lstm_step, cells::lstm_bwd) and the peephole gradients summed like
-the bias gradients; these tests hold it to the reference's step-by-step math.
+The native path is the LSTM kernel (csrc/seq/seq.simd.cpp; with a projection,
+csrc/seq/lstmp.simd.cpp) with the peephole terms in its gate math (cells::lstm_step,
+cells::lstm_bwd) and the peephole gradients summed like the bias gradients; these tests
+hold it to the reference's step-by-step math.
 """
 
 from __future__ import annotations
@@ -291,15 +292,72 @@ def test_bad_arguments_name_the_argument_and_shape(backend, rng):
         )  # fmt: skip
 
 
-def test_native_projection_with_peepholes_is_refused_clearly(rng):
-    case = _case(3, 2, 4, 5, np.float32, rng)
-    case["weight_hh"] = np.zeros((20, 3), np.float32)
-    case["h0"] = None
-    whr = np.zeros((3, 5), np.float32)
-    with pytest.raises(ValueError, match=r"weight_peephole: .*backend='reference'"):
-        F.lstm(**case, weight_hr=whr)
-    y, (h, c) = F.lstm(**case, weight_hr=whr, backend="reference")  # the reference has it
-    assert y.shape == (3, 2, 3) and h.shape == (2, 3) and c.shape == (2, 5)
+# (T, N, I, H, P): the projection kernel (csrc/seq/lstmp.simd.cpp) with peepholes; T*N <= 8
+# takes its direct path, H = 100 and 130 several unit blocks and a padded last one.
+PROJ_SIZES = [(7, 5, 4, 17, 5), (1, 1, 3, 1, 1), (2, 3, 5, 20, 7), (4, 33, 9, 100, 37),
+              (3, 5, 6, 130, 129)]  # fmt: skip
+PROJ_KEYS = [*GRAD_KEYS[:-1], "weight_hr", "weight_peephole"]
+
+
+def _check_proj(size, dtype, rng, *, reverse, with_lengths):
+    T, N, I, H, P = size
+    case = _case(T, N, I, H, dtype, rng)
+    case["h0"] = rng.uniform(-0.5, 0.5, (N, P)).astype(dtype)
+    case["weight_hh"] = (rng.uniform(-0.5, 0.5, (4 * H, P)) / np.sqrt(P)).astype(dtype)
+    case["weight_hr"] = (rng.uniform(-1, 1, (P, H)) / np.sqrt(H)).astype(dtype)
+    up = _upstream(T, N, H, dtype, rng)
+    up["dy"] = rng.standard_normal((T, N, P)).astype(dtype)
+    up["dh_n"] = rng.standard_normal((N, P)).astype(dtype)
+    kw = {"reverse": reverse, "lengths": random_lengths(T, N, rng) if with_lengths else None}
+    tol = TOL64 if np.dtype(dtype) == np.float64 else TOL32
+    y_w, (h_w, c_w), tape_w = REF.lstm(**_as64(case), **kw, training=True)
+    y_g, (h_g, c_g), tape_g = NAT.lstm(**case, **kw, training=True, _poison=True)
+    y_i, (h_i, c_i) = NAT.lstm(**case, **kw, _poison=True)
+    assert isinstance(tape_g, NAT.ProjTape) and tape_g.has_peephole
+    for name, got, want in (("y", y_g, y_w), ("h_n", h_g, h_w), ("c_n", c_g, c_w)):
+        assert_allclose_named(name, got, want, **tol)
+    for got, want in ((y_i, y_g), (h_i, h_g), (c_i, c_g)):
+        np.testing.assert_array_equal(got, want)
+    g_w = REF.lstm_backward(tape_w, **_as64(up))
+    g_g = NAT.lstm_backward(tape_g, **up, _poison=True)
+    assert list(g_g) == list(g_w) == PROJ_KEYS
+    assert_grads_close(g_g, g_w, **tol)
+    return y_g, h_g, c_g, g_g
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("size", PROJ_SIZES, ids=[str(s) for s in PROJ_SIZES])
+def test_native_projection_with_peepholes_matches_reference(size, dtype, isa, threads, rng):
+    for reverse, with_lengths in ((False, False), (True, True), (False, True)):
+        _check_proj(size, dtype, rng, reverse=reverse, with_lengths=with_lengths)
+
+
+def test_projection_with_peepholes_thread_counts_give_the_same_bits():
+    results = []
+    for nt in (1, 2):
+        before = fastrnn.get_num_threads()
+        fastrnn.set_num_threads(nt)
+        try:
+            rng = np.random.default_rng(11)
+            results.append(
+                _check_proj((5, 33, 9, 100, 37), np.float32, rng, reverse=True, with_lengths=True)
+            )
+        finally:
+            fastrnn.set_num_threads(before)
+    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
+    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
+        np.testing.assert_array_equal(a, b)
+    assert_same_grads(g2, g1)
+
+
+def test_projection_with_peepholes_empty_sequence(rng):
+    case = _case(0, 2, 4, 5, np.float64, rng)
+    case.update(h0=np.ones((2, 3)), weight_hh=np.ones((20, 3)), weight_hr=np.ones((3, 5)))
+    for backend in ("native", "reference"):
+        *_, tape = F.lstm(**case, training=True, backend=backend)
+        g = F.lstm_backward(tape)
+        assert list(g) == PROJ_KEYS and g["weight_peephole"].shape == (15,)
+        assert not g["weight_peephole"].any()
 
 
 def test_kernel_binding_checks_its_arguments(rng):
@@ -318,6 +376,18 @@ def test_kernel_binding_checks_its_arguments(rng):
     data["weight_peephole"] = np.zeros(16, np.float32)
     with pytest.raises(ValueError, match=r"tape weight_peephole must have shape \(3\*H,\)"):
         fastrnn._core.seq_backward("lstm", data, "tanh", True, False, None, None, None)
+    # the projection kernel's binding
+    whh, whr = np.zeros((20, 3), np.float32), np.zeros((3, 5), np.float32)
+    h0 = np.zeros((2, 3), np.float32)
+    proj = (case["x"], h0, case["c0"], case["weight_ih"], whh, None, None, whr, None, False, True)
+    with pytest.raises(ValueError, match=r"weight_peephole must have shape \(3\*H,\)"):
+        fastrnn._core.lstmp_forward(*proj, peephole=np.zeros(16, np.float32))
+    *_, data = fastrnn._core.lstmp_forward(*proj, peephole=np.zeros(15, np.float32))
+    data["weight_peephole"] = np.zeros(15)
+    with pytest.raises(TypeError, match="tape weight_peephole must have dtype float32"):
+        fastrnn._core.lstmp_backward(
+            data, case["x"], case["weight_ih"], whh, whr, False, None, None, None
+        )
 
 
 def test_concurrent_python_threads_get_their_own_results(rng):

@@ -562,7 +562,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
                           const py::object& bih_o, const py::object& bhh_o,
                           const py::object& whr_o, const py::object& len_o, bool reverse,
                           bool training, bool poison_out, const py::object& packed_o,
-                          bool copy_inputs, bool share_weights) {
+                          bool copy_inputs, bool share_weights, const py::object& peep_o) {
   py::array x0 = py::reinterpret_borrow<py::array>(x_o);
   py::array whr0 = py::reinterpret_borrow<py::array>(whr_o);
   if (!py::isinstance<py::array>(whr_o) || whr0.ndim() != 2) {
@@ -599,6 +599,8 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   py::array_t<T, py::array::c_style> bih, bhh;
   if (!bih_o.is_none()) bih = need<T>(bih_o, "bias_ih", {GH}, "(4*H,)");
   if (!bhh_o.is_none()) bhh = need<T>(bhh_o, "bias_hh", {GH}, "(4*H,)");
+  py::array_t<T, py::array::c_style> peep;
+  if (!peep_o.is_none()) peep = need<T>(peep_o, "weight_peephole", {3 * H}, "(3*H,)");
   py::array_t<std::int64_t> lens;
   if (!len_o.is_none()) lens = check_lengths(len_o, N, Tn);
   py::array_t<T, py::array::c_style> packed;
@@ -642,6 +644,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
   a.b_ih = bih_o.is_none() ? nullptr : bih.data();
   a.b_hh = bhh_o.is_none() ? nullptr : bhh.data();
   a.w_hr = whr.data();
+  a.w_peep = peep_o.is_none() ? nullptr : peep.data();
   a.lengths = len_o.is_none() ? nullptr : lens.data();
   a.packed = packed_o.is_none() ? nullptr : packed.data();
   a.y = y.mutable_data();
@@ -678,6 +681,10 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     tape["weight_ih"] = wihk;
     tape["weight_hh"] = whhk;
     tape["weight_hr"] = whrk;
+    // 3*H values (not in a packed snapshot): copied here with x's copy, not by the kernel
+    py::object tape_peep = py::none();
+    if (!peep_o.is_none()) tape_peep = copies ? peep.attr("copy")() : py::object(peep);
+    tape["weight_peephole"] = tape_peep;
     tape["has_bias_ih"] = !bih_o.is_none();
     tape["has_bias_hh"] = !bhh_o.is_none();
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
@@ -752,6 +759,12 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
   if (!dcn_o.is_none()) dcn = need<T>(dcn_o, "dc_n", {N, H}, "(N, H)");
   const bool has_bih = tape["has_bias_ih"].cast<bool>();
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
+  const bool has_peep = tape.contains("weight_peephole") && !tape["weight_peephole"].is_none();
+  py::array_t<T, py::array::c_style> peep, dpeep;
+  if (has_peep) {
+    peep = need<T>(tape["weight_peephole"], "tape weight_peephole", {3 * H}, "(3*H,)");
+    dpeep = py::array_t<T, py::array::c_style>({3 * H});
+  }
 
   auto dx = pooled_array<T>({Tn, N, I});
   py::array_t<T, py::array::c_style> dh0({N, P}), dc0({N, H}), dwih({GH, I}), dwhh({GH, P}),
@@ -763,6 +776,7 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
     for (auto* a : {&dx, &dh0, &dc0, &dwih, &dwhh, &dwhr}) poison(*a);
     if (has_bih) poison(dbih);
     if (has_bhh) poison(dbhh);
+    if (has_peep) poison(dpeep);
     std::fill(ws.data(), ws.data() + work, std::numeric_limits<T>::quiet_NaN());
   }
   LstmpBackward<T> a;
@@ -771,6 +785,7 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
   a.w_ih = wih.data();
   a.w_hh = whh.data();
   a.w_hr = whr.data();
+  a.w_peep = has_peep ? peep.data() : nullptr;
   a.lengths = len_o.is_none() ? nullptr : lens.data();
   a.tape.gates = gates.data();
   a.tape.c = cs.data();
@@ -788,6 +803,7 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
   a.db_ih = has_bih ? dbih.mutable_data() : nullptr;
   a.db_hh = has_bhh ? dbhh.mutable_data() : nullptr;
   a.dw_hr = dwhr.mutable_data();
+  a.dw_peep = has_peep ? dpeep.mutable_data() : nullptr;
   a.work = ws.data();
   a.num_threads = get_num_threads();
   {
@@ -803,6 +819,7 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
   out["bias_ih"] = has_bih ? py::object(dbih) : py::object(py::none());
   out["bias_hh"] = has_bhh ? py::object(dbhh) : py::object(py::none());
   out["weight_hr"] = dwhr;
+  if (has_peep) out["weight_peephole"] = dpeep;
   return out;
 }
 
@@ -869,28 +886,32 @@ void register_seq(py::module_& m) {
       [](const py::object& x, const py::object& h0, const py::object& c0, const py::object& wih,
          const py::object& whh, const py::object& bih, const py::object& bhh,
          const py::object& whr, const py::object& lengths, bool reverse, bool training,
-         bool poison, const py::object& packed, bool copy_inputs, bool share_weights) {
+         bool poison, const py::object& packed, bool copy_inputs, bool share_weights,
+         const py::object& peephole) {
         const bool f64 = is_f64(x);  // raises unless x is a float32/float64 ndarray
         if (py::reinterpret_borrow<py::array>(x).ndim() != 3) {
           throw py::value_error("x must have shape (T, N, I)");
         }
         if (f64) {
           return lstmp_forward_t<double>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
-                                         training, poison, packed, copy_inputs, share_weights);
+                                         training, poison, packed, copy_inputs, share_weights,
+                                         peephole);
         }
         return lstmp_forward_t<float>(x, h0, c0, wih, whh, bih, bhh, whr, lengths, reverse,
-                                      training, poison, packed, copy_inputs, share_weights);
+                                      training, poison, packed, copy_inputs, share_weights,
+                                      peephole);
       },
       py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"),
       py::arg("bias_ih"), py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
       py::arg("reverse"), py::arg("training"), py::arg("poison") = false,
       py::arg("packed") = py::none(), py::arg("copy_inputs") = false,
-      py::arg("share_weights") = false,
+      py::arg("share_weights") = false, py::arg("peephole") = py::none(),
       "LSTM with a projection (weight_hr (P, H)) over a whole sequence. Returns "
       "(y, h_n, c_n, tape|None); the tape holds the kernel's arrays and x, weight_ih, "
       "weight_hh, weight_hr: with training and copy_inputs the kernel's own copies of x and "
       "(unless share_weights) the weights, else the arrays given. packed: "
-      "lstmp_pack_weights' array for these weights (the same on every SIMD target).");
+      "lstmp_pack_weights' array for these weights (the same on every SIMD target). "
+      "peephole: (3*H,) p_i, p_f, p_o, kept in the tape as weight_peephole.");
   m.def(
       "lstmp_pack_weights",
       [](const py::object& wih, const py::object& whh, const py::object& whr) {

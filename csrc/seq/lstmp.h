@@ -59,6 +59,7 @@ struct LstmpForward {
   const T* b_ih = nullptr;  // or null
   const T* b_hh = nullptr;  // or null
   const T* w_hr = nullptr;
+  const T* w_peep = nullptr;  // (3*H) peepholes p_i, p_f, p_o (seq.h's cells), or null
   const std::int64_t* lengths = nullptr;  // or null (all T)
   T* y = nullptr;
   T* h_n = nullptr;
@@ -85,6 +86,7 @@ struct LstmpBackward {
   const T* w_ih = nullptr;
   const T* w_hh = nullptr;
   const T* w_hr = nullptr;
+  const T* w_peep = nullptr;  // (3*H) as given to the forward, or null
   const std::int64_t* lengths = nullptr;
   LstmpTape<const T> tape;
   const T* dy = nullptr;    // (T,N,P) or null (zero)
@@ -98,6 +100,7 @@ struct LstmpBackward {
   T* db_ih = nullptr;  // or null
   T* db_hh = nullptr;  // or null
   T* dw_hr = nullptr;
+  T* dw_peep = nullptr;  // (3*H) where w_peep is not null
   T* work = nullptr;  // work(d, true) elements, 64-byte aligned
   int num_threads = 1;
 };

@@ -59,7 +59,7 @@ Sizes sizes_of(const LstmpDims& d) {
 }
 
 struct FwdLay {
-  i64 wi, wg, wr, bias, gx, p, cs, mb, rs, rb, total;
+  i64 wi, wg, wr, bias, peep, gx, p, cs, mb, rs, rb, total;
 };
 template <class T>
 FwdLay fwd_lay(const LstmpDims& d) {
@@ -71,6 +71,7 @@ FwdLay fwd_lay(const LstmpDims& d) {
   l.wg = c.take(d.P, s.G4, "weight_hh");
   l.wr = c.take(s.Hu, s.Pp, "weight_hr");
   l.bias = c.take(s.G4, "bias");
+  l.peep = c.take(3, s.Hu, "peepholes");
   l.gx = c.take(TN, s.G4, "T*N*4*H");
   l.p = c.take(d.N, s.G4, "N*4*H");
   l.cs = c.take(d.N, s.Hu, "N*H");
@@ -82,7 +83,7 @@ FwdLay fwd_lay(const LstmpDims& d) {
 }
 
 struct BwdLay {
-  i64 wgt, wrt, wip, dg, dr_all, dR, dr, tmp, dm, dc, dwi, dwh, bsum, dgu, total;
+  i64 wgt, wrt, wip, dg, dr_all, dR, dr, tmp, dm, dc, dwi, dwh, bsum, peep, psum, dgu, total;
 };
 template <class T>
 BwdLay bwd_lay(const LstmpDims& d) {
@@ -103,6 +104,8 @@ BwdLay bwd_lay(const LstmpDims& d) {
   l.dwi = c.take(s.G4, d.I, "weight_ih");
   l.dwh = c.take(s.G4, d.P, "weight_hh");
   l.bsum = c.take(s.G4, "bias");
+  l.peep = c.take(3, s.Hu, "peepholes");
+  l.psum = c.take(3, s.Hu, "peepholes");
   // the direct path's dG in PyTorch's gate rows (a few rows only)
   l.dgu = c.take(TN <= kDirectRows ? checked_mul(TN, 4 * d.H, "T*N*4*H") : 0, "T*N*4*H");
   l.total = c.off;
@@ -171,19 +174,28 @@ void product(i64 N, i64 K, const T* A, i64 lda, const T* B, i64 ldb, T* C, i64 l
 
 // One row of one unit block: p (4U, gate g at g*U) in: W_hh r; out: the activations.
 // gx: the input projection, b: both biases summed; c_in -> c_out, m = o*tanh(c_out).
+// Peepholes (pp: the block's p_i, p_f, p_o, ph apart, zeros past H; or null) as in
+// cells::lstm_step.
 template <class T>
 FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* b, const T* c_in, T* c_out,
-                             T* m) {
+                             T* m, const T* pp, i64 ph) {
   using V = simd::Vec<T>;
   auto pre = [&](i64 k) FASTRNN_INLINE_LAMBDA {
     return V::load(p + k) + V::load(gx + k) + V::load(b + k);
   };
   for (i64 u = 0; u < U; u += V::lanes) {
-    const V i = cells::gate_sigmoid(pre(u));
-    const V f = cells::gate_sigmoid(pre(U + u));
+    const V cin = V::load(c_in + u);
+    V ai = pre(u), af = pre(U + u), ao = pre(3 * U + u);
+    if (pp) {
+      ai = ai + V::load(pp + u) * cin;
+      af = af + V::load(pp + ph + u) * cin;
+    }
+    const V i = cells::gate_sigmoid(ai);
+    const V f = cells::gate_sigmoid(af);
     const V g = cells::gate_tanh(pre(2 * U + u));
-    const V o = cells::gate_sigmoid(pre(3 * U + u));
-    const V c = f * V::load(c_in + u) + i * g;
+    const V c = f * cin + i * g;
+    if (pp) ao = ao + V::load(pp + 2 * ph + u) * c;
+    const V o = cells::gate_sigmoid(ao);
     i.store(p + u);
     f.store(p + U + u);
     g.store(p + 2 * U + u);
@@ -194,6 +206,16 @@ FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* b, const T* c_in
 }
 
 inline bool active(const i64* lengths, i64 t, i64 n) { return !lengths || t < lengths[n]; }
+
+// p (3*H: p_i, p_f, p_o) into out (3*Hu), zeros past H in each third; returns out.
+template <class T>
+const T* pad_peepholes(const T* p, i64 H, i64 Hu, T* out) {
+  for (int k = 0; k < 3; ++k) {
+    std::copy(p + k * H, p + (k + 1) * H, out + k * Hu);
+    std::fill(out + k * Hu + H, out + (k + 1) * Hu, T(0));
+  }
+  return out;
+}
 
 
 // sum over k < K of w[k] v[k]: four vector sums over interleaved runs of k (four chains of
@@ -319,6 +341,8 @@ void forward(const LstmpForward<T>& a) {
     if (j < H && a.b_hh) bsum += a.b_hh[row];
     bias[col] = bsum;
   }
+  // The peepholes with zeros past H, so that a block's vectors read whole (cell_fwd).
+  const T* peep = a.w_peep ? pad_peepholes(a.w_peep, H, Hu, a.work + l.peep) : nullptr;
   if (!direct) gemm<T>(Trans::no, Trans::no, TN, G4, I, T(1), a.x, I, wi, G4, T(0), gx, G4, th);
 
   T* pbuf = a.work + l.p;    // inference: the step's gates
@@ -385,7 +409,7 @@ void forward(const LstmpForward<T>& a) {
           }
           const i64 gc = n * G4 + b * 4 * U;
           cell_fwd(U, pt + gc, gx + t * N * G4 + gc, bias + b * 4 * U, c_in + cu, c_out + cu,
-                   mt + cu);
+                   mt + cu, peep ? peep + b * U : nullptr, Hu);
         }
       }
       bar.wait();
@@ -434,6 +458,9 @@ void backward(const LstmpBackward<T>& a) {
   T* dm = a.work + l.dm;
   T* dc = a.work + l.dc;
   T* bsum = a.work + l.bsum;  // column sums of dG: both bias gradients
+  // the peepholes (zeros past H), and the sums of their gradients (3*Hu each), or null
+  const T* peep = a.w_peep ? pad_peepholes(a.w_peep, H, Hu, a.work + l.peep) : nullptr;
+  T* psum = a.work + l.psum;
   const int th = std::max(1, a.num_threads);
   const LstmpTape<const T>& tp = a.tape;
   const bool direct = TN <= kDirectRows;  // the weights as they are (kDirectRows)
@@ -466,6 +493,7 @@ void backward(const LstmpBackward<T>& a) {
       for (i64 j = u0; j < u1; ++j) dc[n * Hu + j] = a.dc_n && j < H ? a.dc_n[n * H + j] : T(0);
     }
     std::fill(bsum + b0 * 4 * U, bsum + b1 * 4 * U, T(0));
+    for (int k = 0; k < 3; ++k) std::fill(psum + k * Hu + u0, psum + k * Hu + u1, T(0));
     omp_barrier();
 
     for (i64 st = 0; st < Tn; ++st) {
@@ -507,11 +535,26 @@ void backward(const LstmpBackward<T>& a) {
           const i64 cu = n * Hu + b * U;
           cells::lstm_bwd<T>(static_cast<int>(U), U, U, dm + cu,
                              tp.gates + (t * N + n) * G4 + b * 4 * U, c_prev + cu,
-                             tp.c + t * N * Hu + cu, dc + cu, dgr + b * 4 * U, nullptr, 0);
+                             tp.c + t * N * Hu + cu, dc + cu, dgr + b * 4 * U,
+                             peep ? peep + b * U : nullptr, Hu);
         }
         // The bias sums of the owned columns while dG_t is in the cache: every column
         // summed over the steps and rows in one order, whatever the thread count.
         for (i64 col = b0 * 4 * U; col < b1 * 4 * U; ++col) bsum[col] += dgr[col];
+        // So are the peepholes': dp_i += dA_i c_{t-1}, dp_f += dA_f c_{t-1},
+        // dp_o += dA_o c_t (dA is zero on inactive steps).
+        if (!peep) continue;
+        for (i64 b = b0; b < b1; ++b) {
+          const T* dgb = dgr + b * 4 * U;
+          const T* cp = c_prev + n * Hu + b * U;
+          const T* ct = tp.c + (t * N + n) * Hu + b * U;
+          T* ps = psum + b * U;
+          for (i64 u = 0; u < U; ++u) {
+            ps[u] += dgb[u] * cp[u];
+            ps[Hu + u] += dgb[U + u] * cp[u];
+            ps[2 * Hu + u] += dgb[3 * U + u] * ct[u];
+          }
+        }
       }
       bar.wait();
       // (3) dR = dG_t W_hh on the owned outputs (rows past their length keep theirs)
@@ -575,6 +618,9 @@ void backward(const LstmpBackward<T>& a) {
       if (a.db_ih) a.db_ih[row] = bsum[col];
       if (a.db_hh) a.db_hh[row] = bsum[col];
     }
+  }
+  if (a.dw_peep) {
+    for (int k = 0; k < 3; ++k) std::copy(psum + k * Hu, psum + k * Hu + H, a.dw_peep + k * H);
   }
 }
 

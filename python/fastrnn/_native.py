@@ -252,14 +252,9 @@ def lstm(
 ):
     """Native :func:`fastrnn.reference.lstm` (same arguments and results)."""
     if weight_hr is not None:
-        if weight_peephole is not None:
-            raise ValueError(
-                "weight_peephole: the native backend has no projected LSTM with peepholes "
-                "(weight_hr and weight_peephole together); use backend='reference'"
-            )
         return _lstm_proj(
             x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-            reverse, lengths, training, _poison, _packed,
+            reverse, lengths, training, _poison, _packed, weight_peephole,
         )  # fmt: skip
     return _forward(
         "lstm",
@@ -346,8 +341,9 @@ class ProjTape:
     ``data``, the kernel's arrays (``gates`` (T, N, 4*Hu) activations with the gate columns
     grouped by blocks of units, ``c`` (T, N, Hu) the cell state after each step, ``c0``,
     ``m`` (T, N, Hu) ``o*tanh(c_t)``, ``rprev`` (T, N, Pp) the state entering each step;
-    Hu and Pp are H and P rounded up to whole 64-byte lines), and the forward's ``x`` and
-    weights (private copies, or the arrays as given inside :func:`_tape_shares_inputs`)."""
+    Hu and Pp are H and P rounded up to whole 64-byte lines; ``weight_peephole``, the
+    peepholes or None), and the forward's ``x`` and weights (private copies, or the arrays
+    as given inside :func:`_tape_shares_inputs`)."""
 
     dtype: np.dtype
     T: int
@@ -365,15 +361,17 @@ class ProjTape:
     weight_hr: np.ndarray
     kind: str = "lstm"
     backend: str = "native"
+    has_peephole: bool = False
 
 
 def _lstm_proj(
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-    reverse, lengths, training, poison, packed,
+    reverse, lengths, training, poison, packed, weight_peephole,
 ):  # fmt: skip
     inp = _ref._check_inputs(
-        "lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, weight_hr
-    )
+        "lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, weight_hr,
+        weight_peephole,
+    )  # fmt: skip
     reverse = _ref._check_bool("reverse", reverse)
     training = _ref._check_bool("training", training)
     T, N, I, H, P, dt = inp.T, inp.N, inp.I, inp.H, inp.P, inp.dtype
@@ -394,6 +392,7 @@ def _lstm_proj(
             inp.x, inp.h0, inp.c0, inp.weight_ih, inp.weight_hh, inp.bias_ih, inp.bias_hh,
             inp.weight_hr, inp.lengths, reverse, training, poison,
             None if packed is None else packed._data, copies, packed is not None,
+            inp.weight_peephole,
         )  # fmt: skip
         # x and the weights (the kernel's copies or the arrays given) become the tape's own
         # fields; data keeps the kernel's arrays only
@@ -404,7 +403,7 @@ def _lstm_proj(
         dtype=dt, T=T, N=N, I=I, H=H, P=P, reverse=reverse,
         has_bias_ih=inp.bias_ih is not None, has_bias_hh=inp.bias_hh is not None, data=data,
         x=kept["x"], weight_ih=kept["weight_ih"], weight_hh=kept["weight_hh"],
-        weight_hr=kept["weight_hr"],
+        weight_hr=kept["weight_hr"], has_peephole=inp.weight_peephole is not None,
     )  # fmt: skip
     return y, (h_n, c_n), tape
 
@@ -424,6 +423,7 @@ def _lstm_proj_backward(tape: ProjTape, dy: Any, dh_n: Any, dc_n: Any, poison: b
             "bias_ih": np.zeros(4 * H, dt) if tape.has_bias_ih else None,
             "bias_hh": np.zeros(4 * H, dt) if tape.has_bias_hh else None,
             "weight_hr": np.zeros((P, H), dt),
+            **({"weight_peephole": np.zeros(3 * H, dt)} if tape.has_peephole else {}),
         }
     grads = _core.lstmp_backward(
         tape.data, tape.x, tape.weight_ih, tape.weight_hh, tape.weight_hr, tape.reverse,
