@@ -13,7 +13,9 @@ size ``H``):
 * Parameters are named ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
   ``bias_hh_l{k}`` with suffix ``_reverse`` for the reverse direction; ``weight_ih_l0`` is
   ``(G*H, I)``, ``weight_ih_l{k>0}`` is ``(G*H, D*H)``, ``weight_hh_l{k}`` is ``(G*H, H)``,
-  biases ``(G*H,)``; all biases absent when the stack has none.
+  biases ``(G*H,)``; all biases absent when the stack has none. An LSTM with a projection
+  adds ``weight_hr_l{k}`` ``(P, H)``, one with peepholes ``weight_peephole_l{k}``
+  ``(3*H,)`` (see :func:`param_names` for the order).
 * States are ``(L*D, N, H)``, row ``k*D + d`` for layer ``k``, direction ``d``; for LSTM
   the state is a pair ``(h, c)``.
 * Layer ``k`` reads ``x`` (``k = 0``) or the output of layer ``k-1``. With
@@ -48,6 +50,7 @@ __all__ = [
     "MODES",
     "StackTape",
     "check_lengths",
+    "check_peephole",
     "param_names",
     "param_shapes",
     "stack_backward",
@@ -62,10 +65,20 @@ State = Union[np.ndarray, tuple[np.ndarray, np.ndarray], None]
 
 
 def param_names(
-    num_layers: int, bidirectional: bool = False, bias: bool = True, proj: bool = False
+    num_layers: int,
+    bidirectional: bool = False,
+    bias: bool = True,
+    proj: bool = False,
+    peephole: bool = False,
 ) -> list[str]:
     """PyTorch's parameter names in PyTorch's order (layer, direction, ih/hh, w/b, and
-    ``weight_hr`` last for an LSTM with a projection)."""
+    ``weight_hr`` last for an LSTM with a projection).
+
+    ``peephole`` (an LSTM with peepholes, which PyTorch lacks) adds
+    ``weight_peephole_l{k}`` (and ``..._reverse``) as the last parameter of each layer and
+    direction, after the biases and after ``weight_hr``: leaving those names out gives
+    PyTorch's names in PyTorch's order.
+    """
     names = []
     for k in range(num_layers):
         for sfx in ("", "_reverse") if bidirectional else ("",):
@@ -74,6 +87,8 @@ def param_names(
                 names += [f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}"]
             if proj:
                 names.append(f"weight_hr_l{k}{sfx}")
+            if peephole:
+                names.append(f"weight_peephole_l{k}{sfx}")
     return names
 
 
@@ -85,18 +100,24 @@ def param_shapes(
     bidirectional: bool = False,
     bias: bool = True,
     proj_size: int = 0,
+    peephole: bool = False,
 ) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape for a stack, in PyTorch's order. ``proj_size`` P > 0 (lstm
     only): each layer's output h_t = W_hr m_t has P columns (``weight_hr`` (P, H)), which
-    ``weight_hh`` and the next layer's ``weight_ih`` take in."""
+    ``weight_hh`` and the next layer's ``weight_ih`` take in. ``peephole`` (lstm only):
+    each layer and direction also has ``weight_peephole`` (3*H,), the blocks p_i, p_f, p_o
+    (see :func:`param_names` for its place)."""
     G = _check_mode(mode)
+    peephole = check_peephole(mode, peephole)
     H = hidden_size
     D = 2 if bidirectional else 1
     S = proj_size if proj_size > 0 else H  # the state's (and each direction's output) size
     shapes: dict[str, tuple[int, ...]] = {}
-    for name in param_names(num_layers, bidirectional, bias, proj_size > 0):
+    for name in param_names(num_layers, bidirectional, bias, proj_size > 0, peephole):
         layer = int(name.split("_l")[1].split("_")[0])
-        if name.startswith("weight_ih"):
+        if name.startswith("weight_peephole"):
+            shapes[name] = (3 * H,)
+        elif name.startswith("weight_ih"):
             shapes[name] = (G * H, input_size if layer == 0 else D * S)
         elif name.startswith("weight_hh"):
             shapes[name] = (G * H, S)
@@ -109,9 +130,16 @@ def param_shapes(
 
 @functools.lru_cache(maxsize=64)
 def _shapes_cached(
-    mode: str, I: int, H: int, L: int, bidirectional: bool, bias: bool, proj_size: int = 0
+    mode: str,
+    I: int,
+    H: int,
+    L: int,
+    bidirectional: bool,
+    bias: bool,
+    proj_size: int = 0,
+    peephole: bool = False,
 ) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    return tuple(param_shapes(mode, I, H, L, bidirectional, bias, proj_size).items())
+    return tuple(param_shapes(mode, I, H, L, bidirectional, bias, proj_size, peephole).items())
 
 
 def _check_mode(mode: Any) -> int:
@@ -153,6 +181,15 @@ def check_proj_size(mode: str, proj_size: Any, hidden_size: int) -> int:
     return P
 
 
+def check_peephole(mode: str, peephole: Any) -> bool:
+    """``peephole`` as a bool after checking that it is one, and that only lstm has it."""
+    if not isinstance(peephole, (bool, np.bool_)):
+        raise TypeError(f"peephole: expected a bool, got {type(peephole).__name__}")
+    if peephole and mode != "lstm":
+        raise ValueError(f"peephole: only lstm has peepholes, got peephole=True for {mode}")
+    return bool(peephole)
+
+
 def _check_float(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...], desc: str):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array of shape {desc}, got {type(a).__name__}")
@@ -170,6 +207,7 @@ class StackTape:
     ``tapes[k][d]`` is the tape of layer ``k``, direction ``d``; ``masks[k]`` the dropout
     mask applied to layer ``k``'s input ``(T, N, D*H)`` (or ``None``). ``proj_size``: P of
     an LSTM with a projection (its states h and outputs have P columns), else 0.
+    ``peephole``: whether the LSTM has peepholes (their gradients come from the tapes).
     """
 
     mode: str
@@ -183,6 +221,7 @@ class StackTape:
     tapes: list[list[Any]]
     masks: list[np.ndarray | None]
     proj_size: int = 0
+    peephole: bool = False
 
 
 def stack_forward(
@@ -203,6 +242,7 @@ def stack_forward(
     backend: str = "native",
     packed: Mapping[str, functional.PackedWeights] | None = None,
     proj_size: int = 0,
+    peephole: bool = False,
 ) -> tuple[np.ndarray, State, StackTape | None]:
     """Run a stack of ``num_layers`` recurrent layers over ``x``.
 
@@ -228,6 +268,10 @@ def stack_forward(
         proj_size: lstm only: P >= 1 projects each layer's output to P columns
             (``weight_hr_l{k}`` (P, H)); y is then (T, N, D*P) and h0, h_n (L*D, N, P),
             while c0, c_n stay (L*D, N, H). 0: no projection.
+        peephole: lstm only: each layer and direction has peepholes, ``params`` holds
+            ``weight_peephole_l{k}`` (3*H,) (p_i, p_f, p_o; see
+            :func:`fastrnn.functional.lstm`). They are not part of a ``packed`` layout and
+            are always read from ``params``.
 
     Returns:
         ``(y, state_n, tape)``: y (T, N, D*H); state_n like ``state`` (``(h_n, c_n)`` for
@@ -248,12 +292,18 @@ def stack_forward(
     T, N, I = (int(s) for s in x.shape)
     L, H, D = int(num_layers), int(hidden_size), 2 if bidirectional else 1
     P = check_proj_size(mode, proj_size, H)
+    peep = check_peephole(mode, peephole)
     S = P if P else H
     dtype = x.dtype
     lengths = check_lengths(lengths, N, T)
 
     bias = "bias_ih_l0" in params
-    for name, shape in _shapes_cached(mode, I, H, L, bool(bidirectional), bias, P):
+    if not peep and "weight_peephole_l0" in params:
+        raise ValueError(
+            "params: holds 'weight_peephole_l0' but peephole=False (pass peephole=True to use "
+            "the peepholes)"
+        )
+    for name, shape in _shapes_cached(mode, I, H, L, bool(bidirectional), bias, P, peep):
         a = params.get(name)
         if a is None:
             raise ValueError(f"params: missing {name!r} (expected shape {shape})")
@@ -290,6 +340,8 @@ def stack_forward(
             )
             if P:
                 kw["weight_hr"] = params[f"weight_hr_{sfx}"]
+            if peep:  # not part of a packed layout: always passed as it is
+                kw["weight_peephole"] = params[f"weight_peephole_{sfx}"]
             pw = packed.get(sfx) if packed else None
             if pw is not None and pw.weight_ih is args[0] and pw.weight_hh is args[1]:
                 if not P or pw.weight_hr is kw["weight_hr"]:
@@ -317,7 +369,7 @@ def stack_forward(
     state_n: State = (h_n, _stack_rows(cs)) if mode == "lstm" else h_n
     tape = None
     if training:
-        tape = StackTape(mode, L, D, H, T, N, I, dtype, tapes, masks, P)
+        tape = StackTape(mode, L, D, H, T, N, I, dtype, tapes, masks, P, peep)
     return y, state_n, tape
 
 
@@ -358,6 +410,10 @@ def _split_state(
     return _check_float("state", state, dtype, shape, desc), None
 
 
+# Per layer and direction, in the order of param_names.
+_GRAD_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peephole")
+
+
 def stack_backward(
     tape: StackTape, dy: np.ndarray | None = None, dstate: State = None
 ) -> tuple[np.ndarray, State, dict[str, np.ndarray]]:
@@ -372,8 +428,8 @@ def stack_backward(
     Returns:
         ``(dx, dstate0, grads)``: dx (T, N, I); dstate0 the gradient w.r.t. the initial
         state, (L*D, N, H) or for lstm ``(dh0, dc0)`` (also when the forward's state was
-        None, i.e. zeros); grads name -> gradient for every parameter (PyTorch's names
-        and order).
+        None, i.e. zeros); grads name -> gradient for every parameter (the names and
+        order of :func:`param_names`; PyTorch's without peepholes).
     """
     if not isinstance(tape, StackTape):
         raise TypeError(f"tape: expected a StackTape from stack_forward, got {type(tape).__name__}")
@@ -410,7 +466,7 @@ def stack_backward(
             dh0[row] = g["h0"]
             dinp = g["x"] if dinp is None else dinp + g["x"]
             sfx = f"l{k}" + ("_reverse" if d else "")
-            for pname in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+            for pname in _GRAD_NAMES:
                 if g.get(pname) is not None:
                     layer_grads[f"{pname}_{sfx}"] = g[pname]
         grads_by_layer.append(layer_grads)

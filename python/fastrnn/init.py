@@ -17,6 +17,11 @@ Schemes for a whole set of recurrent parameters (:func:`init_recurrent`):
 
 An LSTM's projection ``weight_hr`` (P, H) is one block: U(-k, k), Xavier uniform, or
 orthogonal (orthonormal rows) under the three schemes.
+
+An LSTM's peepholes ``weight_peephole`` (3*H,) (blocks p_i, p_f, p_o) are U(-k, k),
+``k = 1/sqrt(H)``, under every scheme: each block scales the cell state unit by unit (a
+diagonal matrix), which the Xavier and orthogonal rules for full matrices do not fit, and
+this keeps them as small as PyTorch's weights.
 """
 
 from __future__ import annotations
@@ -94,8 +99,8 @@ def init_recurrent(
 
     Args:
         shapes: parameter name -> shape, in the order to draw them. Names starting with
-            ``weight_ih``, ``weight_hh``, ``bias`` or ``weight_hr`` (an LSTM's projection,
-            (P, H)) are recognised (PyTorch's names).
+            ``weight_ih``, ``weight_hh``, ``bias``, ``weight_hr`` (an LSTM's projection,
+            (P, H)) or ``weight_peephole`` (an LSTM's peepholes, (3*H,)) are recognised.
         gates: G (1 rnn, 3 gru, 4 lstm).
         hidden_size: H.
         scheme: one of :data:`SCHEMES` (see the module docstring).
@@ -108,7 +113,8 @@ def init_recurrent(
     Raises:
         ValueError: an unknown scheme or parameter name, ``gates`` or ``hidden_size``
             below 1, or a shape that is not ``(G*H, ·)`` for a weight / ``(G*H,)`` for a
-            bias (the gate-aware schemes split the rows into G blocks of H).
+            bias (the gate-aware schemes split the rows into G blocks of H), or not
+            ``(3*H,)`` for peepholes.
         TypeError: ``gates`` or ``hidden_size`` not an int, ``dtype`` not float32/float64.
     """
     if scheme not in SCHEMES:
@@ -145,9 +151,15 @@ def init_recurrent(
                     f"init: {name} must have shape (P, H) = (P, {hidden_size}) with P >= 1, "
                     f"got {shape}"
                 )
+        elif name.startswith("weight_peephole"):
+            if shape != (3 * hidden_size,):
+                raise ValueError(
+                    f"init: {name} must have shape (3*H,) = ({3 * hidden_size},) "
+                    f"(H = {hidden_size}), got {shape}"
+                )
         else:
             raise ValueError(f"init: unknown parameter name {name!r}")
-        if scheme == "uniform":
+        if scheme == "uniform" or name.startswith("weight_peephole"):
             arr = uniform(rng, shape, k, dtype)
         elif name.startswith("weight_hr"):  # one block: (P, H)
             fn = orthogonal if scheme == "orthogonal" else xavier_uniform

@@ -16,7 +16,8 @@ Equations per layer and direction (``x_t`` the layer's input, ``h`` the previous
 
 * RNN:  ``h' = phi(W_ih x_t + b_ih + W_hh h + b_hh)``, ``phi`` tanh, relu or sigmoid.
 * LSTM: ``i, f, g, o = sigma, sigma, tanh, sigma (W_ih x_t + b_ih + W_hh h + b_hh)``
-  (split in four), ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
+  (split in four), ``c' = f*c + i*g``, ``h' = o*tanh(c')``; with peepholes the
+  pre-activations of i and f add ``p_i*c``, ``p_f*c`` and that of o adds ``p_o*c'``.
 * GRU:  ``r, z = sigma(W_i{r,z} x_t + b_i{r,z} + W_h{r,z} h + b_h{r,z})``,
   ``n = tanh(W_in x_t + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``
   (``reset_after=False``: ``n = tanh(W_in x_t + b_in + W_hn (r*h) + b_hn)``).
@@ -117,6 +118,7 @@ class _LayerTape:
 
 class _RecurrentLayer(Module):
     mode: ClassVar[str]
+    peephole: bool = False  # the default of layers pickled before peepholes existed
 
     def __init__(
         self,
@@ -135,10 +137,13 @@ class _RecurrentLayer(Module):
         init: str = "uniform",
         backend: str = "native",
         proj_size: int = 0,
+        peephole: bool = False,
     ) -> None:
         self.input_size = _check_int("input_size", input_size)
         self.hidden_size = _check_int("hidden_size", hidden_size)
         self.proj_size = _stack.check_proj_size(self.mode, proj_size, self.hidden_size)
+        self.peephole = _check_bool("peephole", peephole)
+        _stack.check_peephole(self.mode, self.peephole)
         self.num_layers = _check_int("num_layers", num_layers)
         self.bias = _check_bool("bias", bias)
         self.batch_first = _check_bool("batch_first", batch_first)
@@ -154,7 +159,7 @@ class _RecurrentLayer(Module):
         self.rng = np.random.default_rng(seed)
         shapes = _stack.param_shapes(
             self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-            self.bias, self.proj_size,
+            self.bias, self.proj_size, self.peephole,
         )  # fmt: skip
         self._init_params(
             init_recurrent(
@@ -179,6 +184,8 @@ class _RecurrentLayer(Module):
         )
         if self.proj_size:
             cfg["proj_size"] = self.proj_size
+        if self.peephole:
+            cfg["peephole"] = True
         cfg.update(_recurrent_options_config(self))
         return cfg
 
@@ -281,7 +288,8 @@ class _RecurrentLayer(Module):
         instead (call :meth:`unpack_weights` before training); ``load_state_dict``
         loads and lays them out again. An entry of ``params`` replaced by another array
         runs unpacked. Costs one copy of the weights plus their layout; calling it
-        again lays out the current weights.
+        again lays out the current weights. An LSTM's peepholes are not laid out: they
+        stay writable and every forward uses them as they are.
         """
         super().pack_weights()
 
@@ -357,6 +365,7 @@ class _RecurrentLayer(Module):
             backend=self.backend,
             packed=self._packed,
             proj_size=self.proj_size,
+            peephole=self.peephole,
         )
         out = (self._out(y, unbatched), self._unbatch_state(state_n, unbatched))
         return out, (
@@ -489,6 +498,14 @@ class LSTM(_RecurrentLayer):
     1 <= P < H gives each layer a projection ``h' = W_hr (o*tanh(c'))`` (``weight_hr_l*``
     (P, H)), so h and each direction's output have P columns (y (T, N, D*P)) while c keeps
     H; 0 (the default) none.
+
+    ``peephole=True`` adds peephole connections (as in ONNX's and oneDNN's LSTM, not in
+    PyTorch): ``i = sigma(a_i + p_i*c)``, ``f = sigma(a_f + p_f*c)``,
+    ``o = sigma(a_o + p_o*c')`` with ``a_*`` the pre-activations above, through one more
+    parameter per layer and direction, ``weight_peephole_l*`` (3*H,) holding the blocks
+    p_i, p_f, p_o, placed last among that layer and direction's parameters. They are drawn
+    from U(-1/sqrt(H), 1/sqrt(H)) under every ``init`` scheme (see :mod:`fastrnn.init`).
+    They combine with ``proj_size``.
     """
 
     mode = "lstm"
@@ -508,10 +525,12 @@ class LSTM(_RecurrentLayer):
         init: str = "uniform",
         backend: str = "native",
         proj_size: int = 0,
+        peephole: bool = False,
     ) -> None:
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             dtype=dtype, seed=seed, init=init, backend=backend, proj_size=proj_size,
+            peephole=peephole,
         )  # fmt: skip
 
 
