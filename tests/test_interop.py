@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastrnn import interop
+from fastrnn import functional, interop
 from fastrnn import reference as ref
 from helpers import GATES, random_weights
 
@@ -68,8 +68,11 @@ def keras_run(kind, kernel, recurrent_kernel, bias, x, h0, c0=None, reset_after=
     return (np.stack(ys), h) if kind != "lstm" else (np.stack(ys), h, c)
 
 
-def onnx_run(kind, W, R, B, x, initial_h, initial_c=None, direction="forward", lbr=0):
-    """ONNX RNN/LSTM/GRU: X [T, N, I]; returns Y [T, D, N, H], Y_h [D, N, H] (, Y_c)."""
+def onnx_run(kind, W, R, B, x, initial_h, initial_c=None, direction="forward", lbr=0, P=None):
+    """ONNX RNN/LSTM/GRU: X [T, N, I]; returns Y [T, D, N, H], Y_h [D, N, H] (, Y_c).
+
+    ``P`` [D, 3*H]: LSTM peepholes, blocks i, o, f (None: zeros, as in ONNX).
+    """
     D, Hh = W.shape[0], R.shape[2]
     G = W.shape[1] // Hh
     Y = np.zeros((x.shape[0], D, x.shape[1], Hh))
@@ -89,10 +92,13 @@ def onnx_run(kind, W, R, B, x, initial_h, initial_c=None, direction="forward", l
             lin = [Xt @ Wd[b].T + Ht @ Rd[b].T + Wb[b] + Rb[b] for b in blk]
             if kind == "rnn":
                 Ht = np.tanh(lin[0])
-            elif kind == "lstm":  # gates i, o, f, c
-                it, ot, ft = sigmoid(lin[0]), sigmoid(lin[1]), sigmoid(lin[2])
+            elif kind == "lstm":  # gates i, o, f, c; peepholes i, o, f
+                Pi, Po, Pf = (0.0, 0.0, 0.0) if P is None else (P[d][b] for b in blk[:3])
+                it = sigmoid(lin[0] + Pi * Ct)  # Pi (.) Ct-1
+                ft = sigmoid(lin[2] + Pf * Ct)  # Pf (.) Ct-1
                 ct = np.tanh(lin[3])
                 Ct = ft * Ct + it * ct
+                ot = sigmoid(lin[1] + Po * Ct)  # Po (.) Ct, the new cell state
                 Ht = ot * np.tanh(Ct)
             else:  # gates z, r, h
                 zt, rt = sigmoid(lin[0]), sigmoid(lin[1])
@@ -127,13 +133,17 @@ def keras_weights(kind, rng, dtype=np.float64, reset_after=True, bias=True):
     return out
 
 
-def onnx_weights(kind, rng, D, dtype=np.float64, bias=True):
+def onnx_weights(kind, rng, D, dtype=np.float64, bias=True, peephole=False, i=I, h=H):
+    """ONNX inputs W, R, B (and P [D, 3*h] with ``peephole``) for input size i, hidden h."""
     G = GATES[kind]
-    return {
-        "W": rng.uniform(-0.5, 0.5, (D, G * H, I)).astype(dtype),
-        "R": rng.uniform(-0.4, 0.4, (D, G * H, H)).astype(dtype),
-        "B": rng.uniform(-0.3, 0.3, (D, 2 * G * H)).astype(dtype) if bias else None,
+    out = {
+        "W": rng.uniform(-0.5, 0.5, (D, G * h, i)).astype(dtype),
+        "R": rng.uniform(-0.4, 0.4, (D, G * h, h)).astype(dtype),
+        "B": rng.uniform(-0.3, 0.3, (D, 2 * G * h)).astype(dtype) if bias else None,
     }
+    if peephole:
+        out["P"] = rng.uniform(-0.8, 0.8, (D, 3 * h)).astype(dtype)
+    return out
 
 
 # (kind, reset_after): the GRU comes in both variants
@@ -164,6 +174,8 @@ def assert_same(a, b):
 def direction_params(p, d):
     s = "_reverse" if d == 1 else ""
     out = {n: p[n + s] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    if "weight_peephole" + s in p:
+        out["weight_peephole"] = p["weight_peephole" + s]
     if "reset_after" in p:
         out["reset_after"] = p["reset_after"]
     return out
@@ -241,8 +253,10 @@ def test_onnx_round_trip(kind, lbr, direction, bias, dtype, rng):
     extra = {"linear_before_reset": lbr} if kind == "gru" else {}
     p = interop.from_onnx(kind, **w, direction=direction, **extra)
     assert ("weight_ih_reverse" in p) == (D == 2)
+    assert "weight_peephole" not in p
     back = interop.to_onnx(kind, p, direction=direction)
-    assert_same(back, {**w, "hidden_size": H, **extra})
+    peep = {"P": None} if kind == "lstm" else {}
+    assert_same(back, {**w, "hidden_size": H, **peep, **extra})
     # and the other way: fastrnn -> ONNX -> fastrnn is lossless too
     assert_same(interop.from_onnx(kind, **back, direction=direction), p)
 
@@ -293,10 +307,96 @@ def test_onnx_export_matches_onnx_equations(kind, reset_after, rng):
             np.testing.assert_allclose(a[d], b, rtol=RTOL, atol=ATOL)
 
 
-def test_onnx_zero_peepholes_accepted(rng):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_onnx_peephole_round_trip(direction, bias, dtype, rng):
+    D = 2 if direction == "bidirectional" else 1
+    w = onnx_weights("lstm", rng, D, dtype, bias, peephole=True)
+    p = interop.from_onnx("lstm", **w, direction=direction)
+    names = ("weight_peephole", "weight_peephole_reverse")[:D]
+    assert [k for k in p if k.startswith("weight_peephole")] == list(names)
+    for n in names:
+        assert p[n].dtype == dtype
+        assert p[n].shape == (3 * H,)
+    back = interop.to_onnx("lstm", p, direction=direction)
+    assert_same(back, {**w, "hidden_size": H})
+    assert_same(interop.from_onnx("lstm", **back, direction=direction), p)
+
+
+def test_onnx_peephole_block_order(rng):
+    """ONNX P holds blocks i, o, f; weight_peephole holds i, f, o."""
+    w = onnx_weights("lstm", rng, 2)
+    blocks = np.repeat(np.arange(1.0, 7.0), H).reshape(2, 3 * H)  # [[1, 2, 3], [4, 5, 6]]
+    p = interop.from_onnx("lstm", **w, direction="bidirectional", P=blocks)
+    np.testing.assert_array_equal(p["weight_peephole"], np.repeat([1.0, 3.0, 2.0], H))
+    np.testing.assert_array_equal(p["weight_peephole_reverse"], np.repeat([4.0, 6.0, 5.0], H))
+    o = interop.to_onnx("lstm", p, direction="bidirectional")
+    np.testing.assert_array_equal(o["P"], blocks)
+
+
+def test_onnx_zero_peepholes_round_trip(rng):
+    """An explicit all-zero P is kept (as zero peepholes), so it survives a round trip."""
     w = onnx_weights("lstm", rng, 1)
-    p = interop.from_onnx("lstm", **w, P=np.zeros((1, 3 * H)))
-    assert_same(p, interop.from_onnx("lstm", **w))
+    zeros = np.zeros((1, 3 * H))
+    p = interop.from_onnx("lstm", **w, P=zeros)
+    assert_same(p, {**interop.from_onnx("lstm", **w), "weight_peephole": zeros[0]})
+    assert_same(interop.to_onnx("lstm", p), {**w, "P": zeros, "hidden_size": H})
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_onnx_peephole_import_matches_onnx_equations(direction, backend, rng):
+    """Odd sizes; peepholes large enough that swapping any two of its blocks shows."""
+    t, n, i, h = 5, 3, 4, 7
+    D = 2 if direction == "bidirectional" else 1
+    w = onnx_weights("lstm", rng, D, peephole=True, i=i, h=h)
+    x = rng.uniform(-1, 1, (t, n, i))
+    h0 = rng.uniform(-0.5, 0.5, (D, n, h))
+    c0 = rng.uniform(-0.5, 0.5, (D, n, h))
+    want = onnx_run("lstm", **w, x=x, initial_h=h0, initial_c=c0, direction=direction)
+    # the peepholes matter: without them the ONNX outputs differ far beyond the tolerance
+    plain = onnx_run("lstm", w["W"], w["R"], w["B"], x, h0, c0, direction)
+    assert np.abs(plain[0] - want[0]).max() > 1e-3
+    p = interop.from_onnx("lstm", **w, direction=direction, hidden_size=h)
+    for d in range(D):
+        reverse = direction == "reverse" or d == 1
+        y, (h_n, c_n) = functional.lstm(
+            x, h0[d], c0[d], **direction_params(p, d), reverse=reverse, backend=backend
+        )
+        np.testing.assert_allclose(y, want[0][:, d], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(h_n, want[1][d], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(c_n, want[2][d], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_onnx_peephole_export_matches_onnx_equations(backend, rng):
+    """Peepholes in the forward direction only: the reverse row of P is zeros."""
+    t, n, i, h = 5, 3, 4, 7
+    p = {
+        **random_weights("lstm", i, h, np.float64, rng),
+        **{k + "_reverse": v for k, v in random_weights("lstm", i, h, np.float64, rng).items()},
+        "weight_peephole": rng.uniform(-0.8, 0.8, 3 * h),
+    }
+    w = interop.to_onnx("lstm", p, direction="bidirectional")
+    assert w["P"].shape == (2, 3 * h)
+    np.testing.assert_array_equal(w["P"][1], np.zeros(3 * h))
+    x = rng.uniform(-1, 1, (t, n, i))
+    h0 = rng.uniform(-0.5, 0.5, (2, n, h))
+    c0 = rng.uniform(-0.5, 0.5, (2, n, h))
+    want = onnx_run("lstm", **{k: w[k] for k in "WRBP"}, x=x, initial_h=h0, initial_c=c0,
+                    direction="bidirectional")  # fmt: skip
+    for d in range(2):
+        y, (h_n, c_n) = functional.lstm(
+            x, h0[d], c0[d], **direction_params(p, d), reverse=d == 1, backend=backend
+        )
+        np.testing.assert_allclose(want[0][:, d], y, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(want[1][d], h_n, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(want[2][d], c_n, rtol=RTOL, atol=ATOL)
+    # importing it back gives zero peepholes for the reverse direction: the same function
+    again = interop.from_onnx("lstm", **w, direction="bidirectional")
+    np.testing.assert_array_equal(again["weight_peephole_reverse"], np.zeros(3 * h))
+    np.testing.assert_array_equal(again["weight_peephole"], p["weight_peephole"])
 
 
 def test_keras_to_onnx_through_fastrnn(rng):
@@ -346,6 +446,31 @@ def test_onnx_layers_to_state_dict(rng):
     assert sd.keys() == names
     np.testing.assert_array_equal(
         sd["weight_hh_l1_reverse"][H : 2 * H], nodes[1]["R"][1][2 * H : 3 * H]
+    )
+
+
+def test_stack_unstack_peepholes(rng):
+    """weight_peephole travels as weight_peephole_l{k}[_reverse], like weight_hr_l{k}."""
+    nodes = [onnx_weights("lstm", rng, 2, peephole=True), onnx_weights("lstm", rng, 2)]
+    nodes[1]["W"] = rng.uniform(-0.5, 0.5, (2, 4 * H, 2 * H))
+    layers = [interop.from_onnx("lstm", **n, direction="bidirectional") for n in nodes]
+    fwd = {**random_weights("lstm", 2 * H, H, np.float64, rng)}
+    rev = {**fwd, "weight_peephole": rng.uniform(-0.5, 0.5, 3 * H)}
+    sd = interop.stack_layers([*layers, (fwd, rev)])
+    assert sd["weight_peephole_l0"] is layers[0]["weight_peephole"]
+    assert sd["weight_peephole_l0_reverse"] is layers[0]["weight_peephole_reverse"]
+    assert sd["weight_peephole_l2_reverse"] is rev["weight_peephole"]
+    assert not any(k.startswith("weight_peephole_l1") for k in sd)
+    assert "weight_peephole_l2" not in sd
+    back = interop.unstack_layers(sd)
+    assert_same(back[0], layers[0])
+    assert_same(back[1], layers[1])
+    assert "weight_peephole" not in back[2]
+    assert back[2]["weight_peephole_reverse"] is rev["weight_peephole"]
+    assert interop.stack_layers(back).keys() == sd.keys()
+    # and on to ONNX: layer 0's P comes back exactly
+    assert_same(
+        interop.to_onnx("lstm", back[0], direction="bidirectional"), {**nodes[0], "hidden_size": H}
     )
 
 
@@ -447,10 +572,19 @@ def test_onnx_bad_input(rng):
         ValueError, match=r"B: expected shape \[num_directions, 2\*4\*H\] = \(1, 48\)"
     ):
         interop.from_onnx("lstm", w["W"], w["R"], w["B"][:, :-1])
-    with pytest.raises(ValueError, match=r"P: non-zero peephole weights are not supported"):
-        interop.from_onnx("lstm", **w, P=np.ones((1, 3 * H)))
+    with pytest.raises(
+        ValueError, match=r"P: expected shape \[num_directions, 3\*H\] = \(1, 18\), got \(1, 24\)"
+    ):
+        interop.from_onnx("lstm", **w, P=np.ones((1, 4 * H)))
+    with pytest.raises(
+        ValueError, match=r"P: expected shape \[num_directions, 3\*H\] = \(2, 18\), got \(1, 18\)"
+    ):
+        w2 = onnx_weights("lstm", rng, 2)
+        interop.from_onnx("lstm", **w2, direction="bidirectional", P=np.ones((1, 3 * H)))
     with pytest.raises(ValueError, match=r"P: expected shape \[num_directions, 3\*H\]"):
-        interop.from_onnx("lstm", **w, P=np.zeros((1, 4 * H)))
+        interop.from_onnx("lstm", **w, P=np.ones(3 * H))
+    with pytest.raises(TypeError, match=r"P: expected dtype float64 \(the dtype of W\)"):
+        interop.from_onnx("lstm", **w, P=np.ones((1, 3 * H), np.float32))
     with pytest.raises(ValueError, match=r"hidden_size: 5 does not match W, which has H = 6"):
         interop.from_onnx("lstm", **w, hidden_size=5)
     with pytest.raises(ValueError, match=r"linear_before_reset: only applies to kind='gru'"):
@@ -460,6 +594,8 @@ def test_onnx_bad_input(rng):
         interop.from_onnx("gru", **g, linear_before_reset=2)
     with pytest.raises(ValueError, match=r"P: peepholes exist only for kind='lstm'"):
         interop.from_onnx("gru", **g, P=np.zeros((1, 3 * H)))
+    with pytest.raises(ValueError, match=r"P: peepholes exist only for kind='lstm', not 'rnn'"):
+        interop.from_onnx("rnn", **onnx_weights("rnn", rng, 1), P=np.ones((1, 3 * H)))
     with pytest.raises(TypeError, match=r"B: expected dtype float64 \(the dtype of W\)"):
         interop.from_onnx("gru", g["W"], g["R"], g["B"].astype(np.float32))
 
@@ -478,6 +614,40 @@ def test_to_onnx_bad_input(rng):
         interop.to_onnx("rnn", q, direction="forward")
     with pytest.raises(ValueError, match=r"weight_ih: expected shape \(H, I\) with H >= 1"):
         interop.to_onnx("rnn", {**p, "weight_ih": np.zeros((0, I))})
+
+
+def test_to_onnx_bad_peepholes(rng):
+    p = random_weights("lstm", I, H, np.float64, rng)
+    q = {**p, **{k + "_reverse": v for k, v in p.items()}}
+    peep = rng.uniform(-0.5, 0.5, 3 * H)
+    with pytest.raises(
+        ValueError, match=r"weight_peephole: expected shape \(3\*H,\) = \(18,\), got \(24,\)"
+    ):
+        interop.to_onnx("lstm", {**p, "weight_peephole": np.zeros(4 * H)})
+    with pytest.raises(
+        ValueError, match=r"weight_peephole_reverse: expected shape \(3\*H,\) = \(18,\)"
+    ):
+        interop.to_onnx(
+            "lstm",
+            {**q, "weight_peephole": peep, "weight_peephole_reverse": peep.reshape(3, H)},
+            direction="bidirectional",
+        )
+    with pytest.raises(
+        TypeError, match=r"weight_peephole: expected dtype float64 \(the dtype of weight_ih\)"
+    ):
+        interop.to_onnx("lstm", {**p, "weight_peephole": peep.astype(np.float32)})
+    with pytest.raises(ValueError, match=r"unexpected keys \['weight_peephole_reverse'\]"):
+        interop.to_onnx("lstm", {**p, "weight_peephole_reverse": peep})
+    for kind in ("rnn", "gru"):
+        r = random_weights(kind, I, H, np.float64, rng)
+        with pytest.raises(
+            ValueError,
+            match=rf"params: 'weight_peephole': peepholes exist only for kind='lstm', not '{kind}'",
+        ):
+            interop.to_onnx(kind, {**r, "weight_peephole": peep})
+    # Keras LSTMs have no peepholes
+    with pytest.raises(ValueError, match=r"unexpected keys \['weight_peephole'\]"):
+        interop.to_keras("lstm", {**p, "weight_peephole": peep})
 
 
 def test_stack_bad_input(rng):
@@ -505,3 +675,22 @@ def test_stack_bad_input(rng):
         )
     with pytest.raises(ValueError, match=r"missing weight_hh_l0"):
         interop.unstack_layers({"weight_ih_l0": a["weight_ih"]})
+    with pytest.raises(ValueError, match=r"unexpected key 'weight_peephole_l0_fwd'"):
+        interop.unstack_layers({"weight_peephole_l0_fwd": np.zeros(3 * H)})
+
+
+def test_stack_bad_peepholes(rng):
+    lstm = random_weights("lstm", I, H, np.float64, rng)
+    gru = random_weights("gru", I, H, np.float64, rng)
+    with pytest.raises(
+        ValueError,
+        match=r"layers\[0\]\['weight_peephole'\]: peepholes exist only for LSTM layers",
+    ):
+        interop.stack_layers([{**gru, "weight_peephole": np.zeros(3 * H)}])
+    with pytest.raises(
+        ValueError,
+        match=r"layers\[0\]\['weight_peephole'\]: expected shape \(3\*H,\) = \(18,\), got \(6,\)",
+    ):
+        interop.stack_layers([{**lstm, "weight_peephole": np.zeros(H)}])
+    with pytest.raises(TypeError, match=r"layers\[0\]\['weight_peephole'\]: expected dtype"):
+        interop.stack_layers([{**lstm, "weight_peephole": np.zeros(3 * H, np.float32)}])

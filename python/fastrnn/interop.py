@@ -11,12 +11,14 @@ Per layer (one or two directions):
 * :func:`from_keras` / :func:`to_keras`: Keras ``SimpleRNN``, ``LSTM``, ``GRU`` cell
   weights ``kernel`` ``(I, G*H)``, ``recurrent_kernel`` ``(H, G*H)``, ``bias``.
 * :func:`from_onnx` / :func:`to_onnx`: ONNX ``RNN``, ``LSTM``, ``GRU`` operator inputs
-  ``W`` ``[D, G*H, I]``, ``R`` ``[D, G*H, H]``, ``B`` ``[D, 2*G*H]``.
+  ``W`` ``[D, G*H, I]``, ``R`` ``[D, G*H, H]``, ``B`` ``[D, 2*G*H]``, and the LSTM
+  peepholes ``P`` ``[D, 3*H]``.
 
 A per-layer fastrnn dict uses the short names ``weight_ih``, ``weight_hh``, ``bias_ih``,
-``bias_hh`` (plus ``*_reverse`` for the second direction of a bidirectional layer); a
-GRU dict also carries ``reset_after`` (bool), the variant fastrnn must run. A
-one-direction dict can be passed straight on: ``fastrnn.reference.gru(x, h0, **p)``.
+``bias_hh`` (plus ``*_reverse`` for the second direction of a bidirectional layer); an
+LSTM dict may also hold ``weight_peephole`` ``(3*H,)`` (blocks ``p_i, p_f, p_o``), a GRU
+dict carries ``reset_after`` (bool), the variant fastrnn must run. A one-direction dict
+can be passed straight on: ``fastrnn.reference.gru(x, h0, **p)``.
 
 Whole models: :func:`stack_layers` turns a list of per-layer dicts into one flat
 PyTorch-named dict (``weight_ih_l0``, ``weight_hh_l1_reverse``, ...) and
@@ -66,8 +68,13 @@ _KERAS_FROM: dict[str, list[int]] = {"rnn": [0], "lstm": [0, 1, 2, 3], "gru": [1
 _KERAS_TO: dict[str, list[int]] = {"rnn": [0], "lstm": [0, 1, 2, 3], "gru": [1, 0, 2]}
 _ONNX_FROM: dict[str, list[int]] = {"rnn": [0], "lstm": [0, 2, 3, 1], "gru": [1, 0, 2]}
 _ONNX_TO: dict[str, list[int]] = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
+# Peephole blocks: ONNX ``P`` is i, o, f, fastrnn's ``weight_peephole`` i, f, o. Swapping
+# the last two blocks is its own inverse, so the one permutation serves both ways.
+_ONNX_PEEPHOLE_PERM: list[int] = [0, 2, 1]
 
 _PARAM_NAMES: tuple[str, ...] = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+#: Names a per-layer dict may hold in to_onnx and stack_layers (LSTM peepholes included).
+_LAYER_NAMES: tuple[str, ...] = (*_PARAM_NAMES, "weight_peephole")
 
 #: A per-layer entry of :func:`stack_layers`: one dict, or a (forward, reverse) pair.
 LayerParams = Union[Mapping[str, Any], tuple[Mapping[str, Any], Mapping[str, Any]]]
@@ -134,11 +141,13 @@ def _resolve_reset_after(kind: str, params: Mapping[str, Any], reset_after: Any)
     return flag
 
 
-def _check_param_keys(params: Any, suffixes: Sequence[str]) -> None:
-    """``params`` must be a mapping holding only fastrnn names with these suffixes."""
+def _check_param_keys(
+    params: Any, suffixes: Sequence[str], names: Sequence[str] = _PARAM_NAMES
+) -> None:
+    """``params`` must be a mapping holding only ``names`` with these suffixes."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping of parameter names, got {type(params)}")
-    allowed = {n + s for n in _PARAM_NAMES for s in suffixes} | {"reset_after"}
+    allowed = {n + s for n in names for s in suffixes} | {"reset_after"}
     extra = sorted(set(params) - allowed)
     if extra:
         raise ValueError(f"params: unexpected keys {extra}; expected some of {sorted(allowed)}")
@@ -168,6 +177,17 @@ def _native_direction(
     if b_hh is not None:
         b_hh = _shaped(n_bh, b_hh, (G * H,), dtype, f"({gd},)", n_ih)
     return w_ih, w_hh, b_ih, b_hh, I, H
+
+
+def _native_peephole(
+    params: Mapping[str, Any], suffix: str, H: int, dtype: np.dtype
+) -> np.ndarray | None:
+    """``params["weight_peephole" + suffix]`` checked to be ``(3*H,)`` of ``dtype``, or None."""
+    name = "weight_peephole" + suffix
+    p = params.get(name)
+    if p is None:
+        return None
+    return _shaped(name, p, (3 * H,), dtype, "(3*H,)", "weight_ih" + suffix)
 
 
 # --------------------------------------------------------------------------------------
@@ -337,6 +357,11 @@ def from_onnx(
     fastrnn's ``reset_after=False`` (``b_hn`` outside the reset gate) with the same
     weights. Both use ``Ht = (1 - z) (.) h~ + z (.) Ht-1`` like fastrnn.
 
+    LSTM peepholes: ONNX adds ``Pi (.) Ct-1`` to the input gate, ``Pf (.) Ct-1`` to the
+    forget gate and ``Po (.) Ct`` to the output gate, with ``P[d]`` holding the blocks
+    ``Pi, Po, Pf``. fastrnn's ``weight_peephole`` computes the same with the blocks in the
+    order ``p_i, p_f, p_o``, so ``weight_peephole = P[d]`` with its last two blocks swapped.
+
     Only the weights are converted: the node must use the default activations
     (Sigmoid/Tanh; RNN Tanh, or pick fastrnn's ``nonlinearity`` to match), no ``clip``,
     LSTM ``input_forget=0``, and ``layout=0`` refers to X/Y only, not to the weights.
@@ -353,17 +378,21 @@ def from_onnx(
         direction: "forward", "reverse" or "bidirectional".
         linear_before_reset: GRU attribute, 0 or 1 (must be 0 for other kinds).
         hidden_size: the node's attribute, checked against the weights if given.
-        P: LSTM peepholes [D, 3*H]; only None or all zeros is accepted (fastrnn has no
-            peepholes).
+        P: LSTM peepholes [D, 3*H] (blocks ``Pi, Po, Pf``), or None (ONNX: zeros; here
+            no peepholes). Only for kind="lstm".
 
     Returns:
         ``{"weight_ih", "weight_hh", "bias_ih", "bias_hh"}`` (+ ``*_reverse`` if
-        bidirectional; biases None without ``B``), plus ``"reset_after"`` for GRU.
+        bidirectional; biases None without ``B``), plus ``"reset_after"`` for GRU, plus
+        ``"weight_peephole"`` (3*H,) (and ``"weight_peephole_reverse"`` if
+        bidirectional) when ``P`` is given, even if it is all zeros, so that an explicit
+        ``P`` survives a round trip through :func:`to_onnx`.
 
     Raises:
         TypeError: non-float arrays or mixed dtypes.
         ValueError: wrong shapes (naming the argument and the expected shape), bad
-            ``direction``/``linear_before_reset``/``hidden_size``, non-zero peepholes.
+            ``direction``/``linear_before_reset``/``hidden_size``, ``P`` for a kind
+            other than "lstm".
     """
     G = _check_kind(kind)
     D = _check_direction(direction)
@@ -389,8 +418,6 @@ def from_onnx(
         if kind != "lstm":
             raise ValueError(f"P: peepholes exist only for kind='lstm', not {kind!r}")
         P = _shaped("P", P, (D, 3 * H), dtype, "[num_directions, 3*H]", "W")
-        if np.any(P != 0):
-            raise ValueError("P: non-zero peephole weights are not supported by fastrnn")
     perm = _ONNX_FROM[kind]
     out: dict[str, Any] = {}
     for d in range(D):
@@ -399,6 +426,8 @@ def from_onnx(
         out["weight_hh" + s] = _permute_blocks(R[d], perm)
         out["bias_ih" + s] = None if B is None else _permute_blocks(B[d, : G * H], perm)
         out["bias_hh" + s] = None if B is None else _permute_blocks(B[d, G * H :], perm)
+        if P is not None:
+            out["weight_peephole" + s] = _permute_blocks(P[d], _ONNX_PEEPHOLE_PERM)
     if kind == "gru":
         out["reset_after"] = bool(linear_before_reset)
     return out
@@ -417,26 +446,36 @@ def to_onnx(
         kind: "rnn", "lstm" or "gru".
         params: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), optional ``bias_ih``,
             ``bias_hh`` (G*H,) (a missing one counts as zeros; both missing means no
-            ``B``); the same with ``_reverse`` for "bidirectional"; for GRU optionally
-            ``reset_after``.
+            ``B``); for LSTM optionally ``weight_peephole`` (3*H,) (blocks ``p_i, p_f,
+            p_o``; a missing one counts as zeros, both missing means no ``P``); the same
+            with ``_reverse`` for "bidirectional"; for GRU optionally ``reset_after``.
         direction: "forward", "reverse" (the dict holds a layer meant to run with
             ``reverse=True``) or "bidirectional".
         reset_after: GRU variant; None takes ``params["reset_after"]``, else True.
 
     Returns:
         ``{"W": [D, G*H, I], "R": [D, G*H, H], "B": [D, 2*G*H] or None,
-        "hidden_size": H}``, plus ``"linear_before_reset"`` (1 if ``reset_after`` else
-        0) for GRU, so ``from_onnx(kind, **to_onnx(kind, p), direction=...)`` works.
+        "hidden_size": H}``, plus ``"P": [D, 3*H] or None`` (blocks ``Pi, Po, Pf``) for
+        LSTM and ``"linear_before_reset"`` (1 if ``reset_after`` else 0) for GRU, so
+        ``from_onnx(kind, **to_onnx(kind, p), direction=...)`` works. A bidirectional
+        LSTM with peepholes in one direction only gets zeros in the other's row of
+        ``P``; importing it back then yields both ``weight_peephole`` keys.
 
     Raises:
         TypeError, ValueError: as :func:`from_onnx`; also missing/unexpected keys (e.g.
-        ``*_reverse`` keys unless "bidirectional"), inconsistent directions or a
-        conflicting ``reset_after``.
+        ``*_reverse`` keys unless "bidirectional", ``weight_peephole`` for a kind other
+        than "lstm"), inconsistent directions or a conflicting ``reset_after``.
     """
     G = _check_kind(kind)
     D = _check_direction(direction)
     suffixes = ("", "_reverse")[:D]
-    _check_param_keys(params, suffixes)
+    if kind != "lstm" and isinstance(params, Mapping):
+        peep = sorted(k for k in params if k in ("weight_peephole", "weight_peephole_reverse"))
+        if peep:
+            raise ValueError(
+                f"params: {peep[0]!r}: peepholes exist only for kind='lstm', not {kind!r}"
+            )
+    _check_param_keys(params, suffixes, _LAYER_NAMES if kind == "lstm" else _PARAM_NAMES)
     flag = _resolve_reset_after(kind, params, reset_after)
     dirs = []
     dtype = None
@@ -469,6 +508,15 @@ def to_onnx(
             ]
         )
     out: dict[str, Any] = {"W": W, "R": R, "B": B, "hidden_size": H}
+    if kind == "lstm":
+        peeps = [_native_peephole(params, s, H, dtype) for s in suffixes]
+        P = None
+        if any(p is not None for p in peeps):
+            zeros = np.zeros(3 * H, dtype)
+            P = np.stack(
+                [_permute_blocks(zeros if p is None else p, _ONNX_PEEPHOLE_PERM) for p in peeps]
+            )
+        out["P"] = P
     if kind == "gru":
         out["linear_before_reset"] = int(flag)
     return out
@@ -478,7 +526,9 @@ def to_onnx(
 # Whole models
 # --------------------------------------------------------------------------------------
 
-_STACKED_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_STACKED_NAME = re.compile(
+    r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_peephole)_l(\d+)(_reverse)?$"
+)
 
 
 def stack_layers(layers: Sequence[LayerParams]) -> dict[str, np.ndarray]:
@@ -488,16 +538,20 @@ def stack_layers(layers: Sequence[LayerParams]) -> dict[str, np.ndarray]:
     bidirectional layer), or a ``(forward, reverse)`` pair of one-direction dicts (e.g.
     the two halves of a Keras ``Bidirectional`` layer). The result maps
     ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and
-    ``..._l{k}_reverse``) to the arrays (not copied); ``None`` biases are left out.
+    ``..._l{k}_reverse``) to the arrays (not copied); ``None`` biases are left out. An
+    LSTM layer's ``weight_peephole`` becomes ``weight_peephole_l{k}`` (and
+    ``weight_peephole_l{k}_reverse``); PyTorch has no such parameter.
 
     ``reset_after`` (GRU) is not a parameter: every layer's value must agree and it is
     dropped (the model is built with it). Checks: every layer has the same number of
-    directions and dtype, layer ``k > 0`` has input size ``D*H`` of layer ``k-1``.
+    directions and dtype, layer ``k > 0`` has input size ``D*H`` of layer ``k-1``, a
+    ``weight_peephole`` belongs to an LSTM layer (``weight_hh`` has 4*H rows) and is
+    ``(3*H,)``.
 
     Raises:
         TypeError: a layer that is neither a mapping nor a pair; mixed dtypes.
         ValueError: empty ``layers``, missing/unexpected keys, inconsistent sizes,
-            directions or ``reset_after``.
+            directions or ``reset_after``, a misplaced or misshapen ``weight_peephole``.
     """
     if isinstance(layers, Mapping) or not isinstance(layers, Sequence) or not layers:
         raise ValueError("layers: expected a non-empty sequence of per-layer dicts")
@@ -532,7 +586,7 @@ def stack_layers(layers: Sequence[LayerParams]) -> dict[str, np.ndarray]:
         D_all = D
         suffixes = ("", "_reverse")[:D]
         try:
-            _check_param_keys(layer, suffixes)
+            _check_param_keys(layer, suffixes, _LAYER_NAMES)
         except ValueError as e:
             raise ValueError(f"layers[{k}]: {e}") from None
         for s in suffixes:
@@ -548,11 +602,19 @@ def stack_layers(layers: Sequence[LayerParams]) -> dict[str, np.ndarray]:
                     f"layers[{k}]: weight_ih{s} has input size {w_ih.shape[1]}, expected "
                     f"{prev_out} (directions x hidden size of layer {k - 1})"
                 )
-            for n in _PARAM_NAMES:
+            for n in _LAYER_NAMES:
                 v = layer.get(n + s)
                 if v is None:
                     continue
-                v = _float(f"layers[{k}]['{n}{s}']", v, dtype, "layers[0]['weight_ih']")
+                name = f"layers[{k}]['{n}{s}']"
+                v = _float(name, v, dtype, "layers[0]['weight_ih']")
+                if n == "weight_peephole":
+                    if w_hh.shape[0] != 4 * H:
+                        raise ValueError(
+                            f"{name}: peepholes exist only for LSTM layers (weight_hh with "
+                            f"4*H = {4 * H} rows), got weight_hh{s} with {w_hh.shape[0]} rows"
+                        )
+                    v = _check_float_array(name, v, (3 * H,), None, "(3*H,)")
                 out[f"{n}_l{k}{s}"] = v
         prev_out = D * H
     if len(flags) > 1:
@@ -564,11 +626,14 @@ def unstack_layers(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Split a PyTorch-named parameter dict into per-layer dicts (inverse of stack_layers).
 
     Returns one dict per layer ``0..L-1`` with the short names (and ``*_reverse`` for
-    bidirectional layers); a missing bias is ``None``. No ``reset_after`` is added.
+    bidirectional layers); a missing bias is ``None``; ``weight_peephole_l{k}[_reverse]``
+    becomes ``weight_peephole[_reverse]`` and is present only if given. No
+    ``reset_after`` is added.
 
     Raises:
-        ValueError: a key that is not ``{weight,bias}_{ih,hh}_l{k}[_reverse]``, a layer
-            index gap, or a layer without ``weight_ih``/``weight_hh``.
+        ValueError: a key that is not ``{weight,bias}_{ih,hh}_l{k}[_reverse]`` or
+            ``weight_peephole_l{k}[_reverse]``, a layer index gap, or a layer without
+            ``weight_ih``/``weight_hh``.
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"state: expected a mapping of parameter names, got {type(state)}")
@@ -577,8 +642,8 @@ def unstack_layers(state: Mapping[str, Any]) -> list[dict[str, Any]]:
         m = _STACKED_NAME.match(key) if isinstance(key, str) else None
         if m is None:
             raise ValueError(
-                f"state: unexpected key {key!r}; expected names like 'weight_ih_l0' or "
-                "'bias_hh_l1_reverse'"
+                f"state: unexpected key {key!r}; expected names like 'weight_ih_l0', "
+                "'bias_hh_l1_reverse' or 'weight_peephole_l0'"
             )
         name, k, s = m.group(1), int(m.group(2)), m.group(3) or ""
         layers.setdefault(k, {})[name + s] = value
@@ -595,5 +660,12 @@ def unstack_layers(state: Mapping[str, Any]) -> list[dict[str, Any]]:
                 if n.startswith("weight") and n + s not in layer:
                     raise ValueError(f"state: missing {n}_l{k}{s}")
                 layer.setdefault(n + s, None)
-        result.append({n + s: layer[n + s] for s in suffixes for n in _PARAM_NAMES})
+        result.append(
+            {
+                n + s: layer[n + s]
+                for s in suffixes
+                for n in _LAYER_NAMES
+                if n in _PARAM_NAMES or n + s in layer
+            }
+        )
     return result
