@@ -143,17 +143,19 @@ FASTRNN_INLINE LstmStep<T> lstm_step(int len, int U, int S, const T* p, const T*
   using V = simd::Vec<T>;
   LstmStep<T> r;
   const V cin = load_units(c_in, len);
-  V ai = gate_in(p, gx, 0, S, U), af = gate_in(p, gx, 1, S, U), ao = gate_in(p, gx, 3, S, U);
-  if (pp) {
-    ai = ai + load_units(pp, len) * cin;
-    af = af + load_units(pp + ph, len) * cin;
+  if (!pp) {  // the four gates side by side: independent chains for the out-of-order core
+    r.i = gate_sigmoid(gate_in(p, gx, 0, S, U));
+    r.f = gate_sigmoid(gate_in(p, gx, 1, S, U));
+    r.g = gate_tanh(gate_in(p, gx, 2, S, U));
+    r.o = gate_sigmoid(gate_in(p, gx, 3, S, U));
+    r.c = r.f * cin + r.i * r.g;
+  } else {  // o waits for c_new
+    r.i = gate_sigmoid(gate_in(p, gx, 0, S, U) + load_units(pp, len) * cin);
+    r.f = gate_sigmoid(gate_in(p, gx, 1, S, U) + load_units(pp + ph, len) * cin);
+    r.g = gate_tanh(gate_in(p, gx, 2, S, U));
+    r.c = r.f * cin + r.i * r.g;
+    r.o = gate_sigmoid(gate_in(p, gx, 3, S, U) + load_units(pp + 2 * ph, len) * r.c);
   }
-  r.i = gate_sigmoid(ai);
-  r.f = gate_sigmoid(af);
-  r.g = gate_tanh(gate_in(p, gx, 2, S, U));
-  r.c = r.f * cin + r.i * r.g;
-  if (pp) ao = ao + load_units(pp + 2 * ph, len) * r.c;
-  r.o = gate_sigmoid(ao);
   r.tc = gate_tanh(r.c);
   r.h = r.o * r.tc;
   return r;

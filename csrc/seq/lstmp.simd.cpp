@@ -185,17 +185,12 @@ FASTRNN_INLINE void cell_fwd(i64 U, T* p, const T* gx, const T* b, const T* c_in
   };
   for (i64 u = 0; u < U; u += V::lanes) {
     const V cin = V::load(c_in + u);
-    V ai = pre(u), af = pre(U + u), ao = pre(3 * U + u);
-    if (pp) {
-      ai = ai + V::load(pp + u) * cin;
-      af = af + V::load(pp + ph + u) * cin;
-    }
-    const V i = cells::gate_sigmoid(ai);
-    const V f = cells::gate_sigmoid(af);
+    const V i = cells::gate_sigmoid(pp ? pre(u) + V::load(pp + u) * cin : pre(u));
+    const V f = cells::gate_sigmoid(pp ? pre(U + u) + V::load(pp + ph + u) * cin : pre(U + u));
     const V g = cells::gate_tanh(pre(2 * U + u));
     const V c = f * cin + i * g;
-    if (pp) ao = ao + V::load(pp + 2 * ph + u) * c;
-    const V o = cells::gate_sigmoid(ao);
+    const V o = cells::gate_sigmoid(pp ? pre(3 * U + u) + V::load(pp + 2 * ph + u) * c
+                                       : pre(3 * U + u));
     i.store(p + u);
     f.store(p + U + u);
     g.store(p + 2 * U + u);
