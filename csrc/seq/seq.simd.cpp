@@ -951,19 +951,23 @@ void backward(const SeqBackward<T>& a) {
   // steps). Like the bias sums, the owned units' inside the loop, the shared blocks' after
   // it, every unit in the same order of steps and rows: the bits do not depend on the
   // thread count.
+  // In vectors: as a scalar loop (seven pointers: not vectorised) a training step of LSTM
+  // (1000,8,64,64) took 1.20x the time of one without peepholes.
   auto peep_sums = [&](i64 s, i64 t, i64 ja, i64 jb) {
-    T* dpi = a.dw_peep;
-    T* dpf = a.dw_peep + H;
-    T* dpo = a.dw_peep + 2 * H;
+    using V = simd::Vec<T>;
+    T* dpi = a.dw_peep + ja;
+    T* dpf = a.dw_peep + H + ja;
+    T* dpo = a.dw_peep + 2 * H + ja;
     for (i64 n = 0; n < N; ++n) {
-      const T* dgr = dG + (t * N + n) * GH;
-      const T* cp = tp.cprev + (t * N + n) * Hp;
-      const T* ct = next_state(s, t, n, tp.cprev, tp.clast);
-      for (i64 j = ja; j < jb; ++j) {
-        dpi[j] += dgr[j] * cp[j];
-        dpf[j] += dgr[H + j] * cp[j];
-        dpo[j] += dgr[3 * H + j] * ct[j];
-      }
+      const T* dgr = dG + (t * N + n) * GH + ja;
+      const T* cp = tp.cprev + (t * N + n) * Hp + ja;
+      const T* ct = next_state(s, t, n, tp.cprev, tp.clast) + ja;
+      simd::for_vectors<T>(jb - ja, [&](i64 u, auto ld, auto st) {
+        const V c = ld(cp + u);
+        st(dpi + u, ld(dpi + u) + ld(dgr + u) * c);
+        st(dpf + u, ld(dpf + u) + ld(dgr + H + u) * c);
+        st(dpo + u, ld(dpo + u) + ld(dgr + 3 * H + u) * ld(ct + u));
+      });
     }
   };
   const int nt = team_size(a.num_threads, g.nb, d, false);
