@@ -125,7 +125,8 @@ def test_example_config_in_the_repository_parses():
     if not example.exists():
         pytest.skip("not run from a source checkout")
     cases = cases_from_toml(example)
-    assert len(cases) == 3 and cases[1].label == "speech-like GRU"
+    assert len(cases) == 4 and cases[1].label == "speech-like GRU"
+    assert (cases[3].P, cases[3].peephole) == (128, True)
 
 
 def test_non_utf8_config_is_a_usage_error_naming_the_file(tmp_path, capsys):
@@ -290,6 +291,42 @@ def test_projected_cases():
     ):
         with pytest.raises(ValueError, match=match):
             parse_case_spec(spec)
+
+
+def test_peephole_cases(tmp_path):
+    c = parse_case_spec("lstm:T=7,N=3,I=5,H=8,peephole=1,modes=inference+step")
+    assert c.peephole and c.modes == ("inference", "step")
+    assert c.label == "lstm T=7,N=3,I=5,H=8,peephole=1"
+    assert parse_case_spec(c.cell + ":" + c.shape) == c.with_modes(("inference", "training"))
+    assert c.to_dict()["peephole"] is True and "peephole" not in Case("lstm", 1, 1, 1, 2).to_dict()
+    assert c.small().peephole
+    assert not parse_case_spec("lstm:T=1,N=1,H=4,peephole=0").peephole
+    both = parse_case_spec("lstm:T=1,N=1,H=4,P=2,peephole=true")
+    assert (both.P, both.peephole, both.shape) == (2, True, "T=1,N=1,I=4,H=4,P=2,peephole=1")
+    # 3 multiply-adds per unit and step on top of the gates; 3*H more input values
+    plain = Case("lstm", 10, 2, 3, 8)
+    peep = Case("lstm", 10, 2, 3, 8, peephole=True)
+    assert peep.flops("inference") == plain.flops("inference") + 6 * 10 * 2 * 8
+    assert peep.flops("training") == 3 * peep.flops("inference")
+    assert peep.input_bytes(4) == plain.input_bytes(4) + 4 * 3 * 8
+    f = tmp_path / "cases.toml"
+    f.write_text('[[case]]\ncell = "lstm"\nT = 4\nN = 2\nH = 6\npeephole = true\n')
+    (t,) = cases_from_toml(f)
+    assert t.peephole and t.label == "lstm T=4,N=2,I=6,H=6,peephole=1"
+    for spec, match in (
+        ("gru:T=1,N=1,H=4,peephole=1", "only an lstm has peepholes, not gru"),
+        ("lstm:T=1,N=1,H=4,peephole=yes", "peephole must be 1 or 0"),
+        ("lstm:T=1,N=1,H=4,peephole=1,peephole=0", "peephole given twice"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_case_spec(spec)
+    for text, match in (
+        ('cell = "rnn"\nT = 1\nN = 1\nH = 2\npeephole = true\n', "only an lstm has"),
+        ('cell = "lstm"\nT = 1\nN = 1\nH = 2\npeephole = 1\n', "must be true or false"),
+    ):
+        f.write_text("[[case]]\n" + text)
+        with pytest.raises(ValueError, match=match):
+            cases_from_toml(f)
 
 
 # --------------------------------------------------------------------------------------
@@ -756,6 +793,44 @@ def test_projected_case_on_every_backend(capsys):
     for line in rows:
         status = line.split()[-2] if line.split()[-1].startswith("[") else line.split()[-1]
         assert status == ("skipped" if " jax " in line else "ok"), line
+
+
+@pytest.mark.parametrize(
+    "spec", ["lstm:T=4,N=3,I=5,H=9,peephole=1", "lstm:T=4,N=3,I=5,H=9,P=4,peephole=1"]
+)
+def test_peephole_case_on_every_backend(spec, tmp_path, capsys):
+    # The fastrnn backends are checked against the reference (d_weight_peephole included)
+    # and timed in every mode; PyTorch and JAX, which have no peepholes, are skipped.
+    case = parse_case_spec(spec)
+    modes = ("inference", "training") if case.P else ("inference", "training", "step")
+    p = make_params(case.small(), "float32", seed=1)
+    want = reference_outputs(case.small(), "training", p)
+    assert want["d_weight_peephole"].shape == (3 * 9,)
+    got = FunctionalBackend("native").compute(case.small(), "training", p)
+    assert compare(got, want, 1e-4).ok
+    got["d_weight_peephole"] = got["d_weight_peephole"] * 1.1
+    assert "d_weight_peephole" in compare(got, want, 1e-4).detail
+    names = ["reference", "native", "native-packed"]
+    fastrnn_names = set(names)
+    if HAVE_TORCH:
+        names += ["torch", "fastrnn.torch"]
+    if HAVE_JAX:
+        names.append("jax")
+    out = tmp_path / "r.json"
+    argv = ["--case", spec, "--modes", ",".join(modes), "--backends", ",".join(names)]
+    code = cli.main([*argv, "--threads", "1", "--json", str(out), *FAST])
+    table = capsys.readouterr().out
+    assert code == 0, table
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == len(modes) * len(names)
+    assert {r["case"] for r in rows} == {case.label} and all(r["peephole"] for r in rows)
+    for r in rows:
+        if r["backend"] in fastrnn_names:
+            assert r["status"] == OK and r["median_ms"] > 0, r
+        else:
+            assert r["status"] == SKIPPED and "not implemented: " in r["reason"], r
+            assert "no peephole" in r["reason"] or "no LSTM projection" in r["reason"], r
+    assert sum(line.startswith(case.label) for line in table.splitlines()) == len(rows)
 
 
 def test_packed_backend_matches_native_bitwise_with_a_projection():

@@ -10,9 +10,11 @@ Every backend turns a case, a mode and a set of NumPy parameters into
 
 Result keys: ``y`` (T, N, H), ``h_n`` (N, H), ``c_n`` (LSTM), and in training mode the
 gradients ``d_x``, ``d_h0``, ``d_c0`` (LSTM), ``d_weight_ih``, ``d_weight_hh``,
-``d_bias_ih``, ``d_bias_hh`` (and ``d_weight_hr``, an LSTM's projection) of
-``L = sum(y*dy) + sum(h_n*dh_n) (+ sum(c_n*dc_n))``. With a projection (``case.P``) y, h_n
-and their gradients have P columns instead of H.
+``d_bias_ih``, ``d_bias_hh`` (and ``d_weight_hr``, an LSTM's projection, and
+``d_weight_peephole``, its peepholes) of ``L = sum(y*dy) + sum(h_n*dh_n) (+ sum(c_n*dc_n))``.
+With a projection (``case.P``) y, h_n and their gradients have P columns instead of H.
+Backends without peepholes (PyTorch, JAX) raise ``NotImplementedError`` for
+``case.peephole``, which the runner reports as skipped.
 In step mode ``compute`` runs ``T`` single steps carrying the state and stacks them.
 """
 
@@ -41,7 +43,8 @@ def make_params(case: Case, dtype: str, seed: int = 0) -> Params:
 
     Shapes: x (T, N, I); h0, c0, dh_n, dc_n (N, H); weight_ih (G*H, I);
     weight_hh (G*H, H); bias_ih, bias_hh (G*H,); dy (T, N, H). With a projection (S = P):
-    h0, dh_n (N, P), weight_hh (4*H, P), dy (T, N, P) and weight_hr (P, H).
+    h0, dh_n (N, P), weight_hh (4*H, P), dy (T, N, P) and weight_hr (P, H). With
+    peepholes: weight_peephole (3*H,).
     """
     rng = np.random.default_rng(seed)
     T, N, I, H, G, S = case.T, case.N, case.I, case.H, case.gates, case.S
@@ -66,6 +69,8 @@ def make_params(case: Case, dtype: str, seed: int = 0) -> Params:
         p["dc_n"] = u((N, H), 1.0)
     if case.P:
         p["weight_hr"] = u((case.P, H), k)
+    if case.peephole:
+        p["weight_peephole"] = u((3 * H,), k)
     return p
 
 
@@ -77,8 +82,9 @@ def make_params(case: Case, dtype: str, seed: int = 0) -> Params:
 def _forward(fn: Any, cell: str, p: Params, x: np.ndarray, state: tuple, **kw: Any) -> Any:
     w = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
     if cell == "lstm":
-        if "weight_hr" in p:
-            kw["weight_hr"] = p["weight_hr"]
+        for name in ("weight_hr", "weight_peephole"):
+            if name in p:
+                kw[name] = p[name]
         return fn.lstm(x, state[0], state[1], *w, **kw)
     return getattr(fn, cell)(x, state[0], *w, **kw)
 
@@ -302,6 +308,9 @@ class TorchBackend(Backend):
 
     def _module(self, case: Case, p: Params, step: bool) -> Any:
         import torch
+
+        if case.peephole:
+            raise NotImplementedError(f"{self.module_name} has no peephole LSTM")
 
         dtype = torch.float64 if p["x"].dtype == np.float64 else torch.float32
         cells = self._cell_classes() if step else None
@@ -539,6 +548,8 @@ class JaxBackend(Backend):
     def prepare(self, case: Case, mode: str, p: Params) -> Callable[[], Any]:
         if case.P:
             raise NotImplementedError("the JAX backend has no LSTM projection")
+        if case.peephole:
+            raise NotImplementedError("the JAX backend has no peephole LSTM")
         jax = self._jax(p["x"].dtype)
         f = self._fns(case, jax)[mode]
         a, w, st, dst = self._args(case, p, jax)
@@ -559,6 +570,8 @@ class JaxBackend(Backend):
     def compute(self, case: Case, mode: str, p: Params) -> Outputs:
         if case.P:
             raise NotImplementedError("the JAX backend has no LSTM projection")
+        if case.peephole:
+            raise NotImplementedError("the JAX backend has no peephole LSTM")
         jax = self._jax(p["x"].dtype)
         fns = self._fns(case, jax)
         a, w, st, dst = self._args(case, p, jax)

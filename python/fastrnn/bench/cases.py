@@ -18,9 +18,16 @@ An LSTM case may have a projection, ``P`` (PyTorch's ``proj_size``, 1 <= P < H):
 and outputs have P columns and forward = 2 * T * N * (4 * H * (I + P) + H * P); it runs in
 inference and training mode only (PyTorch has no projected cell for steps).
 
+An LSTM case may have peepholes, ``peephole=1`` (``fastrnn.functional.lstm``'s
+``weight_peephole``, three vectors of H: ``i`` and ``f`` also see ``c_{t-1}``, ``o`` sees
+``c_t``): each step adds 3 * N * H multiply-adds, so forward gains 6 * T * N * H (training
+is still 3 * forward). It combines with ``P`` and runs in every mode (step mode is the
+sequence call with T = 1); PyTorch and JAX have no peephole LSTM, so their backends skip
+such cases.
+
 Cases come from the built-in suites, from ``--case`` specs such as
-``lstm:T=100,N=32,I=256,H=256`` (``,P=64`` for a projection) or from a TOML file of
-``[[case]]`` tables.
+``lstm:T=100,N=32,I=256,H=256`` (``,P=64`` for a projection, ``,peephole=1`` for
+peepholes) or from a TOML file of ``[[case]]`` tables.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ MODES: tuple[str, ...] = ("inference", "training", "step")
 DEFAULT_MODES: tuple[str, ...] = ("inference", "training")
 _SIZE_KEYS = ("T", "N", "I", "H")
 _MAX_SIZE = 2**31 - 1  # per size; the memory a case needs is checked by the command line
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}  # spec values of peephole
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Case:
     note: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     P: int = 0  # LSTM projection (proj_size), 0 for none
+    peephole: bool = False  # LSTM peepholes (weight_peephole, 3*H values)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -70,6 +79,10 @@ class Case:
             raise ValueError(f"case P: only an lstm has a projection, not {self.cell}")
         if P and "step" in self.modes:
             raise ValueError("case P: a projected lstm has no step mode (no such PyTorch cell)")
+        if not isinstance(self.peephole, bool):
+            raise ValueError(f"case peephole must be true or false, got {self.peephole!r}")
+        if self.peephole and self.cell != "lstm":
+            raise ValueError(f"case peephole: only an lstm has peepholes, not {self.cell}")
         if not self.modes:
             raise ValueError("case modes must not be empty")
         for mode in self.modes:
@@ -83,7 +96,8 @@ class Case:
 
     @property
     def shape(self) -> str:
-        return f"T={self.T},N={self.N},I={self.I},H={self.H}" + (f",P={self.P}" if self.P else "")
+        text = f"T={self.T},N={self.N},I={self.I},H={self.H}"
+        return text + (f",P={self.P}" if self.P else "") + (",peephole=1" if self.peephole else "")
 
     @property
     def S(self) -> int:
@@ -99,13 +113,17 @@ class Case:
         """Floating-point operations of one timed call in ``mode`` (see module doc)."""
         steps = 1 if mode == "step" else self.T
         G, H, S = self.gates, self.H, self.S
-        forward = 2.0 * steps * self.N * (G * H * (self.I + S) + (H * self.P))
+        peephole = 3 * H if self.peephole else 0
+        forward = 2.0 * steps * self.N * (G * H * (self.I + S) + H * self.P + peephole)
         return 3.0 * forward if mode == "training" else forward
 
     def input_bytes(self, itemsize: int) -> int:
         """Bytes of the inputs, states, weights and upstream gradients one run draws."""
         T, N, I, H, G, S, P = self.T, self.N, self.I, self.H, self.gates, self.S, self.P
-        return itemsize * (T * N * (I + S) + G * H * (I + S + 2) + P * H + 2 * N * (H + S))
+        peephole = 3 * H if self.peephole else 0
+        return itemsize * (
+            T * N * (I + S) + G * H * (I + S + 2) + P * H + peephole + 2 * N * (H + S)
+        )
 
     def small(self, T: int = 4, N: int = 3) -> Case:
         """The same cell and feature sizes with tiny T and N, for the correctness check."""
@@ -122,6 +140,7 @@ class Case:
             "I": self.I,
             "H": self.H,
             **({"P": self.P} if self.P else {}),
+            **({"peephole": True} if self.peephole else {}),
             "label": self.label,
             "note": self.note,
         }
@@ -142,9 +161,10 @@ def _parse_int(key: str, text: str, spec: str) -> int:
 
 
 def parse_case_spec(spec: str) -> Case:
-    """Parse ``cell:T=..,N=..,I=..,H=..[,P=..][,modes=inference+training]``.
+    """Parse ``cell:T=..,N=..,I=..,H=..[,P=..][,peephole=1][,modes=inference+training]``.
 
-    ``I`` defaults to ``H`` when left out. Raises ``ValueError`` naming the problem.
+    ``I`` defaults to ``H`` when left out; ``peephole`` takes 1 or 0 (also true or false).
+    Raises ``ValueError`` naming the problem.
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
@@ -156,6 +176,7 @@ def parse_case_spec(spec: str) -> Case:
         raise ValueError(f"case {spec!r}: cell must be one of {sorted(CELLS)}, got {cell!r}")
     sizes: dict[str, int] = {}
     modes: tuple[str, ...] = DEFAULT_MODES
+    peephole: bool | None = None
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
@@ -167,8 +188,18 @@ def parse_case_spec(spec: str) -> Case:
             if bad or not modes:
                 raise ValueError(f"case {spec!r}: modes must be '+'-joined from {MODES}")
             continue
+        if key == "peephole":
+            if peephole is not None:
+                raise ValueError(f"case {spec!r}: peephole given twice")
+            flag = value.strip().lower()
+            if flag not in _FLAGS:
+                raise ValueError(f"case {spec!r}: peephole must be 1 or 0, got {value!r}")
+            peephole = _FLAGS[flag]
+            continue
         if key not in (*_SIZE_KEYS, "P"):
-            raise ValueError(f"case {spec!r}: unknown key {key!r}; use T, N, I, H, P, modes")
+            raise ValueError(
+                f"case {spec!r}: unknown key {key!r}; use T, N, I, H, P, peephole, modes"
+            )
         if key in sizes:
             raise ValueError(f"case {spec!r}: {key} given twice")
         sizes[key] = _parse_int(key, value, spec)
@@ -179,7 +210,14 @@ def parse_case_spec(spec: str) -> Case:
         raise ValueError(f"case {spec!r}: missing {', '.join(missing)}")
     try:
         return Case(
-            cell, sizes["T"], sizes["N"], sizes["I"], sizes["H"], modes=modes, P=sizes.get("P", 0)
+            cell,
+            sizes["T"],
+            sizes["N"],
+            sizes["I"],
+            sizes["H"],
+            modes=modes,
+            P=sizes.get("P", 0),
+            peephole=bool(peephole),
         )
     except ValueError as exc:
         raise ValueError(f"case {spec!r}: {exc}") from None
@@ -218,6 +256,7 @@ def cases_from_toml(path: str | Path) -> list[Case]:
         I = 256          # optional, defaults to H
         H = 256
         P = 64           # optional, lstm only: a projection (proj_size)
+        peephole = true  # optional, lstm only: peepholes (weight_peephole)
         modes = ["step"] # optional
         name = "my lstm" # optional label
     """
@@ -236,7 +275,8 @@ def cases_from_toml(path: str | Path) -> list[Case]:
         at = f"{where} case #{k + 1}"
         if not isinstance(table, dict):
             raise ValueError(f"{at}: expected a [[case]] table, got {table!r}")
-        unknown = set(table) - {"cell", "T", "N", "I", "H", "P", "modes", "name", "note"}
+        known = {"cell", "T", "N", "I", "H", "P", "peephole", "modes", "name", "note"}
+        unknown = set(table) - known
         if unknown:
             raise ValueError(f"{at}: unknown keys {sorted(unknown)}")
         for key in ("cell", "T", "N", "H"):
@@ -255,6 +295,7 @@ def cases_from_toml(path: str | Path) -> list[Case]:
                     name=str(table.get("name", "")),
                     note=str(table.get("note", "")),
                     P=table.get("P", 0),
+                    peephole=table.get("peephole", False),
                 )
             )
         except ValueError as exc:

@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         default=[],
         help="a case such as lstm:T=100,N=32,I=256,H=256 (cell lstm|gru|rnn; "
-        "I defaults to H; optional modes=inference+training); repeatable",
+        "I defaults to H; optional modes=inference+training; lstm only: P=.. for a "
+        "projection, peephole=1 for peepholes); repeatable",
     )
     g.add_argument(
         "--config",
