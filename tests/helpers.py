@@ -151,6 +151,46 @@ def assert_same_grads(got: dict, want: dict, what: str = "grad") -> None:
             np.testing.assert_array_equal(got[key], w, err_msg=f"{what} {key}")
 
 
+def central_differences(
+    loss: Callable[[], float], x: np.ndarray, idx: Any = None, eps: float = 1e-6
+) -> np.ndarray:
+    """dloss/dx by central differences, perturbing ``x`` in place (restored after): at the
+    flat indices ``idx`` (a 1-D array of them), or with ``idx`` None at every element, in
+    ``x``'s shape. ``x`` must be C-contiguous (its flat view is written)."""
+    flat = x.reshape(-1)
+    assert np.shares_memory(flat, x), "central_differences: x must be C-contiguous"
+    points = np.arange(flat.size) if idx is None else np.asarray(idx)
+    numeric = np.empty(points.size)
+    for k, j in enumerate(points):
+        old = flat[j]
+        flat[j] = old + eps
+        plus = loss()
+        flat[j] = old - eps
+        minus = loss()
+        flat[j] = old
+        numeric[k] = (plus - minus) / (2 * eps)
+    return numeric.reshape(x.shape) if idx is None else numeric
+
+
+def assert_thread_counts_agree(run: Callable[[], tuple]) -> None:
+    """``run()`` under 1 and then 2 threads (the count restored after) must give the same
+    bits: it returns arrays and, last, a gradient dict."""
+    import fastrnn
+
+    results = []
+    for nt in (1, 2):
+        before = fastrnn.get_num_threads()
+        fastrnn.set_num_threads(nt)
+        try:
+            results.append(run())
+        finally:
+            fastrnn.set_num_threads(before)
+    (*arrays1, g1), (*arrays2, g2) = results
+    for a, b in zip(arrays1, arrays2):
+        np.testing.assert_array_equal(b, a)
+    assert_same_grads(g2, g1)
+
+
 def assert_allclose_named(
     name: str, got: Any, want: Any, rtol: float = 1e-7, atol: float = 0.0
 ) -> None:

@@ -6,23 +6,9 @@ import numpy as np
 import pytest
 
 from fastrnn.modules import Embedding, Linear, Recurrent, Sequential
+from helpers import central_differences
 
 BACKEND = "native"
-
-
-def fd_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (4, 2, 3), (3,)])
@@ -39,15 +25,18 @@ def test_linear_gradients_fd(rng, shape, bias):
     assert y.shape == (*shape[:-1], 4)
     np.testing.assert_allclose(y, x @ lin.params["weight"].T + lin.params.get("bias", 0))
     dx = lin.backward(tape, w)
-    np.testing.assert_allclose(dx, fd_grad(loss, x), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dx, central_differences(loss, x), rtol=1e-6, atol=1e-9)
     for name in lin.params:
         np.testing.assert_allclose(
-            lin.grads[name], fd_grad(loss, lin.params[name]), rtol=1e-6, atol=1e-9
+            lin.grads[name], central_differences(loss, lin.params[name]), rtol=1e-6, atol=1e-9
         )
     # accumulation
     lin.backward(tape, w)
     np.testing.assert_allclose(
-        lin.grads["weight"], 2 * fd_grad(loss, lin.params["weight"]), rtol=1e-6, atol=1e-9
+        lin.grads["weight"],
+        2 * central_differences(loss, lin.params["weight"]),
+        rtol=1e-6,
+        atol=1e-9,
     )
     lin.zero_grad()
     assert not lin.grads["weight"].any()
@@ -143,7 +132,7 @@ def test_embedding_forward_backward_fd(rng):
     y, tape = emb.forward(idx)
     np.testing.assert_array_equal(y, emb.params["weight"][idx])
     assert emb.backward(tape, w) is None
-    num = fd_grad(lambda: float(np.sum(emb(idx) * w)), emb.params["weight"])
+    num = central_differences(lambda: float(np.sum(emb(idx) * w)), emb.params["weight"])
     np.testing.assert_allclose(emb.grads["weight"], num, rtol=1e-6, atol=1e-9)
     assert not emb.grads["weight"][[3, 4]].any()
 

@@ -18,7 +18,14 @@ import fastrnn
 from fastrnn import _native as NAT
 from fastrnn import functional as F
 from fastrnn import reference as REF
-from helpers import assert_allclose_named, assert_grads_close, assert_same_grads, random_lengths
+from helpers import (
+    assert_allclose_named,
+    assert_grads_close,
+    assert_same_grads,
+    assert_thread_counts_agree,
+    central_differences,
+    random_lengths,
+)
 from test_native import TOL32, TOL64
 
 # (T, N, I, H): odd sizes. H = 1, 3, 17, 100, 130 (one partial SIMD block, several blocks
@@ -71,21 +78,7 @@ def _loss(case, up, **kw):
 
 
 def _finite_differences(case, up, keys, **kw):
-    eps = 1e-6
-    out = {}
-    for key in keys:
-        arr = case[key]
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            plus = _loss(case, up, **kw)
-            arr[idx] = old - eps
-            minus = _loss(case, up, **kw)
-            arr[idx] = old
-            num[idx] = (plus - minus) / (2 * eps)
-        out[key] = num
-    return out
+    return {k: central_differences(lambda: _loss(case, up, **kw), case[k]) for k in keys}
 
 
 @pytest.mark.parametrize(
@@ -207,21 +200,11 @@ def test_packed_weights_give_the_same_bits(size, isa, rng):
 def test_thread_counts_give_the_same_bits(size):
     # (1, 8, 19, 256): few enough rows for the direct path; H = 300 with 64 rows: blocks
     # shared by both threads, whose peephole sums are taken after the loop.
-    results = []
-    for nt in (1, 2):
-        before = fastrnn.get_num_threads()
-        fastrnn.set_num_threads(nt)
-        try:
-            rng = np.random.default_rng(7)
-            results.append(
-                _check(size, np.float32, rng, bias=True, reverse=True, with_lengths=True, h0=True)
-            )
-        finally:
-            fastrnn.set_num_threads(before)
-    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
-    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
-        np.testing.assert_array_equal(a, b)
-    assert_same_grads(g2, g1)
+    def run():
+        rng = np.random.default_rng(7)
+        return _check(size, np.float32, rng, bias=True, reverse=True, with_lengths=True, h0=True)
+
+    assert_thread_counts_agree(run)
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])
@@ -333,21 +316,11 @@ def test_native_projection_with_peepholes_matches_reference(size, dtype, isa, th
 
 
 def test_projection_with_peepholes_thread_counts_give_the_same_bits():
-    results = []
-    for nt in (1, 2):
-        before = fastrnn.get_num_threads()
-        fastrnn.set_num_threads(nt)
-        try:
-            rng = np.random.default_rng(11)
-            results.append(
-                _check_proj((5, 33, 9, 100, 37), np.float32, rng, reverse=True, with_lengths=True)
-            )
-        finally:
-            fastrnn.set_num_threads(before)
-    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
-    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
-        np.testing.assert_array_equal(a, b)
-    assert_same_grads(g2, g1)
+    def run():
+        rng = np.random.default_rng(11)
+        return _check_proj((5, 33, 9, 100, 37), np.float32, rng, reverse=True, with_lengths=True)
+
+    assert_thread_counts_agree(run)
 
 
 def test_projection_with_peepholes_empty_sequence(rng):

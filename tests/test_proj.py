@@ -18,7 +18,14 @@ import fastrnn
 from fastrnn import _native as NAT
 from fastrnn import functional as F
 from fastrnn import reference as REF
-from helpers import assert_allclose_named, assert_grads_close, assert_same_grads, random_lengths
+from helpers import (
+    assert_allclose_named,
+    assert_grads_close,
+    assert_same_grads,
+    assert_thread_counts_agree,
+    central_differences,
+    random_lengths,
+)
 from test_native import TOL32, TOL64
 
 # (T, N, I, H, P): odd sizes; P below, equal to and above H (the functional API takes any
@@ -79,18 +86,8 @@ def test_reference_matches_finite_differences(reverse, with_lengths, rng):
     *_, tape = REF.lstm(**case, **kw, training=True)
     grads = REF.lstm_backward(tape, up["dy"], up["dh_n"], up["dc_n"])
     assert list(grads) == GRAD_KEYS
-    eps = 1e-6
     for key in GRAD_KEYS:
-        arr = case[key]
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            plus = _loss(case, up, **kw)
-            arr[idx] = old - eps
-            minus = _loss(case, up, **kw)
-            arr[idx] = old
-            num[idx] = (plus - minus) / (2 * eps)
+        num = central_differences(lambda: _loss(case, up, **kw), case[key])
         # central differences: O(eps^2) truncation and ~1e-10 cancellation error
         assert_allclose_named(f"grad {key}", grads[key], num, rtol=1e-6, atol=1e-8)
 
@@ -159,21 +156,11 @@ def test_native_matches_reference(size, dtype, isa, threads, rng):
 @pytest.mark.parametrize("size", [(5, 33, 9, 100, 37), (1, 8, 19, 256, 128)])
 def test_thread_counts_give_the_same_bits(size):
     # The second size has few enough rows (T*N = 8) for the direct path, with two threads.
-    results = []
-    for nt in (1, 2):
-        before = fastrnn.get_num_threads()
-        fastrnn.set_num_threads(nt)
-        try:
-            rng = np.random.default_rng(7)
-            results.append(
-                _check(size, np.float32, rng, bias=True, reverse=True, with_lengths=True, h0=True)
-            )
-        finally:
-            fastrnn.set_num_threads(before)
-    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
-    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
-        np.testing.assert_array_equal(a, b)
-    assert_same_grads(g2, g1)
+    def run():
+        rng = np.random.default_rng(7)
+        return _check(size, np.float32, rng, bias=True, reverse=True, with_lengths=True, h0=True)
+
+    assert_thread_counts_agree(run)
 
 
 # Sizes for the tape's copies: the tiles, the direct path (T*N <= 8), and weights of more
