@@ -177,6 +177,21 @@ py::array_t<T, py::array::c_style> tape_copy(const py::array_t<T, py::array::c_s
   return k;
 }
 
+// What a training forward's tape keeps of an LSTM's peepholes (3*H values, which no packed
+// snapshot holds): None without them, else a copy (copy) or the array given.
+inline py::object kept_peepholes(const py::array& peep, bool given, bool copy) {
+  if (!given) return py::none();
+  return copy ? peep.attr("copy")() : py::object(peep);
+}
+
+// Whether a forward's tape holds peepholes; if so, them (3*H, checked) in `out`.
+template <class T>
+bool tape_peepholes(const py::dict& tape, i64 H, py::array_t<T, py::array::c_style>& out) {
+  if (!tape.contains("weight_peephole") || tape["weight_peephole"].is_none()) return false;
+  out = need<T>(tape["weight_peephole"], "tape weight_peephole", {3 * H}, "(3*H,)");
+  return true;
+}
+
 // The sizes and options of a call, with T, N, I from x (T, N, I); H is set by the caller.
 SeqDims dims_of(Cell cell, Act act, bool reset_after, bool reverse, const py::array& x) {
   SeqDims d;
@@ -347,10 +362,7 @@ py::tuple forward_t(Cell cell, const py::object& x_o, const py::object& h0_o,
     tape["has_bias_ih"] = has_bih;
     tape["has_bias_hh"] = has_bhh;
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
-    // 3*H values (not in a packed snapshot): copied here with x's copy, not by the kernel
-    py::object tape_peep = py::none();
-    if (has_peep) tape_peep = copies ? peep.attr("copy")() : py::object(peep);
-    tape["weight_peephole"] = tape_peep;
+    tape["weight_peephole"] = kept_peepholes(peep, has_peep, copies);
   }
   return py::make_tuple(y, hn, lstm ? py::object(cn) : py::object(py::none()),
                         training ? py::object(tape) : py::object(py::none()));
@@ -408,13 +420,10 @@ py::dict backward_t(Cell cell, const py::dict& tape, Act act, bool reset_after, 
   if (cell == Cell::lstm && !dcn_o.is_none()) dcn = need<T>(dcn_o, "dc_n", {N, H}, "(N, H)");
   const bool has_bih = tape["has_bias_ih"].cast<bool>();
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
-  const bool has_peep = tape.contains("weight_peephole") && !tape["weight_peephole"].is_none();
-  if (has_peep && cell != Cell::lstm) throw py::value_error("tape is damaged: peepholes");
   py::array_t<T, py::array::c_style> peep, dpeep;
-  if (has_peep) {
-    peep = need<T>(tape["weight_peephole"], "tape weight_peephole", {3 * H}, "(3*H,)");
-    dpeep = py::array_t<T, py::array::c_style>({3 * H});
-  }
+  const bool has_peep = tape_peepholes(tape, H, peep);
+  if (has_peep && cell != Cell::lstm) throw py::value_error("tape is damaged: peepholes");
+  if (has_peep) dpeep = py::array_t<T, py::array::c_style>({3 * H});
 
   auto dx = pooled_array<T>({Tn, N, I});
   // The weight gradients from the cache too: 64-byte aligned (the kernel may stream them).
@@ -681,10 +690,7 @@ py::tuple lstmp_forward_t(const py::object& x_o, const py::object& h0_o, const p
     tape["weight_ih"] = wihk;
     tape["weight_hh"] = whhk;
     tape["weight_hr"] = whrk;
-    // 3*H values (not in a packed snapshot): copied here with x's copy, not by the kernel
-    py::object tape_peep = py::none();
-    if (!peep_o.is_none()) tape_peep = copies ? peep.attr("copy")() : py::object(peep);
-    tape["weight_peephole"] = tape_peep;
+    tape["weight_peephole"] = kept_peepholes(peep, !peep_o.is_none(), copies);
     tape["has_bias_ih"] = !bih_o.is_none();
     tape["has_bias_hh"] = !bhh_o.is_none();
     tape["lengths"] = len_o.is_none() ? py::object(py::none()) : py::object(lens);
@@ -759,12 +765,9 @@ py::dict lstmp_backward_t(const py::dict& tape, const py::object& x_o, const py:
   if (!dcn_o.is_none()) dcn = need<T>(dcn_o, "dc_n", {N, H}, "(N, H)");
   const bool has_bih = tape["has_bias_ih"].cast<bool>();
   const bool has_bhh = tape["has_bias_hh"].cast<bool>();
-  const bool has_peep = tape.contains("weight_peephole") && !tape["weight_peephole"].is_none();
   py::array_t<T, py::array::c_style> peep, dpeep;
-  if (has_peep) {
-    peep = need<T>(tape["weight_peephole"], "tape weight_peephole", {3 * H}, "(3*H,)");
-    dpeep = py::array_t<T, py::array::c_style>({3 * H});
-  }
+  const bool has_peep = tape_peepholes(tape, H, peep);
+  if (has_peep) dpeep = py::array_t<T, py::array::c_style>({3 * H});
 
   auto dx = pooled_array<T>({Tn, N, I});
   py::array_t<T, py::array::c_style> dh0({N, P}), dc0({N, H}), dwih({GH, I}), dwhh({GH, P}),
